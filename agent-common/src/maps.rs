@@ -1,0 +1,121 @@
+//! The maps shared between the eBPF programs and user space, and their value types.
+//!
+//! | map (pinned under `<bpffs>/iamlet/`) | kind | key | value | written by | read by |
+//! |---|---|---|---|---|---|
+//! | `CONFIG_V1` | array, 1 entry | `u32` (0) | [`ConfigV1`] | agent at start-up | connect4/connect6 |
+//! | `COOKIES_V1` | LRU hash | socket cookie `u64` | [`ConnInfoV1`] | connect4/connect6 | sock_ops (moves it to `PEERS_V1`, deletes on close) |
+//! | `PEERS_V1` | LRU hash | [`PeerKeyV1`] | [`ConnInfoV1`] | sock_ops at `TCP_CONNECT_CB`, deleted at `TCP_CLOSE` | agent, for each accepted connection |
+//! | `COUNTERS_V1` | per-CPU array | `u32` index `COUNTER_*` | `u64` | all programs | agent (metrics) |
+//!
+//! Both hashes are LRU so that an entry whose socket never reached `TCP_CONNECT_CB` (a connect
+//! that failed before the SYN) cannot fill the map; their size bounds the number of
+//! concurrently open metadata connections on one node, far above anything real.
+
+/// Name of the configuration map.
+pub const CONFIG_MAP: &str = "CONFIG_V1";
+/// Name of the socket cookie map.
+pub const COOKIES_MAP: &str = "COOKIES_V1";
+/// Name of the peers map.
+pub const PEERS_MAP: &str = "PEERS_V1";
+/// Name of the counters map.
+pub const COUNTERS_MAP: &str = "COUNTERS_V1";
+/// Capacity of `COOKIES_V1`.
+pub const COOKIES_MAX_ENTRIES: usize = 16384;
+/// Capacity of `PEERS_V1`.
+pub const PEERS_MAX_ENTRIES: usize = 16384;
+
+/// The instance metadata service's TCP port.
+pub const IMDS_PORT: u16 = 80;
+
+/// `ConfigV1::flags` bit: an IPv4 listener is configured (`v4_addr`, `v4_port` are valid).
+pub const CONFIG_FLAG_V4: u32 = 1;
+/// `ConfigV1::flags` bit: an IPv6 listener is configured (`v6_addr`, `v6_port` are valid).
+pub const CONFIG_FLAG_V6: u32 = 2;
+
+/// Where the agent's metadata proxy listens. Written once by the agent before it attaches the
+/// programs; a zero `flags` (map not yet written) makes every program pass connects through
+/// untouched.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConfigV1 {
+    /// IPv6 listener address, raw (network order words).
+    pub v6_addr: [u32; 4],
+    /// IPv4 listener address, raw (network order).
+    pub v4_addr: u32,
+    /// `CONFIG_FLAG_*` bits.
+    pub flags: u32,
+    /// IPv4 listener port, host order.
+    pub v4_port: u16,
+    /// IPv6 listener port, host order.
+    pub v6_port: u16,
+    /// Explicit padding, always zero.
+    pub _pad: u32,
+}
+
+/// `ConnInfoV1::kind`: the connect was aimed at the metadata service and rewritten.
+pub const CONN_KIND_REDIRECTED: u32 = 1;
+/// `ConnInfoV1::kind`: the connect was aimed straight at the proxy's own address.
+pub const CONN_KIND_DIRECT: u32 = 2;
+
+/// What the kernel saw when a pod connected: who (cgroup) and where to (original destination).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnInfoV1 {
+    /// `bpf_get_current_cgroup_id()` of the connecting task: the inode number of its cgroup2
+    /// directory.
+    pub cgroup_id: u64,
+    /// The connecting socket's cookie.
+    pub socket_cookie: u64,
+    /// Original destination address, raw; IPv4 in word 0, other words zero.
+    pub orig_addr: [u32; 4],
+    /// Original destination port, host order.
+    pub orig_port: u32,
+    /// `AF_INET` or `AF_INET6` of the original destination (a v4-mapped destination is
+    /// `AF_INET6` with the mapped address kept as is).
+    pub orig_family: u32,
+    /// `CONN_KIND_*`.
+    pub kind: u32,
+    /// Explicit padding, always zero.
+    pub _pad: u32,
+}
+
+/// The connecting socket's local endpoint, which is what the proxy sees as the peer of the
+/// connection it accepts. A v4-mapped IPv6 endpoint is stored as IPv4, since that is how an
+/// IPv4 listener sees it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PeerKeyV1 {
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u32,
+    /// Local (source) port of the connecting socket, host order.
+    pub port: u32,
+    /// Local (source) address, raw; IPv4 in word 0, other words zero.
+    pub addr: [u32; 4],
+}
+
+/// `COUNTERS_V1` index: connects rewritten to the proxy.
+pub const COUNTER_REDIRECTED: u32 = 0;
+/// `COUNTERS_V1` index: direct connects to the proxy address recorded.
+pub const COUNTER_DIRECT: u32 = 1;
+/// `COUNTERS_V1` index: peers map entries stored at `TCP_CONNECT_CB`.
+pub const COUNTER_PEERS_STORED: u32 = 2;
+/// `COUNTERS_V1` index: peers map entries removed at close.
+pub const COUNTER_PEERS_REMOVED: u32 = 3;
+/// `COUNTERS_V1` index: map updates or helper calls that failed.
+pub const COUNTER_ERRORS: u32 = 4;
+/// Number of `COUNTERS_V1` slots.
+pub const COUNTER_COUNT: u32 = 5;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{align_of, size_of};
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<ConfigV1>(), 16 + 4 + 4 + 2 + 2 + 4);
+        assert_eq!(size_of::<ConnInfoV1>(), 8 + 8 + 16 + 4 + 4 + 4 + 4);
+        assert_eq!(size_of::<PeerKeyV1>(), 4 + 4 + 16);
+        assert!(align_of::<ConnInfoV1>() <= 8);
+    }
+}
