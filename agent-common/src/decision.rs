@@ -86,11 +86,7 @@ pub fn decide_connect6(cfg: &ConfigV1, is_tcp: bool, dst_addr: [u32; 4], dst_por
     if has_v6 && dst_addr == cfg.v6_addr && dst_port == cfg.v6_port {
         return Action::RecordDirect;
     }
-    if has_v4
-        && is_v4_mapped(&dst_addr)
-        && dst_addr[3] == cfg.v4_addr
-        && dst_port == cfg.v4_port
-    {
+    if has_v4 && is_v4_mapped(&dst_addr) && dst_addr[3] == cfg.v4_addr && dst_port == cfg.v4_port {
         return Action::RecordDirect;
     }
     Action::Pass
@@ -241,13 +237,18 @@ mod tests {
                 port: 8181
             }
         );
-        assert_eq!(decide_connect6(&cfg(CONFIG_FLAG_V6), true, m, 80), Action::Pass);
+        assert_eq!(
+            decide_connect6(&cfg(CONFIG_FLAG_V6), true, m, 80),
+            Action::Pass
+        );
     }
 
     #[test]
     fn other_v6_destinations_pass() {
         let c = both();
-        let other = ipv6_raw([0xfd, 0, 0x0e, 0xc2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02, 0x53]);
+        let other = ipv6_raw([
+            0xfd, 0, 0x0e, 0xc2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02, 0x53,
+        ]);
         assert_eq!(decide_connect6(&c, true, other, 80), Action::Pass);
         assert_eq!(
             decide_connect6(&c, true, mapped([169, 254, 169, 253]), 80),

@@ -1,2 +1,266 @@
+//! iamlet's eBPF programs, attached to the pods' cgroup.
+//!
+//! * `iamlet_connect4` / `iamlet_connect6` (`cgroup/connect4`, `cgroup/connect6`): a TCP
+//!   connect to the instance metadata service is rewritten to the agent's listener; that
+//!   connect, and any direct connect to the listener, is recorded in `COOKIES_V1` under the
+//!   socket's cookie together with the caller's cgroup id and original destination.
+//! * `iamlet_sock_ops` (`sockops`): at `TCP_CONNECT_CB` the source port is bound and no SYN has
+//!   left yet, so the record moves to `PEERS_V1` under the socket's local endpoint (what the
+//!   proxy sees as its peer) before the proxy can possibly accept; at `TCP_CLOSE` it is removed.
+//!
+//! The decisions are made by the pure functions of `agent_common::decision`; this crate only
+//! moves bytes between the kernel's context structs and those functions. Every map is
+//! documented in `agent_common::maps`.
 #![no_std]
 #![no_main]
+
+use agent_common::{
+    decide_connect4, decide_connect6,
+    maps::{COOKIES_MAX_ENTRIES, PEERS_MAX_ENTRIES},
+    peer_key_from_sock_ops, Action, ConfigV1, ConnInfoV1, PeerKeyV1, AF_INET, AF_INET6,
+    CONN_KIND_DIRECT, CONN_KIND_REDIRECTED, COUNTER_COUNT, COUNTER_DIRECT, COUNTER_ERRORS,
+    COUNTER_PEERS_REMOVED, COUNTER_PEERS_STORED, COUNTER_REDIRECTED,
+};
+use aya_ebpf::{
+    bindings::{
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
+        BPF_TCP_CLOSE,
+    },
+    btf_maps::{Array, LruHashMap, PerCpuArray},
+    helpers::{bpf_get_current_cgroup_id, bpf_get_socket_cookie},
+    macros::{btf_map, cgroup_sock_addr, sock_ops},
+    programs::{SockAddrContext, SockOpsContext},
+    EbpfContext,
+};
+
+/// Where the proxy listens; written by the agent (see `agent_common::maps`).
+#[btf_map]
+static CONFIG_V1: Array<ConfigV1, 1> = Array::new();
+
+/// Socket cookie → connection record, from connect until `TCP_CONNECT_CB`/close.
+#[btf_map]
+static COOKIES_V1: LruHashMap<u64, ConnInfoV1, COOKIES_MAX_ENTRIES> = LruHashMap::new();
+
+/// Local endpoint of a connecting socket → connection record, read by the agent on accept.
+#[btf_map]
+static PEERS_V1: LruHashMap<PeerKeyV1, ConnInfoV1, PEERS_MAX_ENTRIES> = LruHashMap::new();
+
+/// Per-CPU event counters, indexed by `COUNTER_*`.
+#[btf_map]
+static COUNTERS_V1: PerCpuArray<u64, { COUNTER_COUNT as usize }> = PerCpuArray::new();
+
+/// `bpf_sock_addr.protocol` of TCP.
+const IPPROTO_TCP: u32 = 6;
+/// The connect hooks' verdict that lets the connect proceed.
+const ALLOW: i32 = 1;
+
+#[inline(always)]
+fn count(index: u32) {
+    if let Some(slot) = COUNTERS_V1.get_ptr_mut(index) {
+        // SAFETY: a per-CPU slot is only touched by programs running on this CPU, which do not
+        // preempt each other; the pointer comes from a successful lookup.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+fn config() -> Option<ConfigV1> {
+    CONFIG_V1.get(0).copied()
+}
+
+#[inline(always)]
+fn record(ctx: &SockAddrContext, info: ConnInfoV1) {
+    // SAFETY: the socket cookie helper is allowed in cgroup sock_addr programs and only reads
+    // the context's socket.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let info = ConnInfoV1 {
+        socket_cookie: cookie,
+        ..info
+    };
+    if COOKIES_V1.insert(cookie, info, 0).is_err() {
+        count(COUNTER_ERRORS);
+    }
+}
+
+#[inline(always)]
+fn current_cgroup_id() -> u64 {
+    // SAFETY: a side-effect-free helper that reads the current task's cgroup.
+    unsafe { bpf_get_current_cgroup_id() }
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn iamlet_connect4(ctx: SockAddrContext) -> i32 {
+    try_connect4(&ctx);
+    ALLOW
+}
+
+#[inline(always)]
+fn try_connect4(ctx: &SockAddrContext) {
+    let Some(cfg) = config() else { return };
+    // SAFETY: the kernel hands sock_addr programs a valid bpf_sock_addr; these fields are
+    // readable in connect4.
+    let (protocol, dst, dst_port) = unsafe {
+        let sa = &*ctx.sock_addr;
+        (sa.protocol, sa.user_ip4, u16::from_be(sa.user_port as u16))
+    };
+    let action = decide_connect4(&cfg, protocol == IPPROTO_TCP, dst, dst_port);
+    let kind = match action {
+        Action::Pass => return,
+        Action::RecordDirect => CONN_KIND_DIRECT,
+        Action::Redirect { .. } => CONN_KIND_REDIRECTED,
+    };
+    record(
+        ctx,
+        ConnInfoV1 {
+            cgroup_id: current_cgroup_id(),
+            socket_cookie: 0,
+            orig_addr: [dst, 0, 0, 0],
+            orig_port: dst_port as u32,
+            orig_family: AF_INET,
+            kind,
+            _pad: 0,
+        },
+    );
+    if let Action::Redirect { addr, port } = action {
+        // SAFETY: user_ip4/user_port are writable in connect4.
+        unsafe {
+            (*ctx.sock_addr).user_ip4 = addr[0];
+            (*ctx.sock_addr).user_port = u16::to_be(port) as u32;
+        }
+        count(COUNTER_REDIRECTED);
+    } else {
+        count(COUNTER_DIRECT);
+    }
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn iamlet_connect6(ctx: SockAddrContext) -> i32 {
+    try_connect6(&ctx);
+    ALLOW
+}
+
+#[inline(always)]
+fn try_connect6(ctx: &SockAddrContext) {
+    let Some(cfg) = config() else { return };
+    // SAFETY: the kernel hands sock_addr programs a valid bpf_sock_addr; user_ip6 must be read
+    // word by word (narrower or wider loads are rejected by the verifier).
+    let (protocol, dst, dst_port) = unsafe {
+        let sa = &*ctx.sock_addr;
+        (
+            sa.protocol,
+            [
+                sa.user_ip6[0],
+                sa.user_ip6[1],
+                sa.user_ip6[2],
+                sa.user_ip6[3],
+            ],
+            u16::from_be(sa.user_port as u16),
+        )
+    };
+    let action = decide_connect6(&cfg, protocol == IPPROTO_TCP, dst, dst_port);
+    let kind = match action {
+        Action::Pass => return,
+        Action::RecordDirect => CONN_KIND_DIRECT,
+        Action::Redirect { .. } => CONN_KIND_REDIRECTED,
+    };
+    record(
+        ctx,
+        ConnInfoV1 {
+            cgroup_id: current_cgroup_id(),
+            socket_cookie: 0,
+            orig_addr: dst,
+            orig_port: dst_port as u32,
+            orig_family: AF_INET6,
+            kind,
+            _pad: 0,
+        },
+    );
+    if let Action::Redirect { addr, port } = action {
+        // SAFETY: user_ip6 (word stores) and user_port are writable in connect6.
+        unsafe {
+            let sa = &mut *ctx.sock_addr;
+            sa.user_ip6[0] = addr[0];
+            sa.user_ip6[1] = addr[1];
+            sa.user_ip6[2] = addr[2];
+            sa.user_ip6[3] = addr[3];
+            sa.user_port = u16::to_be(port) as u32;
+        }
+        count(COUNTER_REDIRECTED);
+    } else {
+        count(COUNTER_DIRECT);
+    }
+}
+
+#[sock_ops]
+pub fn iamlet_sock_ops(ctx: SockOpsContext) -> u32 {
+    match ctx.op() {
+        BPF_SOCK_OPS_TCP_CONNECT_CB => on_connect(&ctx),
+        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => on_close(&ctx),
+        _ => {}
+    }
+    1
+}
+
+#[inline(always)]
+fn socket_cookie(ctx: &SockOpsContext) -> u64 {
+    // SAFETY: the socket cookie helper is allowed in sock_ops programs.
+    unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
+}
+
+#[inline(always)]
+fn peer_key(ctx: &SockOpsContext) -> Option<PeerKeyV1> {
+    let family = ctx.family();
+    let local6 = if family == AF_INET6 {
+        ctx.local_ip6()
+    } else {
+        [0; 4]
+    };
+    peer_key_from_sock_ops(family, ctx.local_ip4(), local6, ctx.local_port())
+}
+
+#[inline(always)]
+fn on_connect(ctx: &SockOpsContext) {
+    let cookie = socket_cookie(ctx);
+    // SAFETY: the value is copied out at once; nothing is inserted into this map in between.
+    let Some(info) = (unsafe { COOKIES_V1.get(cookie) }).copied() else {
+        return;
+    };
+    let Some(key) = peer_key(ctx) else {
+        count(COUNTER_ERRORS);
+        return;
+    };
+    if PEERS_V1.insert(key, info, 0).is_err() {
+        count(COUNTER_ERRORS);
+        return;
+    }
+    count(COUNTER_PEERS_STORED);
+    // Ask for state callbacks so the entries go away when this socket closes.
+    if ctx
+        .set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32)
+        .is_err()
+    {
+        count(COUNTER_ERRORS);
+    }
+}
+
+#[inline(always)]
+fn on_close(ctx: &SockOpsContext) {
+    let cookie = socket_cookie(ctx);
+    // Only sockets we recorded asked for state callbacks; remove both records.
+    let _ = COOKIES_V1.remove(cookie);
+    if let Some(key) = peer_key(ctx) {
+        if PEERS_V1.remove(key).is_ok() {
+            count(COUNTER_PEERS_REMOVED);
+        }
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[link_section = "license"]
+#[no_mangle]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,1 +1,20 @@
+//! iamlet: gives each Kubernetes pod its own AWS IAM credentials through an instance metadata
+//! service that the kernel redirects pods to and that names pods by cgroup, never by IP.
+//!
+//! Modules, one concern each: `config` (flags), `telemetry` (logs), `metrics`, `datapath` (the
+//! eBPF loader), `cgroup` (cgroup2 discovery and the cgroup-id index), `identity` (pod UID from
+//! a cgroup path), `attribution` (who made a connection), `server` (HTTP accept loop), `proxy`
+//! (the metadata routes), `admin` (health and metrics routes), `app` (wiring).
+#![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod app;
+pub mod attribution;
+pub mod cgroup;
+pub mod config;
+pub mod datapath;
+pub mod identity;
+pub mod metrics;
+pub mod proxy;
+pub mod server;
+pub mod telemetry;

@@ -1,1 +1,41 @@
-//! test harness
+//! Privileged integration-test harness for iamlet.
+//!
+//! Builds a fake Kubernetes node out of Linux namespaces and cgroups, so tests can run the
+//! real agent and real clients without touching the machine's own network or cgroups:
+//!
+//! * [`TestNode`]: a network namespace `iml-node-<pid>-<n>` holding the agent's listener
+//!   addresses ([`NODE_PROXY_V4`], [`NODE_PROXY_V6`]) and the IMDS addresses ([`IMDS_V4`],
+//!   [`IMDS_V6`]) on `lo`, so an unredirected connect hits a fake IMDS the test runs there;
+//!   plus the "pods cgroup" `<cgroup2 root>/iamlet-test-<pid>-<n>` the agent attaches to.
+//! * [`FakePod`]: a cgroup below the pods cgroup and a network namespace wired to the node
+//!   by a veth pair (or a shared / the node's namespace). [`FakePod::command`] runs a
+//!   program in the pod's cgroup *and* network namespace.
+//! * [`OutsideHost`]: a pod-like network namespace whose processes stay in the caller's
+//!   cgroup, i.e. outside the attached cgroup.
+//! * [`ChildGuard`], [`run_with_timeout`]: nothing a test starts outlives it or hangs it.
+//!
+//! Everything is RAII: removed on drop, also while a failing test unwinds; drops never
+//! panic (problems are logged to stderr). Leftovers of crashed runs are removed by
+//! [`cleanup_stale`] at the next [`TestNode::new`]. Names carry the pid and a counter, so
+//! test binaries and test threads can run concurrently.
+//!
+//! Tests start with [`skip_unless_privileged!`], which skips (printing why) when
+//! [`require_privileges`] fails.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod cgroup;
+pub mod cleanup;
+pub mod netns;
+pub mod node;
+pub mod pod;
+pub mod privileges;
+pub mod process;
+
+pub use cleanup::cleanup_stale;
+pub use netns::Netns;
+pub use node::{TestNode, IMDS_V4, IMDS_V6, NODE_PROXY_V4, NODE_PROXY_V6};
+pub use pod::{FakePod, OutsideHost, PodNetwork};
+pub use privileges::{require_privileges, SkipReason};
+pub use process::{run_with_timeout, ChildGuard, RunOutput, DEFAULT_TIMEOUT};

@@ -1,1 +1,217 @@
-fn main() {}
+//! Project tasks: `cargo xtask <setup|build-ebpf|test|demo|bench>`.
+//!
+//! * `setup` installs what a fresh Debian 12 machine lacks (idempotent; says what it does).
+//! * `build-ebpf` builds `agent-ebpf` for bpfel-unknown-none with BTF, for `iamlet` to embed.
+//! * `test` runs setup, build-ebpf, fmt --check, clippy, unit tests and the privileged
+//!   integration tests (serially).
+//! * `demo` runs the main job locally on fake pods.
+//! * `bench` runs a benchmark, side by side with its baseline.
+
+mod setup;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the toolchain and tools this project needs (apt, bpf-linker).
+    Setup,
+    /// Build the eBPF object (target/ebpf/bpfel-unknown-none/release/agent-ebpf).
+    BuildEbpf,
+    /// Everything CI runs: setup, build-ebpf, fmt, clippy, unit and privileged tests.
+    Test {
+        /// Only run integration tests whose name contains this.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Skip setup (the machine is known to be ready).
+        #[arg(long)]
+        no_setup: bool,
+    },
+    /// Make fake pods and show what each one gets through the redirect.
+    Demo,
+    /// Run a benchmark side by side with its baseline.
+    Bench {
+        /// Which benchmark.
+        #[arg(value_enum)]
+        which: Bench,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Bench {
+    /// connect() latency with and without iamlet's programs attached.
+    Connect,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root()?;
+    match cli.cmd {
+        Cmd::Setup => setup::run(),
+        Cmd::BuildEbpf => build_ebpf(&root),
+        Cmd::Test { filter, no_setup } => test(&root, filter.as_deref(), no_setup),
+        Cmd::Demo => {
+            setup::run()?;
+            build_ebpf(&root)?;
+            build_agent(&root)?;
+            run_tests_bin(&root, "iamlet-demo", &[])
+        }
+        Cmd::Bench { which } => {
+            setup::run()?;
+            build_ebpf(&root)?;
+            build_agent(&root)?;
+            match which {
+                Bench::Connect => run_tests_bin(&root, "iamlet-bench", &["connect"]),
+            }
+        }
+    }
+}
+
+fn workspace_root() -> Result<PathBuf> {
+    let manifest =
+        std::env::var_os("CARGO_MANIFEST_DIR").context("run me through `cargo xtask`")?;
+    Ok(Path::new(&manifest)
+        .parent()
+        .context("xtask lives in the workspace")?
+        .to_path_buf())
+}
+
+/// Runs a command, echoing it, and fails on a non-zero exit.
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("+ {}", display(cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {}", display(cmd)))?;
+    if !status.success() {
+        bail!("{} failed with {status}", display(cmd));
+    }
+    Ok(())
+}
+
+fn display(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for arg in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&arg.to_string_lossy());
+    }
+    s
+}
+
+fn cargo(root: &Path) -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root);
+    cmd
+}
+
+/// Path of the eBPF object `build-ebpf` produces (also the default `iamlet` embeds).
+pub(crate) fn ebpf_object(root: &Path) -> PathBuf {
+    root.join("target/ebpf/bpfel-unknown-none/release/agent-ebpf")
+}
+
+fn build_ebpf(root: &Path) -> Result<()> {
+    // Debian's rustc-web ships the prebuilt `core` for bpfel-unknown-none; aya-ebpf needs
+    // asm_experimental_arch, unlocked for that crate alone. BTF makes the maps pretty-print.
+    let mut cmd = cargo(root);
+    cmd.env("RUSTC", setup::DEBIAN_RUSTC)
+        .env("RUSTC_BOOTSTRAP", "aya_ebpf")
+        .env("RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf")
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .args([
+            "build",
+            "--locked",
+            "--package",
+            "agent-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+            "--release",
+            "--target-dir",
+        ])
+        .arg(root.join("target/ebpf"));
+    run(&mut cmd)?;
+    let obj = ebpf_object(root);
+    if !obj.is_file() {
+        bail!("build succeeded but {} is missing", obj.display());
+    }
+    eprintln!("eBPF object: {}", obj.display());
+    Ok(())
+}
+
+fn build_agent(root: &Path) -> Result<()> {
+    run(cargo(root).args([
+        "build",
+        "--locked",
+        "--package",
+        "iamlet",
+        "--package",
+        "iamlet-tests",
+        "--bins",
+    ]))
+}
+
+fn run_tests_bin(root: &Path, bin: &str, args: &[&str]) -> Result<()> {
+    let mut cmd = cargo(root);
+    cmd.args([
+        "run",
+        "--locked",
+        "--quiet",
+        "--package",
+        "iamlet-tests",
+        "--bin",
+        bin,
+        "--",
+    ])
+    .args(args)
+    .env("IAMLET_BIN", root.join("target/debug/iamlet"));
+    run(&mut cmd)
+}
+
+fn test(root: &Path, filter: Option<&str>, no_setup: bool) -> Result<()> {
+    if !no_setup {
+        setup::run()?;
+    }
+    build_ebpf(root)?;
+    run(cargo(root).args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo(root).args([
+        "clippy",
+        "--locked",
+        "--workspace",
+        "--exclude",
+        "agent-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // Unit tests (host only, unprivileged).
+    run(cargo(root).args([
+        "test",
+        "--locked",
+        "--package",
+        "agent-common",
+        "--package",
+        "iamlet",
+        "--package",
+        "xtask",
+    ]))?;
+    build_agent(root)?;
+    // Privileged integration tests: real programs, cgroups and namespaces, one at a time.
+    let mut cmd = cargo(root);
+    cmd.args(["test", "--locked", "--package", "iamlet-tests", "--"])
+        .args(["--test-threads=1"])
+        .env("IAMLET_BIN", root.join("target/debug/iamlet"));
+    if let Some(f) = filter {
+        cmd.arg(f);
+    }
+    run(&mut cmd)
+}

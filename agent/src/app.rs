@@ -1,0 +1,121 @@
+//! Wires the agent together: datapath, cgroup index, proxy listeners, admin server, signals.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::admin::Admin;
+use crate::attribution::Attributor;
+use crate::cgroup::{self, CgroupIndex};
+use crate::config::Config;
+use crate::datapath::{self, Datapath, DatapathConfig};
+use crate::metrics::{self, Metrics};
+use crate::proxy::Proxy;
+use crate::server::{self, ServerLimits};
+
+/// Errors that stop the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("could not listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Datapath(#[from] datapath::Error),
+    #[error(transparent)]
+    Cgroup(#[from] cgroup::Error),
+    #[error("could not install signal handler: {0}")]
+    Signal(#[source] std::io::Error),
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Listen { addr, source })
+}
+
+/// Runs the agent until SIGTERM or SIGINT, then drains and detaches.
+pub async fn run(config: Config) -> Result<(), Error> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut sigterm = signal(SignalKind::terminate()).map_err(Error::Signal)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(Error::Signal)?;
+
+    // Listen first: once the programs are attached, redirected connects must find a socket.
+    let mut listeners = Vec::new();
+    if let Some(v4) = config.listen_v4 {
+        listeners.push(bind(SocketAddr::V4(v4)).await?);
+    }
+    if let Some(v6) = config.listen_v6 {
+        listeners.push(bind(SocketAddr::V6(v6)).await?);
+    }
+    let admin_listener = bind(config.admin_listen).await?;
+
+    let index = Arc::new(CgroupIndex::new(
+        config.cgroup_root.clone(),
+        config.cgroup.clone(),
+    )?);
+    let datapath = Arc::new(Datapath::start(&DatapathConfig {
+        cgroup: config.cgroup.clone(),
+        pin_dir: config.bpffs_dir.clone(),
+        listen_v4: config.listen_v4,
+        listen_v6: config.listen_v6,
+    })?);
+
+    let metrics = Metrics::default();
+    let admin = Admin::new(metrics::registry(&metrics, Some(datapath.clone())));
+    let proxy = Proxy::new(
+        Attributor::new(datapath.clone(), index.clone()),
+        metrics.clone(),
+    );
+    let limits = ServerLimits {
+        shutdown_grace: config.shutdown_grace,
+        ..ServerLimits::default()
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    for listener in listeners {
+        let local = listener.local_addr().ok();
+        tracing::info!(listen = ?local, "metadata proxy listening");
+        tasks.push(tokio::spawn(server::serve(
+            "proxy",
+            listener,
+            proxy.clone(),
+            limits,
+            stop_rx.clone(),
+        )));
+    }
+    tracing::info!(listen = %config.admin_listen, "admin server listening");
+    tasks.push(tokio::spawn(server::serve(
+        "admin",
+        admin_listener,
+        admin.clone(),
+        limits,
+        stop_rx.clone(),
+    )));
+    admin.set_ready(true);
+    tracing::info!(cgroup = %config.cgroup.display(), "iamlet ready");
+
+    tokio::select! {
+        _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    admin.set_ready(false);
+    let _ = stop_tx.send(true);
+    for task in tasks {
+        let _ = task.await;
+    }
+    drop(proxy);
+    drop(admin);
+    match Arc::try_unwrap(datapath) {
+        Ok(datapath) => drop(datapath),
+        Err(_) => tracing::warn!(
+            "datapath still referenced at exit; the kernel detaches it when the process ends"
+        ),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

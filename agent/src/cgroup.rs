@@ -1,0 +1,636 @@
+//! cgroup v2 discovery and the cgroup-id index.
+//!
+//! The eBPF programs record `bpf_get_current_cgroup_id()` for every redirected connect. That id
+//! is the inode number of the cgroup's directory in the cgroup2 filesystem, so user space turns
+//! it back into a path (and from there into a pod, see [`crate::identity`]) by walking the
+//! cgroup tree and remembering each directory's inode: [`CgroupIndex`].
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStringExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+/// Where the kernel lists mounted filesystems.
+pub const PROC_MOUNTS: &str = "/proc/mounts";
+
+/// The conventional cgroup2 mount point, preferred when the filesystem is mounted several times.
+const PREFERRED_MOUNT: &str = "/sys/fs/cgroup";
+
+/// Names of the kubelet's pods cgroup, systemd driver first, then cgroupfs driver.
+const PODS_CGROUP_NAMES: [&str; 2] = ["kubepods.slice", "kubepods"];
+
+/// Default minimum time between two rescans triggered by unknown cgroup ids.
+pub const DEFAULT_MIN_RESCAN_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Errors of cgroup discovery, validation and indexing.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O operation on a path failed (reading a file, resolving or stat'ing a path).
+    #[error("cannot {op} {path}: {source}")]
+    Io {
+        /// What was attempted: `read`, `resolve`, `stat`.
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// No filesystem of type `cgroup2` is mounted.
+    #[error("no cgroup2 filesystem found in {source_name} (is cgroup v2 mounted?)")]
+    NoCgroup2Mount {
+        /// What was parsed, e.g. `/proc/mounts`.
+        source_name: String,
+    },
+    /// Neither of the kubelet's pods cgroups exists under the cgroup2 root.
+    #[error("no kubelet pods cgroup under {root}: looked for {looked_for}")]
+    PodsCgroupNotFound {
+        /// The cgroup2 root searched.
+        root: PathBuf,
+        /// The directory names tried.
+        looked_for: String,
+    },
+    /// A cgroup path is not a directory.
+    #[error("{path} is not a directory, so it is not a cgroup")]
+    NotADirectory {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The candidate is the cgroup2 root itself, which would capture every process on the host.
+    #[error(
+        "refusing to attach to the cgroup2 root {path}: that would intercept every process on \
+         the host; name the kubelet's pods cgroup (e.g. kubepods.slice) instead"
+    )]
+    IsRoot {
+        /// The root.
+        path: PathBuf,
+    },
+    /// The candidate lies outside the cgroup2 mount.
+    #[error("{path} is not below the cgroup2 mount {root}")]
+    OutsideRoot {
+        /// The candidate (canonical).
+        path: PathBuf,
+        /// The cgroup2 root (canonical).
+        root: PathBuf,
+    },
+    /// The candidate is below the cgroup2 mount point but on another filesystem.
+    #[error("{path} is on a different filesystem than the cgroup2 mount {root}")]
+    OtherFilesystem {
+        /// The candidate (canonical).
+        path: PathBuf,
+        /// The cgroup2 root (canonical).
+        root: PathBuf,
+    },
+}
+
+/// Builds an [`Error::Io`] constructor for `op` on `path`.
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Error {
+    let path = path.to_path_buf();
+    move |source| Error::Io { op, path, source }
+}
+
+/// Decodes the octal escapes (`\040` for a space, `\011`, `\012`, `\134`) that the kernel
+/// uses for whitespace and backslashes in `/proc/mounts` fields.
+fn decode_mount_field(field: &str) -> PathBuf {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() {
+            let digits = &bytes[i + 1..i + 4];
+            if digits.iter().all(|d| (b'0'..=b'7').contains(d)) {
+                let value = digits
+                    .iter()
+                    .fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
+                if let Ok(byte) = u8::try_from(value) {
+                    out.push(byte);
+                    i += 4;
+                    continue;
+                }
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    PathBuf::from(OsString::from_vec(out))
+}
+
+/// Returns the mount point of the `cgroup2` filesystem from `/proc/mounts`-formatted text.
+///
+/// When cgroup2 is mounted more than once, `/sys/fs/cgroup` is preferred, else the first one
+/// listed is returned (on hybrid hosts that is typically `/sys/fs/cgroup/unified`).
+pub fn find_cgroup2_mount(proc_mounts: &str) -> Result<PathBuf, Error> {
+    let mut first = None;
+    for line in proc_mounts.lines() {
+        let mut fields = line.split_ascii_whitespace();
+        let (Some(_device), Some(mount_point), Some(fstype)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        if fstype != "cgroup2" {
+            continue;
+        }
+        let mount_point = decode_mount_field(mount_point);
+        if mount_point == Path::new(PREFERRED_MOUNT) {
+            return Ok(mount_point);
+        }
+        first.get_or_insert(mount_point);
+    }
+    first.ok_or_else(|| Error::NoCgroup2Mount {
+        source_name: "mount table".to_owned(),
+    })
+}
+
+/// Returns the mount point of the `cgroup2` filesystem, read from `/proc/mounts`.
+pub fn cgroup2_mount() -> Result<PathBuf, Error> {
+    let text = fs::read_to_string(PROC_MOUNTS).map_err(io_err("read", Path::new(PROC_MOUNTS)))?;
+    find_cgroup2_mount(&text).map_err(|_| Error::NoCgroup2Mount {
+        source_name: PROC_MOUNTS.to_owned(),
+    })
+}
+
+/// Returns the kubelet's pods cgroup below the cgroup2 `root`: `kubepods.slice` (systemd
+/// cgroup driver) or `kubepods` (cgroupfs driver).
+pub fn autodetect_pods_cgroup(root: &Path) -> Result<PathBuf, Error> {
+    PODS_CGROUP_NAMES
+        .iter()
+        .map(|name| root.join(name))
+        .find(|candidate| candidate.is_dir())
+        .ok_or_else(|| Error::PodsCgroupNotFound {
+            root: root.to_path_buf(),
+            looked_for: PODS_CGROUP_NAMES.join(" or "),
+        })
+}
+
+/// Checks that `candidate` is an existing cgroup strictly below the cgroup2 `root` and returns
+/// its canonical path.
+///
+/// `candidate` is either relative to `root` or absolute; an absolute path that does not exist
+/// on the filesystem and is not under `root` is read the way `/proc/<pid>/cgroup` writes
+/// cgroups, i.e. relative to `root` (`/kubepods.slice`).
+pub fn validate_attach_cgroup(root: &Path, candidate: &Path) -> Result<PathBuf, Error> {
+    let root_canon = root.canonicalize().map_err(io_err("resolve", root))?;
+    let joined = if !candidate.is_absolute() {
+        root.join(candidate)
+    } else if candidate == Path::new("/") {
+        // The cgroup root as /proc/<pid>/cgroup writes it, not the filesystem root.
+        root.to_path_buf()
+    } else if !candidate.starts_with(root)
+        && !candidate.starts_with(&root_canon)
+        && fs::symlink_metadata(candidate).is_err_and(|e| e.kind() == io::ErrorKind::NotFound)
+    {
+        // `/kubepods.slice` as written in /proc/<pid>/cgroup: relative to the cgroup2 root.
+        root.join(candidate.strip_prefix("/").unwrap_or(candidate))
+    } else {
+        candidate.to_path_buf()
+    };
+    let canon = joined.canonicalize().map_err(io_err("resolve", &joined))?;
+    let meta = fs::metadata(&canon).map_err(io_err("stat", &canon))?;
+    if !meta.is_dir() {
+        return Err(Error::NotADirectory { path: canon });
+    }
+    if canon == root_canon {
+        return Err(Error::IsRoot { path: canon });
+    }
+    if !canon.starts_with(&root_canon) {
+        return Err(Error::OutsideRoot {
+            path: canon,
+            root: root_canon,
+        });
+    }
+    let root_meta = fs::metadata(&root_canon).map_err(io_err("stat", &root_canon))?;
+    if meta.dev() != root_meta.dev() {
+        return Err(Error::OtherFilesystem {
+            path: canon,
+            root: root_canon,
+        });
+    }
+    Ok(canon)
+}
+
+/// Returns the id of the cgroup at `path`: the inode number of its directory, which is what
+/// `bpf_get_current_cgroup_id()` reports for processes in that cgroup.
+pub fn cgroup_id(path: &Path) -> Result<u64, Error> {
+    fs::metadata(path)
+        .map(|meta| meta.ino())
+        .map_err(io_err("stat", path))
+}
+
+/// Renders `path` relative to `root` the way `/proc/<pid>/cgroup` does: with a leading slash,
+/// `/` for the root itself. `None` when `path` is not below `root`.
+fn render_relative(root: &Path, path: &Path) -> Option<String> {
+    let rel = path.strip_prefix(root).ok()?;
+    let mut out = String::new();
+    for component in rel.components() {
+        if let Component::Normal(name) = component {
+            out.push('/');
+            out.push_str(&name.to_string_lossy());
+        }
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    Some(out)
+}
+
+/// `Some` on success; `None` on failure, logged unless the path vanished (cgroups come and go
+/// while the tree is walked).
+fn vanished_ok<T>(result: io::Result<T>, path: &Path) -> Option<T> {
+    match result {
+        Ok(value) => Some(value),
+        Err(err) => {
+            if err.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(path = %path.display(), error = %err, "cannot read cgroup tree");
+            }
+            None
+        }
+    }
+}
+
+/// Walks the directory tree at `base` (inclusive) without following symlinks and maps every
+/// directory's inode to its path relative to `root`. Directories that vanish during the walk
+/// are skipped; only a failure to stat `base` itself is an error.
+fn scan_tree(root: &Path, base: &Path) -> Result<HashMap<u64, String>, Error> {
+    let mut map = HashMap::new();
+    let base_meta = fs::symlink_metadata(base).map_err(io_err("stat", base))?;
+    if !base_meta.is_dir() {
+        return Err(Error::NotADirectory {
+            path: base.to_path_buf(),
+        });
+    }
+    if let Some(rel) = render_relative(root, base) {
+        map.insert(base_meta.ino(), rel);
+    }
+    let mut stack = vec![base.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Some(entries) = vanished_ok(fs::read_dir(&dir), &dir) else {
+            continue;
+        };
+        for entry in entries {
+            let Some(entry) = vanished_ok(entry, &dir) else {
+                break;
+            };
+            // DirEntry::metadata does not follow symlinks, so symlinks are never descended.
+            let path = entry.path();
+            match vanished_ok(entry.metadata(), &path) {
+                Some(meta) if meta.is_dir() => {
+                    if let Some(rel) = render_relative(root, &path) {
+                        map.insert(meta.ino(), rel);
+                    }
+                    stack.push(path);
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(map)
+}
+
+/// Bookkeeping of rescans, guarded by the mutex that serialises them.
+#[derive(Debug)]
+struct ScanState {
+    /// When the last scan finished.
+    last_finished: Instant,
+}
+
+/// Maps cgroup ids (directory inodes) to cgroup paths relative to the cgroup2 root, rendered
+/// like `/kubepods.slice/kubepods-besteffort.slice/...`.
+///
+/// Only the subtree below the attached cgroup is indexed. Lookups of unknown ids trigger a
+/// rescan, which is single-flight (concurrent misses share one walk) and rate-limited (at most
+/// one per [`DEFAULT_MIN_RESCAN_INTERVAL`] unless changed with
+/// [`CgroupIndex::with_min_rescan_interval`]). Safe to share between threads.
+#[derive(Debug)]
+pub struct CgroupIndex {
+    root: PathBuf,
+    scan_base: PathBuf,
+    map: RwLock<HashMap<u64, String>>,
+    scan: Mutex<ScanState>,
+    /// Number of completed scans, including the initial one; bumped while `scan` is held.
+    generation: AtomicU64,
+    rescans: AtomicU64,
+    min_rescan_interval: Duration,
+}
+
+impl CgroupIndex {
+    /// Builds the index of the subtree `scan_base` (inclusive), whose paths are rendered
+    /// relative to the cgroup2 mount `root`. Both are canonicalised; fails when either cannot
+    /// be resolved or read, or when `scan_base` is not `root` or below it.
+    pub fn new(root: PathBuf, scan_base: PathBuf) -> Result<Self, Error> {
+        let root = root.canonicalize().map_err(io_err("resolve", &root))?;
+        let scan_base = scan_base
+            .canonicalize()
+            .map_err(io_err("resolve", &scan_base))?;
+        if !scan_base.starts_with(&root) {
+            return Err(Error::OutsideRoot {
+                path: scan_base,
+                root,
+            });
+        }
+        let map = scan_tree(&root, &scan_base)?;
+        tracing::debug!(base = %scan_base.display(), cgroups = map.len(), "indexed cgroups");
+        Ok(Self {
+            root,
+            scan_base,
+            map: RwLock::new(map),
+            scan: Mutex::new(ScanState {
+                last_finished: Instant::now(),
+            }),
+            generation: AtomicU64::new(1),
+            rescans: AtomicU64::new(0),
+            min_rescan_interval: DEFAULT_MIN_RESCAN_INTERVAL,
+        })
+    }
+
+    /// Sets the minimum time between two rescans triggered by unknown ids.
+    pub fn with_min_rescan_interval(mut self, interval: Duration) -> Self {
+        self.min_rescan_interval = interval;
+        self
+    }
+
+    fn lookup(&self, id: u64) -> Option<String> {
+        self.map
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .cloned()
+    }
+
+    /// Walks the subtree and replaces the map; must be called with `self.scan` held.
+    fn rescan_locked(&self, state: &mut ScanState) {
+        match scan_tree(&self.root, &self.scan_base) {
+            Ok(map) => {
+                *self.map.write().unwrap_or_else(PoisonError::into_inner) = map;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cgroup rescan failed; index emptied");
+                self.map
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clear();
+            }
+        }
+        state.last_finished = Instant::now();
+        self.rescans.fetch_add(1, Ordering::Relaxed);
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// The path of cgroup `id` relative to the cgroup2 root (e.g.
+    /// `/kubepods.slice/kubepods-pod<uid>.slice/cri-containerd-<id>.scope`).
+    ///
+    /// On a miss the subtree is rescanned once (unless another caller's rescan completed since
+    /// this lookup began, or the last rescan is more recent than the rate limit) and the id is
+    /// looked up again. Blocks on filesystem I/O during a rescan.
+    pub fn resolve(&self, id: u64) -> Option<String> {
+        let seen_generation = self.generation.load(Ordering::Acquire);
+        if let Some(path) = self.lookup(id) {
+            return Some(path);
+        }
+        let mut state = self.scan.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.generation.load(Ordering::Acquire) != seen_generation {
+            // Someone rescanned after our miss: their result is at least as fresh as ours.
+            drop(state);
+            return self.lookup(id);
+        }
+        if state.last_finished.elapsed() < self.min_rescan_interval {
+            drop(state);
+            return self.lookup(id);
+        }
+        self.rescan_locked(&mut state);
+        drop(state);
+        self.lookup(id)
+    }
+
+    /// Rescans the subtree now, regardless of the rate limit (e.g. from a periodic task, so
+    /// that removed cgroups are dropped).
+    pub fn refresh(&self) {
+        let mut state = self.scan.lock().unwrap_or_else(PoisonError::into_inner);
+        self.rescan_locked(&mut state);
+    }
+
+    /// Number of cgroups in the index.
+    pub fn len(&self) -> usize {
+        self.map
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Whether the index is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of rescans done since construction (the initial scan is not counted).
+    pub fn rescans(&self) -> u64 {
+        self.rescans.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// A fresh, unique directory under the system temp dir, removed on drop.
+    struct TempTree(PathBuf);
+
+    impl TempTree {
+        fn new(tag: &str) -> Self {
+            static COUNTER: AtomicU64 = AtomicU64::new(0);
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let name = format!("iamlet-cgroup-{tag}-{}-{n}", std::process::id());
+            let path = std::env::temp_dir().join(name);
+            let _ = fs::remove_dir_all(&path);
+            fs::create_dir_all(&path).unwrap();
+            Self(path.canonicalize().unwrap())
+        }
+    }
+
+    impl Drop for TempTree {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn mount(text: &str) -> Option<PathBuf> {
+        find_cgroup2_mount(text).ok()
+    }
+
+    #[test]
+    fn mounts() {
+        let hybrid = "tmpfs /sys/fs/cgroup tmpfs rw,mode=755 0 0\n\
+                      cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\n\
+                      cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0\n\
+                      cgroup /sys/fs/cgroup/systemd cgroup rw,name=systemd 0 0\n";
+        assert_eq!(mount(hybrid), Some("/sys/fs/cgroup/unified".into()));
+        let pure = "proc /proc proc rw 0 0\ncgroup2 /sys/fs/cgroup cgroup2 rw,nsdelegate 0 0\n";
+        assert_eq!(mount(pure), Some("/sys/fs/cgroup".into()));
+        let several = "cgroup2 /run/x cgroup2 rw 0 0\ncgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n";
+        assert_eq!(mount(several), Some("/sys/fs/cgroup".into()));
+        let two = "cgroup2 /a cgroup2 rw 0 0\ncgroup2 /b cgroup2 rw 0 0\n";
+        assert_eq!(mount(two), Some("/a".into()));
+        let escaped = "cgroup2 /mnt/my\\040cgroups\\134x cgroup2 rw 0 0\n";
+        assert_eq!(mount(escaped), Some("/mnt/my cgroups\\x".into()));
+        assert_eq!(decode_mount_field("a\\04"), PathBuf::from("a\\04"));
+        assert_eq!(decode_mount_field("a\\09x"), PathBuf::from("a\\09x"));
+        let none = "tmpfs /sys/fs/cgroup tmpfs rw 0 0\ncgroup /sys/fs/cgroup/cpu cgroup rw 0 0\n";
+        let err = find_cgroup2_mount(none);
+        assert!(matches!(err, Err(Error::NoCgroup2Mount { .. })), "{err:?}");
+        assert_eq!(mount(""), None);
+    }
+
+    #[test]
+    fn pods_cgroup_autodetect() {
+        let t = TempTree::new("autodetect");
+        let err = autodetect_pods_cgroup(&t.0).unwrap_err().to_string();
+        assert!(err.contains("kubepods.slice or kubepods"), "{err}");
+        fs::create_dir(t.0.join("kubepods")).unwrap();
+        assert_eq!(autodetect_pods_cgroup(&t.0).unwrap(), t.0.join("kubepods"));
+        fs::create_dir(t.0.join("kubepods.slice")).unwrap();
+        assert_eq!(
+            autodetect_pods_cgroup(&t.0).unwrap(),
+            t.0.join("kubepods.slice")
+        );
+    }
+
+    #[test]
+    fn validate_candidates() {
+        let t = TempTree::new("validate");
+        let root = t.0.join("root");
+        fs::create_dir_all(root.join("kubepods.slice/inner")).unwrap();
+        fs::create_dir_all(t.0.join("outside")).unwrap();
+        fs::write(root.join("cgroup.procs"), "").unwrap();
+        let v = |c: &Path| validate_attach_cgroup(&root, c);
+        let p = |c: &str| validate_attach_cgroup(&root, Path::new(c));
+
+        assert!(matches!(v(&root), Err(Error::IsRoot { .. })));
+        assert!(matches!(p("."), Err(Error::IsRoot { .. })));
+        assert!(matches!(p("/"), Err(Error::IsRoot { .. })));
+        assert!(matches!(
+            v(&t.0.join("outside")),
+            Err(Error::OutsideRoot { .. })
+        ));
+        assert!(matches!(p("../outside"), Err(Error::OutsideRoot { .. })));
+        assert!(matches!(p("missing"), Err(Error::Io { op: "resolve", .. })));
+        assert!(matches!(
+            p("/no-such-cgroup"),
+            Err(Error::Io { op: "resolve", .. })
+        ));
+        assert!(matches!(
+            p("cgroup.procs"),
+            Err(Error::NotADirectory { .. })
+        ));
+        let want = root.join("kubepods.slice");
+        assert_eq!(p("kubepods.slice").unwrap(), want);
+        assert_eq!(p("kubepods.slice/inner/..").unwrap(), want);
+        assert_eq!(v(&want).unwrap(), want);
+        // Written as in /proc/<pid>/cgroup: relative to the root.
+        assert_eq!(p("/kubepods.slice").unwrap(), want);
+    }
+
+    #[test]
+    fn cgroup_id_is_inode() {
+        let t = TempTree::new("id");
+        assert_eq!(cgroup_id(&t.0).unwrap(), fs::metadata(&t.0).unwrap().ino());
+        let err = cgroup_id(&t.0.join("nope"));
+        assert!(matches!(err, Err(Error::Io { op: "stat", .. })));
+    }
+
+    #[test]
+    fn index_scans_rescans_and_forgets() {
+        let t = TempTree::new("index");
+        let base = t.0.join("kubepods.slice");
+        let pod = base.join("kubepods-besteffort.slice/kubepods-besteffort-podx.slice");
+        fs::create_dir_all(&pod).unwrap();
+        fs::create_dir_all(t.0.join("system.slice/other.service")).unwrap();
+        fs::write(pod.join("cgroup.procs"), "").unwrap();
+        std::os::unix::fs::symlink(t.0.join("system.slice"), base.join("link")).unwrap();
+        let id = |p: &Path| cgroup_id(p).unwrap();
+
+        let index = CgroupIndex::new(t.0.join("system.slice/.."), base.clone()).unwrap();
+        let index = index.with_min_rescan_interval(Duration::ZERO);
+        assert_eq!(
+            index.len(),
+            3,
+            "base, qos and pod slice; no files, no symlinks"
+        );
+        assert_eq!(index.resolve(id(&base)).as_deref(), Some("/kubepods.slice"));
+        let pod_path = "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-podx.slice";
+        assert_eq!(index.resolve(id(&pod)).as_deref(), Some(pod_path));
+        assert_eq!(index.rescans(), 0);
+
+        // Outside the scanned subtree: a miss, even after the rescan.
+        assert_eq!(
+            index.resolve(id(&t.0.join("system.slice/other.service"))),
+            None
+        );
+        assert_eq!(index.rescans(), 1);
+
+        // A new cgroup is found by the rescan on miss.
+        let ctr = pod.join("cri-containerd-abc.scope");
+        fs::create_dir(&ctr).unwrap();
+        let want = format!("{pod_path}/cri-containerd-abc.scope");
+        assert_eq!(index.resolve(id(&ctr)), Some(want));
+        assert_eq!((index.rescans(), index.len()), (2, 4));
+
+        // A removed cgroup disappears at the next rescan.
+        let gone = id(&ctr);
+        fs::remove_dir(&ctr).unwrap();
+        assert_eq!(index.resolve(gone).map(|_| ()), Some(()), "still cached");
+        index.refresh();
+        assert_eq!((index.rescans(), index.len()), (3, 3));
+        assert_eq!(index.resolve(gone), None);
+    }
+
+    #[test]
+    fn index_rate_limits_and_single_flights() {
+        let t = TempTree::new("ratelimit");
+        fs::create_dir_all(t.0.join("kubepods/burstable")).unwrap();
+        let new = |interval| {
+            let index = CgroupIndex::new(t.0.clone(), t.0.join("kubepods")).unwrap();
+            Arc::new(index.with_min_rescan_interval(interval))
+        };
+        // Within the window after the last scan: no rescan, just a re-check.
+        let index = new(Duration::from_secs(3600));
+        assert_eq!(index.resolve(u64::MAX), None);
+        assert_eq!(index.rescans(), 0);
+
+        // Concurrent misses share one walk: hold the scan lock (as a running rescan would)
+        // while they all miss, then release it.
+        let index = new(Duration::ZERO);
+        let guard = index.scan.lock().unwrap();
+        let threads: Vec<_> = (0..32)
+            .map(|_| {
+                let index = Arc::clone(&index);
+                std::thread::spawn(move || index.resolve(u64::MAX - 1))
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        drop(guard);
+        for thread in threads {
+            assert_eq!(thread.join().unwrap(), None);
+        }
+        assert_eq!(index.rescans(), 1);
+    }
+
+    #[test]
+    fn index_rejects_missing_base_and_renders() {
+        let t = TempTree::new("missing");
+        let err = CgroupIndex::new(t.0.clone(), t.0.join("nope"));
+        assert!(matches!(err, Err(Error::Io { op: "resolve", .. })));
+        let err = CgroupIndex::new(t.0.join("."), std::env::temp_dir().join(".."));
+        assert!(matches!(err, Err(Error::OutsideRoot { .. })), "{err:?}");
+        let root = Path::new("/sys/fs/cgroup");
+        assert_eq!(render_relative(root, root).as_deref(), Some("/"));
+        let sub = Path::new("/sys/fs/cgroup/a/b");
+        assert_eq!(render_relative(root, sub).as_deref(), Some("/a/b"));
+        assert_eq!(render_relative(root, Path::new("/elsewhere")), None);
+    }
+}

@@ -1,0 +1,234 @@
+//! Command-line flags and `IAMLET_*` environment variables, parsed and validated once.
+//!
+//! `main` exits with status 64 (EX_USAGE) when [`Args::validate`] fails.
+
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::cgroup;
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// iamlet: per-pod AWS IAM credentials through an eBPF-redirected instance metadata service.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "iamlet", version, about)]
+pub struct Args {
+    /// Cgroup to attach to, absolute or relative to the cgroup2 mount. Default: the kubelet's
+    /// pods cgroup (kubepods.slice or kubepods). The root cgroup is refused.
+    #[arg(long, env = "IAMLET_CGROUP")]
+    pub cgroup: Option<PathBuf>,
+
+    /// IPv4 address:port of the metadata proxy; pods' connects to 169.254.169.254:80 are
+    /// rewritten to it, so it must be reachable from pods (the node's host IP).
+    #[arg(long, env = "IAMLET_LISTEN_V4")]
+    pub listen_v4: Option<SocketAddrV4>,
+
+    /// IPv6 [address]:port of the metadata proxy for connects to [fd00:ec2::254]:80. Without
+    /// it, those connects go to the IPv4 listener (v4-mapped).
+    #[arg(long, env = "IAMLET_LISTEN_V6")]
+    pub listen_v6: Option<SocketAddrV6>,
+
+    /// Address of the admin server (/live, /ready, /metrics).
+    #[arg(long, env = "IAMLET_ADMIN_LISTEN", default_value = "127.0.0.1:9809")]
+    pub admin_listen: SocketAddr,
+
+    /// Directory on a bpffs where the maps are pinned.
+    #[arg(long, env = "IAMLET_BPFFS_DIR", default_value = "/sys/fs/bpf/iamlet")]
+    pub bpffs_dir: PathBuf,
+
+    /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
+    #[arg(long, env = "IAMLET_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Log format.
+    #[arg(long, env = "IAMLET_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `iamlet=debug`.
+    #[arg(long, env = "IAMLET_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "no listener: set --listen-v4 (IAMLET_LISTEN_V4) and/or --listen-v6 (IAMLET_LISTEN_V6)"
+    )]
+    NoListener,
+    #[error("--listen-v4 {addr}: {reason}")]
+    ListenV4 {
+        addr: SocketAddrV4,
+        reason: &'static str,
+    },
+    #[error("--listen-v6 {addr}: {reason}")]
+    ListenV6 {
+        addr: SocketAddrV6,
+        reason: &'static str,
+    },
+    #[error("--bpffs-dir {}: must be an absolute path below a bpffs mount", path.display())]
+    BpffsDir { path: PathBuf },
+    #[error("--log {filter:?}: {reason}")]
+    LogFilter { filter: String, reason: String },
+    #[error(transparent)]
+    Cgroup(#[from] cgroup::Error),
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// cgroup2 mount point.
+    pub cgroup_root: PathBuf,
+    /// Absolute path of the cgroup the programs attach to.
+    pub cgroup: PathBuf,
+    /// IPv4 listener.
+    pub listen_v4: Option<SocketAddrV4>,
+    /// IPv6 listener.
+    pub listen_v6: Option<SocketAddrV6>,
+    /// Admin listener.
+    pub admin_listen: SocketAddr,
+    /// bpffs pin directory.
+    pub bpffs_dir: PathBuf,
+    /// Drain time on shutdown.
+    pub shutdown_grace: Duration,
+}
+
+impl Args {
+    /// Checks everything that can be checked before touching the kernel.
+    pub fn validate(&self) -> Result<Config, Error> {
+        if self.listen_v4.is_none() && self.listen_v6.is_none() {
+            return Err(Error::NoListener);
+        }
+        if let Some(addr) = self.listen_v4 {
+            if addr.ip().is_unspecified() {
+                return Err(Error::ListenV4 {
+                    addr,
+                    reason: "must be a concrete address pods can reach, not 0.0.0.0",
+                });
+            }
+            if addr.port() == 0 {
+                return Err(Error::ListenV4 {
+                    addr,
+                    reason: "port 0 is not allowed",
+                });
+            }
+            if *addr.ip() == std::net::Ipv4Addr::new(169, 254, 169, 254) {
+                return Err(Error::ListenV4 {
+                    addr,
+                    reason: "must not be the metadata service address itself",
+                });
+            }
+        }
+        if let Some(addr) = self.listen_v6 {
+            if addr.ip().is_unspecified() || addr.port() == 0 {
+                return Err(Error::ListenV6 {
+                    addr,
+                    reason: "must be a concrete address and port pods can reach",
+                });
+            }
+        }
+        if !self.bpffs_dir.is_absolute() || self.bpffs_dir.parent().is_none() {
+            return Err(Error::BpffsDir {
+                path: self.bpffs_dir.clone(),
+            });
+        }
+        if let Err(e) = self.log.parse::<tracing_subscriber::EnvFilter>() {
+            return Err(Error::LogFilter {
+                filter: self.log.clone(),
+                reason: e.to_string(),
+            });
+        }
+        let cgroup_root = cgroup::cgroup2_mount()?;
+        let cgroup = match &self.cgroup {
+            Some(path) => cgroup::validate_attach_cgroup(&cgroup_root, path)?,
+            None => {
+                let found = cgroup::autodetect_pods_cgroup(&cgroup_root)?;
+                cgroup::validate_attach_cgroup(&cgroup_root, &found)?
+            }
+        };
+        Ok(Config {
+            cgroup_root,
+            cgroup,
+            listen_v4: self.listen_v4,
+            listen_v6: self.listen_v6,
+            admin_listen: self.admin_listen,
+            bpffs_dir: self.bpffs_dir.clone(),
+            shutdown_grace: self.shutdown_grace,
+        })
+    }
+}
+
+/// Parses `500ms`, `5s`, `2m` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 5s or 2m"))?;
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    if !secs.is_finite() || secs < 0.0 || secs > 86_400.0 * 365.0 {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Result<Args, clap::Error> {
+        let mut v = vec!["iamlet"];
+        v.extend_from_slice(extra);
+        Args::try_parse_from(v)
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn listener_is_required_and_checked() {
+        let a = args(&[]).expect("parses");
+        assert!(matches!(a.validate(), Err(Error::NoListener)));
+        let a = args(&["--listen-v4", "0.0.0.0:8181"]).expect("parses");
+        assert!(matches!(a.validate(), Err(Error::ListenV4 { .. })));
+        let a = args(&["--listen-v4", "169.254.169.254:80"]).expect("parses");
+        assert!(matches!(a.validate(), Err(Error::ListenV4 { .. })));
+        let a = args(&["--listen-v6", "[::]:8181"]).expect("parses");
+        assert!(matches!(a.validate(), Err(Error::ListenV6 { .. })));
+        assert!(args(&["--listen-v4", "not-an-address"]).is_err());
+    }
+
+    #[test]
+    fn bad_log_filter_and_bpffs_dir() {
+        let a = args(&["--listen-v4", "127.0.0.1:8181", "--log", "iamlet=loud"]).expect("parses");
+        assert!(matches!(a.validate(), Err(Error::LogFilter { .. })));
+        let a = args(&["--listen-v4", "127.0.0.1:8181", "--bpffs-dir", "rel/dir"]).expect("parses");
+        assert!(matches!(a.validate(), Err(Error::BpffsDir { .. })));
+    }
+}

@@ -1,0 +1,161 @@
+//! Prometheus metrics, served by the admin server at `/metrics`.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `iamlet_proxy_connections_total` | counter | `result` = `attributed` / `unattributed` |
+//! | `iamlet_proxy_requests_total` | counter | `route`, `status` |
+//! | `iamlet_ebpf_events_total` | counter (read from `COUNTERS_V1` at scrape) | `event` |
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+use crate::datapath::Datapath;
+
+/// Outcome of attributing a connection.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum ConnResult {
+    /// The kernel had a record for it.
+    Attributed,
+    /// It came from outside the attached cgroup (answered 403).
+    Unattributed,
+}
+
+impl EncodeLabelValue for ConnResult {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        let text = match self {
+            ConnResult::Attributed => "attributed",
+            ConnResult::Unattributed => "unattributed",
+        };
+        EncodeLabelValue::encode(&text, encoder)
+    }
+}
+
+/// Labels of `iamlet_proxy_connections_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnLabels {
+    /// Outcome.
+    pub result: ConnResult,
+}
+
+/// Labels of `iamlet_proxy_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Route name (a fixed set, never the raw path).
+    pub route: &'static str,
+    /// HTTP status code.
+    pub status: u16,
+}
+
+/// The proxy's metric handles.
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    /// Accepted connections by attribution outcome.
+    pub connections: Family<ConnLabels, Counter>,
+    /// Requests by route and status.
+    pub requests: Family<RequestLabels, Counter>,
+}
+
+impl Metrics {
+    /// Counts a connection.
+    pub fn connection(&self, result: ConnResult) {
+        self.connections.get_or_create(&ConnLabels { result }).inc();
+    }
+
+    /// Counts a request.
+    pub fn request(&self, route: &'static str, status: u16) {
+        self.requests
+            .get_or_create(&RequestLabels { route, status })
+            .inc();
+    }
+}
+
+/// Reads the eBPF counters on each scrape.
+#[derive(Debug)]
+struct EbpfCollector {
+    datapath: Arc<Datapath>,
+}
+
+const EBPF_EVENTS: [&str; agent_common::COUNTER_COUNT as usize] = [
+    "redirected",
+    "direct",
+    "peers_stored",
+    "peers_removed",
+    "errors",
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    event: &'static str,
+}
+
+impl prometheus_client::collector::Collector for EbpfCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let Ok(values) = self.datapath.counters() else {
+            return Ok(());
+        };
+        let mut family = encoder.encode_descriptor(
+            "iamlet_ebpf_events",
+            "Events counted by the eBPF programs",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (event, value) in EBPF_EVENTS.iter().zip(values) {
+            let labels = EventLabels { event };
+            let metric = family.encode_family(&labels)?;
+            prometheus_client::encoding::EncodeMetric::encode(&ConstCounter::new(value), metric)?;
+        }
+        Ok(())
+    }
+}
+
+/// Builds the registry: the proxy's metrics, plus the eBPF counters when a datapath runs.
+pub fn registry(metrics: &Metrics, datapath: Option<Arc<Datapath>>) -> Registry {
+    let mut registry = Registry::with_prefix("iamlet");
+    registry.register(
+        "proxy_connections",
+        "Connections accepted by the metadata proxy",
+        metrics.connections.clone(),
+    );
+    registry.register(
+        "proxy_requests",
+        "Requests answered by the metadata proxy",
+        metrics.requests.clone(),
+    );
+    if let Some(datapath) = datapath {
+        registry.register_collector(Box::new(EbpfCollector { datapath }));
+    }
+    registry
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_counters() {
+        let m = Metrics::default();
+        m.connection(ConnResult::Attributed);
+        m.request("whoami", 200);
+        let reg = registry(&m, None);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &reg).expect("encode");
+        assert!(
+            out.contains("iamlet_proxy_connections_total{result=\"attributed\"} 1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("iamlet_proxy_requests_total{route=\"whoami\",status=\"200\"} 1"),
+            "{out}"
+        );
+    }
+}

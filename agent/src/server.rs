@@ -1,0 +1,129 @@
+//! The HTTP/1.1 accept loop shared by the metadata proxy and the admin server: keep-alive,
+//! per-connection state, and graceful drain on shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// The response type of every route.
+pub type Resp = Response<Full<Bytes>>;
+
+/// What a server does with its connections.
+pub trait ConnHandler: Send + Sync + 'static {
+    /// State computed once per accepted connection (e.g. who the client is).
+    type Conn: Send + Sync + 'static;
+    /// Called once when a connection is accepted, before its first request is read.
+    fn on_connect(&self, peer: SocketAddr) -> Self::Conn;
+    /// Answers one request of that connection.
+    fn handle(
+        &self,
+        conn: &Self::Conn,
+        req: Request<Incoming>,
+    ) -> impl Future<Output = Resp> + Send;
+}
+
+/// Limits of one server.
+#[derive(Clone, Copy, Debug)]
+pub struct ServerLimits {
+    /// Time allowed for a client to send a request's headers.
+    pub header_read_timeout: Duration,
+    /// Longest drain on shutdown.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            header_read_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Serves `listener` until `shutdown` turns true, then drains open connections for at most
+/// `limits.shutdown_grace`.
+pub async fn serve<H: ConnHandler>(
+    name: &'static str,
+    listener: TcpListener,
+    handler: Arc<H>,
+    limits: ServerLimits,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut builder = http1::Builder::new();
+    builder
+        .keep_alive(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(server = name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let conn_state = Arc::new(handler.on_connect(peer));
+        let handler = handler.clone();
+        let service = service_fn(move |req| {
+            let handler = handler.clone();
+            let conn_state = conn_state.clone();
+            async move { Ok::<_, Infallible>(handler.handle(&conn_state, req).await) }
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(server = name, %peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!(server = name, "draining connections");
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!(server = name, "all connections closed"),
+        _ = tokio::time::sleep(limits.shutdown_grace) => {
+            tracing::warn!(server = name, grace = ?limits.shutdown_grace, "drain timed out; closing the rest");
+        }
+    }
+}
+
+/// A response with a body and content type.
+pub fn response(status: u16, content_type: &'static str, body: impl Into<Bytes>) -> Resp {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() =
+        hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    resp
+}
+
+/// A JSON response.
+pub fn json(status: u16, value: &impl serde::Serialize) -> Resp {
+    match serde_json::to_vec(value) {
+        Ok(body) => response(status, "application/json", body),
+        Err(e) => response(500, "text/plain", format!("could not encode response: {e}")),
+    }
+}

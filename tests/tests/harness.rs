@@ -1,0 +1,450 @@
+//! Self-tests of the privileged harness: topology, connectivity, command plumbing and
+//! cleanup (normal drop, drop during a panic, stale leftovers). Run as root:
+//! `cargo test -p iamlet-tests -- --test-threads=1`.
+
+use std::fs;
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::ExitStatusExt;
+use std::panic::{self, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use iamlet_tests::cgroup::{cgroup2_root, cgroup_of};
+use iamlet_tests::{
+    cleanup_stale, netns, skip_unless_privileged, ChildGuard, FakePod, TestNode, IMDS_V4, IMDS_V6,
+    NODE_PROXY_V4, NODE_PROXY_V6,
+};
+
+/// Tiny HTTP server: answers every request with `<label> <peer address>`.
+const SERVER_PY: &str = r#"
+import socket, sys
+host, port, label = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((host, port))
+s.listen(64)
+while True:
+    c, a = s.accept()
+    try:
+        c.settimeout(5)
+        c.recv(65536)
+        body = ("%s %s" % (label, a[0])).encode()
+        c.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+    except Exception:
+        pass
+    finally:
+        c.close()
+"#;
+
+/// Starts [`SERVER_PY`] in the node namespace on `addr` and waits until it listens.
+fn spawn_server(node: &TestNode, addr: SocketAddr, label: &str) -> Result<ChildGuard> {
+    let server = ChildGuard::spawn(
+        node.command("python3")
+            .args(["-c", SERVER_PY])
+            .arg(addr.ip().to_string())
+            .arg(addr.port().to_string())
+            .arg(label),
+    )?;
+    node.wait_listening(addr, Duration::from_secs(10))?;
+    Ok(server)
+}
+
+/// `curl`s `http://<addr>/` with `run` and returns the body.
+fn curl(
+    run: impl FnOnce(&[String]) -> Result<iamlet_tests::RunOutput>,
+    addr: SocketAddr,
+) -> Result<String> {
+    let args: Vec<String> = ["curl", "-gsS", "--max-time", "5"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([format!("http://{addr}/")])
+        .collect();
+    Ok(run(&args)?.ensure_success()?.stdout)
+}
+
+/// The `0::` cgroup line of a process started by `cmd` (it runs `cat /proc/self/cgroup`).
+fn cgroup_line(mut cmd: Command) -> Result<String> {
+    let out =
+        iamlet_tests::run_with_timeout(cmd.arg("/proc/self/cgroup"), Duration::from_secs(20))?
+            .ensure_success()?;
+    out.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_owned)
+        .context("no 0:: line")
+}
+
+/// Network namespace inode of a process inside `pod`.
+fn netns_inode_in(pod: &FakePod) -> Result<u64> {
+    let link = pod
+        .run(&["readlink", "/proc/self/ns/net"])?
+        .ensure_success()?
+        .stdout;
+    // "net:[4026532345]"
+    link.trim()
+        .trim_start_matches("net:[")
+        .trim_end_matches(']')
+        .parse()
+        .with_context(|| format!("parsing {link:?}"))
+}
+
+fn assert_in_pod(pod: &FakePod) -> Result<()> {
+    let line = cgroup_line(pod.command("cat"))?;
+    ensure!(
+        line == format!("/{}", pod.cgroup_relative()),
+        "pod {}: process is in cgroup {line}, expected /{}",
+        pod.name(),
+        pod.cgroup_relative()
+    );
+    ensure!(line.ends_with(pod.cgroup_relative()));
+    let ns = netns_inode_in(pod)?;
+    let want = fs::metadata(pod.netns_path())?.ino();
+    ensure!(
+        ns == want,
+        "pod {}: netns inode {ns}, expected {want}",
+        pod.name()
+    );
+    ensure!(pod.cgroup_id() == fs::metadata(pod.cgroup_path())?.ino());
+    Ok(())
+}
+
+fn addresses_in(pod: &FakePod) -> Result<String> {
+    Ok(pod
+        .run(&["ip", "-o", "addr", "show"])?
+        .ensure_success()?
+        .stdout)
+}
+
+#[test]
+fn topology_cgroups_and_namespaces() -> Result<()> {
+    skip_unless_privileged!(Ok(()));
+    let node = TestNode::new()?;
+    let root = cgroup2_root()?;
+    assert_eq!(node.pods_cgroup(), root.join(node.pods_cgroup_relative()));
+    assert!(node.pods_cgroup().is_dir());
+    assert_eq!(
+        node.netns_path(),
+        PathBuf::from("/run/netns").join(node.netns_name())
+    );
+
+    let pod1 = node.add_pod("pod-a")?;
+    let pod2 = node.add_pod("kubepods-burstable.slice/kubepods-burstable-pod1234.slice")?;
+    let shared = node.add_pod_in_netns("pod-a-sidecar", &pod1)?;
+    let host = node.add_host_network_pod("hostnet")?;
+
+    for pod in [&pod1, &pod2, &shared, &host] {
+        assert_in_pod(pod)?;
+        assert!(pod.cgroup_path().starts_with(node.pods_cgroup()));
+    }
+    let ids = [
+        pod1.cgroup_id(),
+        pod2.cgroup_id(),
+        shared.cgroup_id(),
+        host.cgroup_id(),
+    ];
+    for (i, a) in ids.iter().enumerate() {
+        assert!(
+            ids[i + 1..].iter().all(|b| a != b),
+            "cgroup ids not distinct: {ids:?}"
+        );
+    }
+
+    // Addresses.
+    assert_eq!(pod1.ipv4(), Some("198.18.1.2".parse()?));
+    assert_eq!(pod1.ipv6(), Some("fd00:1a3e:1::2".parse()?));
+    assert_eq!(pod2.ipv4(), Some("198.18.2.2".parse()?));
+    assert_eq!(shared.ipv4(), pod1.ipv4());
+    assert_eq!(shared.netns_name(), pod1.netns_name());
+    assert_eq!(host.ipv4(), None);
+    assert_eq!(host.netns_name(), node.netns_name());
+    let a1 = addresses_in(&pod1)?;
+    assert!(a1.contains("eth0    inet 198.18.1.2/24"), "{a1}");
+    assert!(a1.contains("eth0    inet6 fd00:1a3e:1::2/64"), "{a1}");
+    assert!(!a1.contains("198.18.255.1"), "{a1}");
+    assert_eq!(addresses_in(&shared)?, a1);
+    let a2 = addresses_in(&pod2)?;
+    assert!(a2.contains("inet 198.18.2.2/24"), "{a2}");
+    assert!(a2.contains("inet6 fd00:1a3e:2::2/64"), "{a2}");
+    let ah = addresses_in(&host)?;
+    for want in [
+        "lo    inet 198.18.255.1/32",
+        "inet6 fd00:1a3e:ffff::1/128",
+        "inet 169.254.169.254/32",
+        "inet6 fd00:ec2::254/128",
+        "veth1    inet 198.18.1.1/24",
+        "veth2    inet6 fd00:1a3e:2::1/64",
+    ] {
+        assert!(ah.contains(want), "missing {want:?} in node netns:\n{ah}");
+    }
+    let routes = pod1.run(&["ip", "-6", "route", "show", "default"])?.stdout;
+    assert!(routes.contains("via fd00:1a3e:1::1 dev eth0"), "{routes}");
+
+    // The node's commands and the test process itself stay in the caller's cgroup.
+    let own = cgroup_of(std::process::id())?;
+    assert_eq!(cgroup_line(node.command("cat"))?, own);
+    let outside = node.add_outside_netns("outside")?;
+    assert_eq!(cgroup_line(outside.command("cat"))?, own);
+    let ao = outside
+        .run(&["ip", "-o", "addr", "show", "dev", "eth0"])?
+        .stdout;
+    assert!(ao.contains(&format!("inet {}/24", outside.ipv4())), "{ao}");
+    assert!(ao.contains(&format!("inet6 {}/64", outside.ipv6())), "{ao}");
+    Ok(())
+}
+
+#[test]
+fn pods_reach_servers_in_the_node_namespace() -> Result<()> {
+    skip_unless_privileged!(Ok(()));
+    let node = TestNode::new()?;
+    let pod1 = node.add_pod("pod-a")?;
+    let pod2 = node.add_pod("pod-b")?;
+    let shared = node.add_pod_in_netns("pod-a-sidecar", &pod1)?;
+    let host = node.add_host_network_pod("hostnet")?;
+    let outside = node.add_outside_netns("outside")?;
+
+    let proxy4 = SocketAddr::new(NODE_PROXY_V4.into(), 8080);
+    let proxy6 = SocketAddr::new(NODE_PROXY_V6.into(), 8080);
+    let imds4 = SocketAddr::new(IMDS_V4.into(), 80);
+    let imds6 = SocketAddr::new(IMDS_V6.into(), 80);
+    let _servers = [
+        spawn_server(&node, proxy4, "proxy")?,
+        spawn_server(&node, proxy6, "proxy")?,
+        spawn_server(&node, imds4, "imds")?,
+        spawn_server(&node, imds6, "imds")?,
+    ];
+
+    for pod in [&pod1, &pod2, &shared] {
+        let (v4, v6): (IpAddr, IpAddr) = (pod.ipv4().unwrap().into(), pod.ipv6().unwrap().into());
+        assert_eq!(curl(|a| pod.run(a), proxy4)?, format!("proxy {v4}"));
+        assert_eq!(curl(|a| pod.run(a), proxy6)?, format!("proxy {v6}"));
+        assert_eq!(curl(|a| pod.run(a), imds4)?, format!("imds {v4}"));
+        assert_eq!(curl(|a| pod.run(a), imds6)?, format!("imds {v6}"));
+    }
+    // Host network: connects from the node namespace itself.
+    assert_eq!(
+        curl(|a| host.run(a), proxy4)?,
+        format!("proxy {NODE_PROXY_V4}")
+    );
+    assert_eq!(curl(|a| host.run(a), imds6)?, format!("imds {IMDS_V6}"));
+    assert_eq!(curl(|a| node.run(a), imds4)?, format!("imds {IMDS_V4}"));
+    assert_eq!(
+        curl(|a| outside.run(a), proxy4)?,
+        format!("proxy {}", outside.ipv4())
+    );
+    assert_eq!(
+        curl(|a| outside.run(a), proxy6)?,
+        format!("proxy {}", outside.ipv6())
+    );
+    Ok(())
+}
+
+#[test]
+fn arguments_pass_through_unmodified() -> Result<()> {
+    skip_unless_privileged!(Ok(()));
+    let node = TestNode::new()?;
+    let pod = node.add_pod("args")?;
+    let args = [
+        "a b", "$HOME", "'q'\"", "", "*", "--net=x", "-c", "; exit 3", "\\n",
+    ];
+    let mut all = vec!["printf", "[%s]"];
+    all.extend(args);
+    let want: String = args.iter().map(|a| format!("[{a}]")).collect();
+    assert_eq!(pod.run(&all)?.ensure_success()?.stdout, want);
+    assert_eq!(node.run(&all)?.ensure_success()?.stdout, want);
+    let out = pod.run(&["sh", "-c", "echo out; echo err >&2; exit 7"])?;
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(
+        (out.stdout.as_str(), out.stderr.as_str()),
+        ("out\n", "err\n")
+    );
+    Ok(())
+}
+
+#[test]
+fn run_kills_a_hung_command() -> Result<()> {
+    skip_unless_privileged!(Ok(()));
+    let node = TestNode::new()?;
+    let pod = node.add_pod("hang")?;
+    let start = Instant::now();
+    let err = pod
+        .run_timeout(&["sleep", "60"], Duration::from_millis(500))
+        .expect_err("sleep 60 must time out");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(format!("{err:#}").contains("timed out"), "{err:#}");
+    assert_eq!(pod.procs()?, Vec::<u32>::new(), "hung command not killed");
+    Ok(())
+}
+
+/// What must be gone once a node and its pods are dropped.
+#[derive(Default, Debug)]
+struct Footprint {
+    netns: Vec<String>,
+    cgroups: Vec<PathBuf>,
+    children: Vec<Child>,
+}
+
+impl Footprint {
+    fn record(&mut self, node: &TestNode, pods: &[&FakePod]) {
+        self.netns.push(node.netns_name().to_owned());
+        self.cgroups.push(node.pods_cgroup().to_owned());
+        for pod in pods {
+            self.netns.push(pod.netns_name().to_owned());
+            self.cgroups.push(pod.cgroup_path().to_owned());
+        }
+    }
+
+    fn assert_gone(self) -> Result<()> {
+        let left = netns::list()?;
+        for name in &self.netns {
+            ensure!(!left.contains(name), "netns {name} left behind");
+        }
+        for dir in &self.cgroups {
+            ensure!(!dir.exists(), "cgroup {} left behind", dir.display());
+        }
+        for child in self.children {
+            let mut guard = ChildGuard::new(child);
+            let status = guard
+                .wait_timeout(Duration::from_secs(5))?
+                .context("process in a dropped pod still runs")?;
+            ensure!(status.signal() == Some(9), "expected SIGKILL, got {status}");
+        }
+        Ok(())
+    }
+}
+
+/// Spawns `cmd` (a `sleep` command of some pod/namespace) for 1000 s, not guarded: the
+/// harness must kill it.
+fn spawn_sleeper(mut cmd: Command) -> Result<Child> {
+    Ok(cmd
+        .arg("1000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?)
+}
+
+#[test]
+fn drop_removes_everything_in_any_order() -> Result<()> {
+    skip_unless_privileged!(Ok(()));
+    let mut fp = Footprint::default();
+    let node = TestNode::new()?;
+    let pod1 = node.add_pod("kubepods.slice/pod-a")?;
+    let pod2 = node.add_pod("kubepods.slice/pod-b")?;
+    let shared = node.add_pod_in_netns("sidecar", &pod1)?;
+    let host = node.add_host_network_pod("hostnet")?;
+    let outside = node.add_outside_netns("outside")?;
+    fp.record(&node, &[&pod1, &pod2, &shared, &host]);
+    fp.netns.push(outside.netns_name().to_owned());
+    for cmd in [
+        pod1.command("sleep"),
+        pod2.command("sleep"),
+        shared.command("sleep"),
+        host.command("sleep"),
+        outside.command("sleep"),
+        node.command("sleep"),
+    ] {
+        fp.children.push(spawn_sleeper(cmd)?);
+    }
+    let slice = node.pods_cgroup().join("kubepods.slice");
+    let (node_netns, pod1_netns) = (node.netns_name().to_owned(), pod1.netns_name().to_owned());
+
+    // The node handle goes first: its namespace and cgroup must outlive its pods.
+    drop(node);
+    assert!(netns::list()?.contains(&node_netns));
+    assert!(host.run(&["true"])?.success());
+    // Shared namespace survives the pod that created it.
+    drop(pod1);
+    assert!(netns::list()?.contains(&pod1_netns));
+    assert!(addresses_in(&shared)?.contains("198.18.1.2/24"));
+    drop(shared);
+    assert!(!netns::list()?.contains(&pod1_netns));
+    // Intermediate cgroups go with their last pod.
+    assert!(slice.is_dir());
+    drop(pod2);
+    assert!(!slice.exists());
+    drop(host);
+    drop(outside);
+    fp.assert_gone()
+}
+
+#[test]
+fn drop_during_panic_removes_everything() -> Result<()> {
+    skip_unless_privileged!(Ok(()));
+    let fp = Mutex::new(Footprint::default());
+    let result = panic::catch_unwind(AssertUnwindSafe(|| {
+        let node = TestNode::new().unwrap();
+        let pod1 = node.add_pod("pod-a").unwrap();
+        let shared = node.add_pod_in_netns("sidecar", &pod1).unwrap();
+        let pod2 = node.add_pod("nested.slice/pod-b").unwrap();
+        let _outside = node.add_outside_netns("outside").unwrap();
+        let mut fp = fp.lock().unwrap();
+        fp.record(&node, &[&pod1, &shared, &pod2]);
+        fp.children
+            .push(spawn_sleeper(pod1.command("sleep")).unwrap());
+        fp.children
+            .push(spawn_sleeper(shared.command("sleep")).unwrap());
+        let _server = ChildGuard::spawn(node.command("sleep").arg("1000")).unwrap();
+        drop(fp);
+        panic!("deliberate panic inside a test");
+    }));
+    assert!(result.is_err());
+    fp.into_inner().unwrap().assert_gone()
+}
+
+#[test]
+fn cleanup_stale_removes_only_dead_runs() -> Result<()> {
+    skip_unless_privileged!(Ok(()));
+    let live = TestNode::new()?;
+    let live_pod = live.add_pod("live")?;
+    // A pid that is certainly not running any more.
+    let mut child = Command::new("true").spawn()?;
+    let dead = child.id();
+    child.wait()?;
+    let stale_ns = format!("iml-{dead}-999-1");
+    let stale_cg = cgroup2_root()?.join(format!("iamlet-test-{dead}-999"));
+    let status = Command::new("ip")
+        .args(["netns", "add", &stale_ns])
+        .status()?;
+    ensure!(status.success());
+    fs::create_dir_all(stale_cg.join("x.slice/pod"))?;
+    // A leftover process inside the stale cgroup must not stop the cleanup.
+    let leftover = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(r#"echo $$ > "$0/cgroup.procs" && exec sleep 1000"#)
+        .arg(stale_cg.join("x.slice/pod"))
+        .spawn()?;
+    let mut leftover = ChildGuard::new(leftover);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fs::read_to_string(stale_cg.join("x.slice/pod/cgroup.procs"))?.is_empty() {
+        ensure!(
+            Instant::now() < deadline,
+            "leftover never joined its cgroup"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    let removed = cleanup_stale();
+    assert!(
+        removed.iter().any(|r| r.ends_with(&stale_ns)),
+        "{removed:?}"
+    );
+    assert!(!netns::list()?.contains(&stale_ns));
+    assert!(!stale_cg.exists());
+    let status = leftover
+        .wait_timeout(Duration::from_secs(5))?
+        .context("leftover alive")?;
+    assert_eq!(status.signal(), Some(9));
+    // The live node of this process is untouched.
+    assert!(netns::list()?.contains(&live.netns_name().to_owned()));
+    assert!(live_pod.cgroup_path().is_dir());
+    assert!(live_pod.run(&["true"])?.success());
+    Ok(())
+}
