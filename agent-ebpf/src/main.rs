@@ -11,8 +11,10 @@
 //! The decisions are made by the pure functions of `agent_common::decision`; this crate only
 //! moves bytes between the kernel's context structs and those functions. Every map is
 //! documented in `agent_common::maps`.
-#![no_std]
-#![no_main]
+// Built for bpfel-unknown-none by `cargo xtask build-ebpf`; on the host it only type-checks
+// (so clippy sees it) with an empty main.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
 
 use agent_common::{
     decide_connect4, decide_connect6,
@@ -255,7 +257,7 @@ fn on_close(ctx: &SockOpsContext) {
     }
 }
 
-#[cfg(not(test))]
+#[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
@@ -264,3 +266,6 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 #[link_section = "license"]
 #[no_mangle]
 static LICENSE: [u8; 4] = *b"GPL\0";
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

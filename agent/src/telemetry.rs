@@ -1,5 +1,7 @@
 //! Logging: tracing with a text or JSON formatter.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::{fmt, prelude::*, EnvFilter};
 
 use crate::config::LogFormat;
@@ -17,7 +19,14 @@ pub fn init(format: LogFormat, filter: &str) {
                     .with_current_span(false),
             )
             .try_init(),
-        LogFormat::Text => registry.with(fmt::layer().with_target(false)).try_init(),
+        LogFormat::Text => registry
+            .with(
+                fmt::layer()
+                    .with_target(false)
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
     };
     if let Err(e) = result {
         eprintln!("iamlet: logging was already initialised: {e}");

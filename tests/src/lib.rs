@@ -25,15 +25,19 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod agent;
 pub mod cgroup;
 pub mod cleanup;
+pub mod net;
 pub mod netns;
 pub mod node;
 pub mod pod;
 pub mod privileges;
 pub mod process;
 
+pub use agent::{Agent, PROXY_PORT};
 pub use cleanup::cleanup_stale;
+pub use net::{http, udp_probe, FakeUpstream, Family, HttpAnswer};
 pub use netns::Netns;
 pub use node::{TestNode, IMDS_V4, IMDS_V6, NODE_PROXY_V4, NODE_PROXY_V6};
 pub use pod::{FakePod, OutsideHost, PodNetwork};

@@ -186,8 +186,6 @@ fn test(root: &Path, filter: Option<&str>, no_setup: bool) -> Result<()> {
         "clippy",
         "--locked",
         "--workspace",
-        "--exclude",
-        "agent-ebpf",
         "--all-targets",
         "--",
         "-D",

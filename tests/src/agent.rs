@@ -1,0 +1,167 @@
+//! The real `iamlet` binary, run inside a [`TestNode`]'s network namespace and attached to its
+//! pods cgroup. Stopped with SIGTERM (and killed if it does not stop) on drop.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::node::{TestNode, NODE_PROXY_V4, NODE_PROXY_V6};
+use crate::process::ChildGuard;
+
+/// Port of the agent's metadata listeners in tests.
+pub const PROXY_PORT: u16 = 8181;
+/// Admin address of the agent in tests (inside the node netns).
+pub const ADMIN_ADDR: &str = "127.0.0.1:9809";
+
+static AGENT_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Path of the agent binary: `$IAMLET_BIN`, else `target/debug/iamlet` of this workspace.
+pub fn agent_bin() -> PathBuf {
+    match std::env::var_os("IAMLET_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/iamlet"),
+    }
+}
+
+/// A running agent.
+#[derive(Debug)]
+pub struct Agent {
+    child: Option<ChildGuard>,
+    log: PathBuf,
+    bpffs_dir: PathBuf,
+}
+
+impl Agent {
+    /// Starts the agent in `node`'s netns, attached to its pods cgroup, with both listeners,
+    /// plus `extra` flags; waits until `/ready` answers.
+    pub fn start(node: &TestNode, extra: &[&str]) -> Result<Agent> {
+        let tag = format!(
+            "{}-{}",
+            std::process::id(),
+            AGENT_COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let bpffs_dir = PathBuf::from(format!("/sys/fs/bpf/iamlet-test-{tag}"));
+        let log = std::env::temp_dir().join(format!("iamlet-test-agent-{tag}.log"));
+        let log_file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let bin = agent_bin();
+        if !bin.is_file() {
+            bail!(
+                "agent binary {} not found: build it (cargo xtask test does) or set IAMLET_BIN",
+                bin.display()
+            );
+        }
+        let mut cmd = node.command(&bin);
+        cmd.arg("--cgroup")
+            .arg(node.pods_cgroup())
+            .arg("--listen-v4")
+            .arg(format!("{NODE_PROXY_V4}:{PROXY_PORT}"))
+            .arg("--listen-v6")
+            .arg(format!("[{NODE_PROXY_V6}]:{PROXY_PORT}"))
+            .arg("--admin-listen")
+            .arg(ADMIN_ADDR)
+            .arg("--bpffs-dir")
+            .arg(&bpffs_dir)
+            .arg("--log")
+            .arg("debug")
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file);
+        let child = ChildGuard::spawn(&mut cmd).context("starting iamlet")?;
+        let mut agent = Agent {
+            child: Some(child),
+            log,
+            bpffs_dir,
+        };
+        agent.wait_ready(node, Duration::from_secs(20))?;
+        Ok(agent)
+    }
+
+    fn wait_ready(&mut self, node: &TestNode, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let url = format!("http://{ADMIN_ADDR}/ready");
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    bail!(
+                        "iamlet exited with {status} before becoming ready:\n{}",
+                        self.log_text()
+                    );
+                }
+            }
+            let out =
+                node.run_timeout(&["curl", "-sf", "-m", "1", &url], Duration::from_secs(3))?;
+            if out.success() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("iamlet not ready after {timeout:?}:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The agent's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Directory where its maps are pinned.
+    pub fn bpffs_dir(&self) -> &Path {
+        &self.bpffs_dir
+    }
+
+    /// Path of a pinned map.
+    pub fn pinned_map(&self, name: &str) -> PathBuf {
+        self.bpffs_dir.join(name)
+    }
+
+    /// Everything the agent logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits (up to 15 s) for the exit status.
+    pub fn stop(mut self) -> Result<ExitStatus> {
+        let Some(mut child) = self.child.take() else {
+            bail!("agent already stopped");
+        };
+        let pid = child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status()?;
+        match child.wait_timeout(Duration::from_secs(15))? {
+            Some(status) => Ok(status),
+            None => bail!(
+                "iamlet did not exit within 15 s of SIGTERM:\n{}",
+                self.log_text()
+            ),
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            let pid = child.id().to_string();
+            let _ = Command::new("kill").args(["-TERM", &pid]).status();
+            let mut child = child;
+            if !matches!(child.wait_timeout(Duration::from_secs(10)), Ok(Some(_))) {
+                eprintln!("iamlet {pid} ignored SIGTERM; killing it");
+            }
+        }
+        if self.bpffs_dir.exists() {
+            let _ = std::fs::remove_dir_all(&self.bpffs_dir);
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "--- iamlet log ({}) ---\n{}",
+                self.log.display(),
+                self.log_text()
+            );
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}

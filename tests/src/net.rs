@@ -1,0 +1,192 @@
+//! Traffic helpers run inside fake pods and hosts: a tiny HTTP/1.1 client and UDP probe with
+//! an explicit socket family (so a test can force an `AF_INET6` socket onto a v4-mapped
+//! address), and fake upstream servers for the node namespace.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::node::TestNode;
+use crate::process::{run_with_timeout, ChildGuard, RunOutput};
+
+/// Socket family a client uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// `AF_INET`.
+    V4,
+    /// `AF_INET6`.
+    V6,
+    /// `AF_INET6` with `IPV6_V6ONLY` off, connecting to a v4-mapped address.
+    Mapped,
+}
+
+const HTTP_CLIENT: &str = r#"
+import socket, sys
+fam, host, port, method, path = sys.argv[1:6]
+af = socket.AF_INET if fam == "v4" else socket.AF_INET6
+s = socket.socket(af, socket.SOCK_STREAM)
+if fam == "mapped":
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.settimeout(5)
+s.connect((host, int(port)))
+s.sendall(f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+data = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    data += chunk
+head, _, body = data.partition(b"\r\n\r\n")
+print(head.split(b" ")[1].decode())
+sys.stdout.write(body.decode(errors="replace"))
+"#;
+
+const UDP_PROBE: &str = r#"
+import socket, sys
+host, port, payload = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+af = socket.AF_INET6 if ":" in host else socket.AF_INET
+s = socket.socket(af, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.sendto(payload.encode(), (host, port))
+print(s.recvfrom(65536)[0].decode())
+"#;
+
+/// An HTTP answer: status code and body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpAnswer {
+    /// Status code.
+    pub status: u16,
+    /// Body text.
+    pub body: String,
+}
+
+impl HttpAnswer {
+    /// The body parsed as JSON.
+    pub fn json(&self) -> Result<serde_json::Value> {
+        serde_json::from_str(&self.body)
+            .with_context(|| format!("status {} body is not JSON: {:?}", self.status, self.body))
+    }
+}
+
+/// Runs an HTTP request with `cmd` (a pod's, host's or node's `command("python3")`).
+pub fn http(
+    mut cmd: Command,
+    family: Family,
+    host: &str,
+    port: u16,
+    method: &str,
+    path: &str,
+) -> Result<HttpAnswer> {
+    let fam = match family {
+        Family::V4 => "v4",
+        Family::V6 => "v6",
+        Family::Mapped => "mapped",
+    };
+    cmd.args([
+        "-c",
+        HTTP_CLIENT,
+        fam,
+        host,
+        &port.to_string(),
+        method,
+        path,
+    ]);
+    let out = run_with_timeout(&mut cmd, Duration::from_secs(15))?;
+    parse_answer(out)
+}
+
+fn parse_answer(out: RunOutput) -> Result<HttpAnswer> {
+    if !out.success() {
+        bail!("HTTP client failed: {out}");
+    }
+    let (status, body) = out
+        .stdout
+        .split_once('\n')
+        .unwrap_or((out.stdout.as_str(), ""));
+    let status = status
+        .trim()
+        .parse()
+        .with_context(|| format!("no status line in {:?}", out.stdout))?;
+    Ok(HttpAnswer {
+        status,
+        body: body.to_string(),
+    })
+}
+
+/// Sends one UDP datagram with `cmd` and returns the reply text.
+pub fn udp_probe(mut cmd: Command, host: &str, port: u16, payload: &str) -> Result<String> {
+    cmd.args(["-c", UDP_PROBE, host, &port.to_string(), payload]);
+    let out = run_with_timeout(&mut cmd, Duration::from_secs(10))?.ensure_success()?;
+    Ok(out.stdout.trim().to_string())
+}
+
+const FAKE_UPSTREAM: &str = r#"
+import socket, sys, threading
+from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        host, port = self.server.server_address[:2]
+        body = f"upstream {host} {port} {self.path}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+
+class V6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+def udp_echo(host, port):
+    af = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(af, socket.SOCK_DGRAM)
+    s.bind((host, port))
+    while True:
+        data, peer = s.recvfrom(65536)
+        s.sendto(b"upstream-udp " + data, peer)
+
+for spec in sys.argv[1:]:
+    kind, rest = spec.split(":", 1)
+    host, port = rest.rsplit(":", 1)
+    host = host.strip("[]")
+    if kind == "udp":
+        threading.Thread(target=udp_echo, args=(host, int(port)), daemon=True).start()
+    else:
+        cls = V6Server if ":" in host else ThreadingHTTPServer
+        srv = cls((host, int(port)), Handler)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+print("ready", flush=True)
+threading.Event().wait()
+"#;
+
+/// A fake server in the node namespace: HTTP on the `tcp` addresses answering
+/// `upstream <addr> <port> <path>`, UDP echo (`upstream-udp <payload>`) on the `udp` ones.
+#[derive(Debug)]
+pub struct FakeUpstream {
+    _child: ChildGuard,
+}
+
+impl FakeUpstream {
+    /// Starts it and waits until every TCP address listens.
+    pub fn start(node: &TestNode, tcp: &[SocketAddr], udp: &[SocketAddr]) -> Result<Self> {
+        let mut cmd = node.command("python3");
+        cmd.args(["-c", FAKE_UPSTREAM]);
+        for a in tcp {
+            cmd.arg(format!("tcp:{a}"));
+        }
+        for a in udp {
+            cmd.arg(format!("udp:{a}"));
+        }
+        cmd.stdout(std::process::Stdio::null());
+        let child = ChildGuard::spawn(&mut cmd)?;
+        for a in tcp {
+            node.wait_listening(*a, Duration::from_secs(10))?;
+        }
+        // UDP sockets are bound by then too (bound before the ready line, threads start first).
+        std::thread::sleep(Duration::from_millis(100));
+        Ok(FakeUpstream { _child: child })
+    }
+}

@@ -1,0 +1,421 @@
+//! The foundation end to end: the real agent attached to a fake node's pods cgroup, fake pods
+//! connecting to the metadata service, and the kernel telling the proxy which cgroup each
+//! connection came from. Run as root through `cargo xtask test` (serially).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use iamlet_tests::{
+    http, skip_unless_privileged, udp_probe, Agent, FakePod, FakeUpstream, Family, TestNode,
+    IMDS_V4, IMDS_V6, NODE_PROXY_V4, NODE_PROXY_V6, PROXY_PORT,
+};
+use serde_json::Value;
+
+const WHOAMI: &str = "/iamlet/whoami";
+
+fn whoami(pod: &FakePod, family: Family, host: &str) -> Result<Value> {
+    let answer = http(pod.command("python3"), family, host, 80, "GET", WHOAMI)?;
+    ensure!(
+        answer.status == 200,
+        "whoami via {host} ({family:?}): {answer:?}"
+    );
+    answer.json()
+}
+
+fn assert_is(pod: &FakePod, who: &Value, dest: &str) -> Result<()> {
+    ensure!(
+        who["cgroup_id"].as_u64() == Some(pod.cgroup_id()),
+        "{}: cgroup_id {} != inode {} of {}",
+        pod.name(),
+        who["cgroup_id"],
+        pod.cgroup_id(),
+        pod.cgroup_path().display()
+    );
+    let expected_path = format!("/{}", pod.cgroup_relative().trim_start_matches('/'));
+    ensure!(
+        who["cgroup_path"].as_str() == Some(expected_path.as_str()),
+        "{}: cgroup_path {} != {expected_path}",
+        pod.name(),
+        who["cgroup_path"]
+    );
+    ensure!(
+        who["original_destination"].as_str() == Some(dest),
+        "{}: original_destination {} != {dest}",
+        pod.name(),
+        who["original_destination"]
+    );
+    ensure!(
+        who["kind"] == "redirected",
+        "{}: kind {}",
+        pod.name(),
+        who["kind"]
+    );
+    Ok(())
+}
+
+fn bpftool_json(args: &[&str]) -> Result<Value> {
+    let out = std::process::Command::new("bpftool")
+        .arg("-j")
+        .args(args)
+        .output()
+        .context("running bpftool")?;
+    ensure!(
+        out.status.success(),
+        "bpftool {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.stdout.iter().all(u8::is_ascii_whitespace) {
+        // `bpftool -j cgroup show` prints nothing at all for a cgroup without programs.
+        return Ok(Value::Array(Vec::new()));
+    }
+    serde_json::from_slice(&out.stdout).context("bpftool output is not JSON")
+}
+
+fn map_entries(agent: &Agent, map: &str) -> Result<Vec<Value>> {
+    let path = agent.pinned_map(map);
+    let dump = bpftool_json(&[
+        "map",
+        "dump",
+        "pinned",
+        path.to_str().context("utf-8 path")?,
+    ])?;
+    Ok(dump.as_array().cloned().unwrap_or_default())
+}
+
+#[test]
+fn pods_sharing_one_netns_are_told_apart_by_cgroup() -> Result<()> {
+    skip_unless_privileged!(Ok(()));
+    let node = TestNode::new()?;
+    let a = node.add_pod("pod-a")?;
+    let b = node.add_pod_in_netns("pod-b", &a)?;
+    ensure!(a.ipv4() == b.ipv4(), "the two pods must share one IP");
+    let agent = Agent::start(&node, &[])?;
+
+    let who_a = whoami(&a, Family::V4, "169.254.169.254")?;
+    let who_b = whoami(&b, Family::V4, "169.254.169.254")?;
+    assert_is(&a, &who_a, "169.254.169.254:80")?;
+    assert_is(&b, &who_b, "169.254.169.254:80")?;
+    ensure!(who_a["cgroup_id"] != who_b["cgroup_id"]);
+    drop(agent);
+    Ok(())
+}
+
+#[test]
+fn pods_in_separate_netns_over_v4_v6_and_v4_mapped() -> Result<()> {
+    skip_unless_privileged!(Ok(()));
+    let node = TestNode::new()?;
+    let a = node.add_pod("pod-a")?;
+    let c = node.add_pod("pod-c")?;
+    let agent = Agent::start(&node, &[])?;
+    for pod in [&a, &c] {
+        let v4 = whoami(pod, Family::V4, "169.254.169.254")?;
+        assert_is(pod, &v4, "169.254.169.254:80")?;
+        let v6 = whoami(pod, Family::V6, "fd00:ec2::254")?;
+        assert_is(pod, &v6, "[fd00:ec2::254]:80")?;
+        let mapped = whoami(pod, Family::Mapped, "::ffff:169.254.169.254")?;
+        assert_is(pod, &mapped, "[::ffff:169.254.169.254]:80")?;
+    }
+    // curl, as a real client would use it.
+    let out = a
+        .run(&[
+            "curl",
+            "-s",
+            "-m",
+            "5",
+            "http://169.254.169.254/iamlet/whoami",
+        ])?
+        .ensure_success()?;
+    let who: Value = serde_json::from_str(&out.stdout)?;
+    assert_is(&a, &who, "169.254.169.254:80")?;
+    drop(agent);
+    Ok(())
+}
+
+#[test]
+fn host_network_pod_is_identified_by_its_cgroup() -> Result<()> {
+    skip_unless_privileged!(Ok(()));
+    let node = TestNode::new()?;
+    let h = node.add_host_network_pod("hostnet")?;
+    let agent = Agent::start(&node, &[])?;
+    let who = whoami(&h, Family::V4, "169.254.169.254")?;
+    assert_is(&h, &who, "169.254.169.254:80")?;
+    drop(agent);
+    Ok(())
+}
+
+#[test]
+fn other_traffic_and_outside_processes_are_untouched() -> Result<()> {
+    skip_unless_privileged!(Ok(()));
+    let node = TestNode::new()?;
+    let pod = node.add_pod("pod-a")?;
+    let outside = node.add_outside_netns("outside")?;
+    let imds4 = SocketAddr::new(IMDS_V4.into(), 80);
+    let imds4_81 = SocketAddr::new(IMDS_V4.into(), 81);
+    let imds6 = SocketAddr::new(IMDS_V6.into(), 80);
+    let other = SocketAddr::new(NODE_PROXY_V4.into(), 9000);
+    let _upstream = FakeUpstream::start(&node, &[imds4, imds4_81, imds6, other], &[imds4])?;
+    let agent = Agent::start(&node, &[])?;
+
+    // From the pod: other ports and addresses reach their real servers.
+    let a = http(
+        pod.command("python3"),
+        Family::V4,
+        "169.254.169.254",
+        81,
+        "GET",
+        "/x",
+    )?;
+    ensure!(a.body == "upstream 169.254.169.254 81 /x", "port 81: {a:?}");
+    let a = http(
+        pod.command("python3"),
+        Family::V4,
+        "198.18.255.1",
+        9000,
+        "GET",
+        "/y",
+    )?;
+    ensure!(
+        a.body == "upstream 198.18.255.1 9000 /y",
+        "other address: {a:?}"
+    );
+    // UDP to the metadata address and port is not redirected.
+    let reply = udp_probe(pod.command("python3"), "169.254.169.254", 80, "ping")?;
+    ensure!(reply == "upstream-udp ping", "udp: {reply:?}");
+    // The pod itself is redirected (sanity check on the same setup).
+    let who = whoami(&pod, Family::V4, "169.254.169.254")?;
+    assert_is(&pod, &who, "169.254.169.254:80")?;
+
+    // A process outside the attached cgroup reaches the real (here: fake) metadata service.
+    let a = http(
+        outside.command("python3"),
+        Family::V4,
+        "169.254.169.254",
+        80,
+        "GET",
+        WHOAMI,
+    )?;
+    ensure!(
+        a.body == format!("upstream 169.254.169.254 80 {WHOAMI}"),
+        "outside v4: {a:?}"
+    );
+    let a = http(
+        outside.command("python3"),
+        Family::V6,
+        "fd00:ec2::254",
+        80,
+        "GET",
+        WHOAMI,
+    )?;
+    ensure!(
+        a.body == format!("upstream fd00:ec2::254 80 {WHOAMI}"),
+        "outside v6: {a:?}"
+    );
+
+    // A direct connect to the proxy from outside the cgroup cannot be attributed: 403.
+    for (family, host) in [
+        (Family::V4, NODE_PROXY_V4.to_string()),
+        (Family::V6, NODE_PROXY_V6.to_string()),
+    ] {
+        let a = http(
+            outside.command("python3"),
+            family,
+            &host,
+            PROXY_PORT,
+            "GET",
+            WHOAMI,
+        )?;
+        ensure!(a.status == 403, "outside direct {host}: {a:?}");
+        ensure!(
+            a.body
+                .contains("not made from a cgroup iamlet is attached to"),
+            "{a:?}"
+        );
+        let a = http(
+            node.command("python3"),
+            family,
+            &host,
+            PROXY_PORT,
+            "GET",
+            WHOAMI,
+        )?;
+        ensure!(a.status == 403, "node direct {host}: {a:?}");
+    }
+    // A direct connect from inside the cgroup is recorded and attributed.
+    let a = http(
+        pod.command("python3"),
+        Family::V4,
+        "198.18.255.1",
+        PROXY_PORT,
+        "GET",
+        WHOAMI,
+    )?;
+    let who = a.json()?;
+    ensure!(
+        a.status == 200 && who["kind"] == "direct",
+        "pod direct: {a:?}"
+    );
+    ensure!(who["cgroup_id"].as_u64() == Some(pod.cgroup_id()));
+    drop(agent);
+    Ok(())
+}
+
+#[test]
+fn maps_pretty_print_and_empty_after_close() -> Result<()> {
+    skip_unless_privileged!(Ok(()));
+    let node = TestNode::new()?;
+    let pod = node.add_pod("pod-a")?;
+    let agent = Agent::start(&node, &[])?;
+
+    // Hold one connection open and look at the peers map with bpftool.
+    let mut holder = pod.command("python3");
+    holder.args([
+        "-c",
+        "import socket,time\ns=socket.create_connection(('169.254.169.254',80))\nprint('up',flush=True)\ntime.sleep(30)",
+    ]);
+    holder.stdout(std::process::Stdio::piped());
+    let mut holder = iamlet_tests::ChildGuard::spawn(&mut holder)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let entry = loop {
+        let peers = map_entries(&agent, "PEERS_V1")?;
+        if let Some(e) = peers.into_iter().next() {
+            break e;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no PEERS_V1 entry while a connection is open"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // BTF makes bpftool print field names.
+    let value = &entry["formatted"]["value"];
+    ensure!(
+        value["cgroup_id"].as_u64() == Some(pod.cgroup_id()),
+        "PEERS_V1 entry lacks a named cgroup_id field: {entry}"
+    );
+    ensure!(
+        entry["formatted"]["key"]["port"].is_u64(),
+        "key fields: {entry}"
+    );
+    holder.kill_and_wait()?;
+
+    // Many short connections, v4, v6 and v4-mapped; then nothing may be left behind.
+    for _ in 0..5 {
+        whoami(&pod, Family::V4, "169.254.169.254")?;
+        whoami(&pod, Family::V6, "fd00:ec2::254")?;
+        whoami(&pod, Family::Mapped, "::ffff:169.254.169.254")?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let peers = map_entries(&agent, "PEERS_V1")?;
+        let cookies = map_entries(&agent, "COOKIES_V1")?;
+        if peers.is_empty() && cookies.is_empty() {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "entries left after close: PEERS_V1 {peers:?} COOKIES_V1 {cookies:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(agent);
+    Ok(())
+}
+
+#[test]
+fn bpftool_lists_programs_and_exit_detaches_them() -> Result<()> {
+    skip_unless_privileged!(Ok(()));
+    let node = TestNode::new()?;
+    let pod = node.add_pod("pod-a")?;
+    let cgroup = node
+        .pods_cgroup()
+        .to_str()
+        .context("utf-8 path")?
+        .to_string();
+    let agent = Agent::start(&node, &[])?;
+    let pin_dir = agent.bpffs_dir().to_path_buf();
+
+    let attached = bpftool_json(&["cgroup", "show", &cgroup])?;
+    let mut names: Vec<String> = attached
+        .as_array()
+        .context("bpftool cgroup show: not a list")?
+        .iter()
+        .filter_map(|p| p["name"].as_str().map(str::to_string))
+        .collect();
+    names.sort();
+    ensure!(
+        names == ["iamlet_connect4", "iamlet_connect6", "iamlet_sock_ops"],
+        "attached programs: {attached}"
+    );
+    // The tree view shows them too, and only on the test cgroup.
+    let tree = std::process::Command::new("bpftool")
+        .args(["cgroup", "tree", &cgroup])
+        .output()?;
+    let tree = String::from_utf8_lossy(&tree.stdout);
+    for name in ["iamlet_connect4", "iamlet_connect6", "iamlet_sock_ops"] {
+        ensure!(
+            tree.contains(name),
+            "bpftool cgroup tree lacks {name}:\n{tree}"
+        );
+    }
+    whoami(&pod, Family::V4, "169.254.169.254")?;
+
+    let status = agent.stop()?;
+    ensure!(status.success(), "agent exit status {status}");
+    let attached = bpftool_json(&["cgroup", "show", &cgroup])?;
+    ensure!(
+        attached.as_array().is_none_or(Vec::is_empty),
+        "programs still attached after exit: {attached}"
+    );
+    ensure!(!pin_dir.exists(), "pins left at {}", pin_dir.display());
+    // With the agent gone, the pod's connect is no longer rewritten (it reaches whatever
+    // serves 169.254.169.254 in the node; nothing does here, so it fails rather than hangs).
+    let a = http(
+        pod.command("python3"),
+        Family::V4,
+        "169.254.169.254",
+        80,
+        "GET",
+        WHOAMI,
+    );
+    ensure!(a.is_err(), "connect after exit was still answered: {a:?}");
+    Ok(())
+}
+
+#[test]
+fn bad_configuration_exits_64_with_a_clear_message() -> Result<()> {
+    skip_unless_privileged!(Ok(()));
+    let bin = iamlet_tests::agent::agent_bin();
+    let run = |args: &[&str]| -> Result<(i32, String)> {
+        let out = std::process::Command::new(&bin).args(args).output()?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    };
+    let (code, err) = run(&["--cgroup", "/tmp"])?;
+    ensure!(
+        code == 64 && err.contains("listen"),
+        "no listener: {code} {err}"
+    );
+    let (code, err) = run(&["--listen-v4", "127.0.0.1:8181", "--cgroup", "/"])?;
+    ensure!(
+        code == 64 && err.contains("root"),
+        "root cgroup: {code} {err}"
+    );
+    let (code, err) = run(&[
+        "--listen-v4",
+        "127.0.0.1:8181",
+        "--cgroup",
+        "/no/such/cgroup",
+    ])?;
+    ensure!(code == 64, "missing cgroup: {code} {err}");
+    let (code, err) = run(&["--listen-v4", "nonsense"])?;
+    ensure!(
+        code == 64 && err.contains("nonsense"),
+        "bad address: {code} {err}"
+    );
+    let (code, _) = run(&["--help"])?;
+    ensure!(code == 0, "--help exits 0");
+    Ok(())
+}
