@@ -49,7 +49,7 @@ pub enum Error {
         name: &'static str,
         hook: &'static str,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("could not attach program {name} ({hook}) to cgroup {}: {source} (another single-mode program of this type may already be attached there)", cgroup.display())]
     Attach {
@@ -57,7 +57,7 @@ pub enum Error {
         hook: &'static str,
         cgroup: PathBuf,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("could not open cgroup {}: {source}", path.display())]
     OpenCgroup {
@@ -69,7 +69,7 @@ pub enum Error {
     Map {
         name: &'static str,
         #[source]
-        source: MapError,
+        source: Box<MapError>,
     },
     #[error("could not pin map {name} at {}: {source}", path.display())]
     Pin {
@@ -177,11 +177,11 @@ impl Datapath {
             let mut config: Array<&mut MapData, ConfigV1> =
                 Array::try_from(map).map_err(|source| Error::Map {
                     name: CONFIG_MAP,
-                    source,
+                    source: Box::new(source),
                 })?;
             config.set(0, value, 0).map_err(|source| Error::Map {
                 name: CONFIG_MAP,
-                source,
+                source: Box::new(source),
             })?;
         }
 
@@ -207,7 +207,7 @@ impl Datapath {
         })?;
         let peers = HashMap::try_from(peers_map).map_err(|source| Error::Map {
             name: PEERS_MAP,
-            source,
+            source: Box::new(source),
         })?;
         let counters_map = ebpf.take_map(COUNTERS_MAP).ok_or(Error::Missing {
             what: "map",
@@ -215,7 +215,7 @@ impl Datapath {
         })?;
         let counters = PerCpuArray::try_from(counters_map).map_err(|source| Error::Map {
             name: COUNTERS_MAP,
-            source,
+            source: Box::new(source),
         })?;
 
         attach_all(&mut ebpf, &cfg.cgroup)?;
@@ -235,7 +235,7 @@ impl Datapath {
             Err(MapError::KeyNotFound) => Ok(None),
             Err(source) => Err(Error::Map {
                 name: PEERS_MAP,
-                source,
+                source: Box::new(source),
             }),
         }
     }
@@ -246,7 +246,7 @@ impl Datapath {
         for (index, slot) in (0u32..).zip(out.iter_mut()) {
             let values = self.counters.get(&index, 0).map_err(|source| Error::Map {
                 name: COUNTERS_MAP,
-                source,
+                source: Box::new(source),
             })?;
             *slot = values.iter().sum();
         }
@@ -280,12 +280,16 @@ fn attach_all(ebpf: &mut Ebpf, cgroup_path: &Path) -> Result<(), Error> {
             what: "program",
             name,
         })?;
-        let load_err = |source| Error::ProgramLoad { name, hook, source };
+        let load_err = |source| Error::ProgramLoad {
+            name,
+            hook,
+            source: Box::new(source),
+        };
         let attach_err = |source| Error::Attach {
             name,
             hook,
             cgroup: cgroup_path.to_owned(),
-            source,
+            source: Box::new(source),
         };
         if hook == "sock_ops" {
             let prog: &mut SockOps = program.try_into().map_err(load_err)?;

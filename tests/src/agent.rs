@@ -65,8 +65,11 @@ impl Agent {
             .arg(ADMIN_ADDR)
             .arg("--bpffs-dir")
             .arg(&bpffs_dir)
-            .arg("--log")
-            .arg("debug")
+            .args(if extra.contains(&"--log") {
+                &[][..]
+            } else {
+                &["--log", "debug"][..]
+            })
             .args(extra)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
@@ -146,7 +149,10 @@ impl Drop for Agent {
     fn drop(&mut self) {
         if let Some(child) = self.child.take() {
             let pid = child.id().to_string();
-            let _ = Command::new("kill").args(["-TERM", &pid]).status();
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid])
+                .stderr(Stdio::null())
+                .status();
             let mut child = child;
             if !matches!(child.wait_timeout(Duration::from_secs(10)), Ok(Some(_))) {
                 eprintln!("iamlet {pid} ignored SIGTERM; killing it");

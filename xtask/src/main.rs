@@ -207,7 +207,9 @@ fn test(root: &Path, filter: Option<&str>, no_setup: bool) -> Result<()> {
     let mut cmd = cargo(root);
     cmd.args(["test", "--locked", "--package", "iamlet-tests", "--"])
         .args(["--test-threads=1"])
-        .env("IAMLET_BIN", root.join("target/debug/iamlet"));
+        .env("IAMLET_BIN", root.join("target/debug/iamlet"))
+        // A privileged test that cannot run fails here instead of skipping.
+        .env("IAMLET_TESTS_STRICT", "1");
     if let Some(f) = filter {
         cmd.arg(f);
     }

@@ -1,0 +1,136 @@
+//! `cargo xtask bench connect`: connect() latency from a fake pod, with and without iamlet's
+//! programs attached, to a redirected destination (169.254.169.254:80) and a non-redirected
+//! one, measured side by side in one run (rounds interleaved so machine noise hits all four).
+//!
+//! "Without" runs the same client in the same network namespace but outside the attached
+//! cgroup, so no program runs for its sockets: the connect to 169.254.169.254:80 then reaches a
+//! plain listener on that address in the node namespace, the same hop the proxy is at.
+
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use iamlet_tests::{
+    require_privileges, run_with_timeout, Agent, ChildGuard, TestNode, IMDS_V4, NODE_PROXY_V4,
+};
+
+const ROUNDS: usize = 10;
+const PER_ROUND: usize = 500;
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("connect") => bench_connect(),
+        Some("connect-client") => client(&args[1..]),
+        Some("sink") => sink(&args[1..]),
+        _ => bail!("usage: iamlet-bench connect"),
+    }
+}
+
+/// Inside the pod: connect `n` times to `addr`, print each latency in nanoseconds.
+fn client(args: &[String]) -> Result<()> {
+    let addr: SocketAddr = args.first().context("address")?.parse()?;
+    let n: usize = args.get(1).context("count")?.parse()?;
+    let mut out = String::new();
+    for _ in 0..n {
+        let start = Instant::now();
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        let ns = start.elapsed().as_nanos();
+        drop(stream);
+        out.push_str(&ns.to_string());
+        out.push('\n');
+    }
+    print!("{out}");
+    Ok(())
+}
+
+/// In the node: accept and drop connections on each address as fast as possible (a plain
+/// listener with a deep backlog, so the baseline never waits on a full accept queue).
+fn sink(args: &[String]) -> Result<()> {
+    let mut threads = Vec::new();
+    for a in args {
+        let listener =
+            std::net::TcpListener::bind(a.as_str()).with_context(|| format!("binding {a}"))?;
+        threads.push(std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                drop(stream);
+            }
+        }));
+    }
+    println!("ready");
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(())
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx] as f64 / 1000.0
+}
+
+fn bench_connect() -> Result<()> {
+    if let Err(reason) = require_privileges() {
+        bail!("the benchmark needs what the privileged tests need: {reason}");
+    }
+    let node = TestNode::new()?;
+    let pod = node.add_pod("bench")?;
+    let plain = SocketAddr::new(NODE_PROXY_V4.into(), 9000);
+    let imds = SocketAddr::new(IMDS_V4.into(), 80);
+    let exe = std::env::current_exe()?;
+    let mut sink = node.command(&exe);
+    sink.args(["sink", &imds.to_string(), &plain.to_string()])
+        .stdout(std::process::Stdio::null());
+    let _sink = ChildGuard::spawn(&mut sink)?;
+    node.wait_listening(imds, Duration::from_secs(10))?;
+    node.wait_listening(plain, Duration::from_secs(10))?;
+    let _agent = Agent::start(&node, &["--log", "warn"])?;
+
+    let cases: [(&str, bool, SocketAddr); 4] = [
+        ("redirected dst, programs attached", true, imds),
+        ("redirected dst, no programs", false, imds),
+        ("other dst, programs attached", true, plain),
+        ("other dst, no programs", false, plain),
+    ];
+    let mut samples: Vec<Vec<u64>> = vec![Vec::new(); cases.len()];
+    for _ in 0..ROUNDS {
+        for (i, (_, attached, addr)) in cases.iter().enumerate() {
+            let mut cmd = if *attached {
+                pod.command(&exe)
+            } else {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", pod.netns_path().display()))
+                    .arg("--")
+                    .arg(&exe);
+                c
+            };
+            cmd.args(["connect-client", &addr.to_string(), &PER_ROUND.to_string()]);
+            let out = run_with_timeout(&mut cmd, Duration::from_secs(60))?.ensure_success()?;
+            for line in out.stdout.lines() {
+                samples[i].push(line.trim().parse()?);
+            }
+        }
+    }
+    println!(
+        "connect() latency from a fake pod over veth, {ROUNDS} interleaved rounds x {PER_ROUND} connects per case"
+    );
+    println!(
+        "{:<36} {:>10} {:>10} {:>10}",
+        "case", "p50 µs", "p90 µs", "p99 µs"
+    );
+    let mut medians = Vec::new();
+    for (i, (name, _, _)) in cases.iter().enumerate() {
+        let s = &mut samples[i];
+        s.sort_unstable();
+        let (p50, p90, p99) = (percentile(s, 0.5), percentile(s, 0.9), percentile(s, 0.99));
+        medians.push(p50);
+        println!("{name:<36} {p50:>10.1} {p90:>10.1} {p99:>10.1}");
+    }
+    println!(
+        "ratio (attached / no programs), p50: redirected dst {:.2}x, other dst {:.2}x",
+        medians[0] / medians[1],
+        medians[2] / medians[3]
+    );
+    Ok(())
+}
