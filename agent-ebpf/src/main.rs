@@ -70,18 +70,40 @@ fn config() -> Option<ConfigV1> {
     CONFIG_V1.get(0).copied()
 }
 
+/// Records a connect the decision says is ours (cookie → who and where to) and counts it;
+/// returns the destination to rewrite it to, if any.
 #[inline(always)]
-fn record(ctx: &SockAddrContext, info: ConnInfoV1) {
+fn record_decision(
+    ctx: &SockAddrContext,
+    action: Action,
+    orig_family: u32,
+    orig_addr: [u32; 4],
+    orig_port: u16,
+) -> Option<([u32; 4], u16)> {
+    let (kind, counter, target) = match action {
+        Action::Pass => return None,
+        Action::RecordDirect => (CONN_KIND_DIRECT, COUNTER_DIRECT, None),
+        Action::Redirect { addr, port } => {
+            (CONN_KIND_REDIRECTED, COUNTER_REDIRECTED, Some((addr, port)))
+        }
+    };
     // SAFETY: the socket cookie helper is allowed in cgroup sock_addr programs and only reads
     // the context's socket.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let info = ConnInfoV1 {
+        cgroup_id: current_cgroup_id(),
         socket_cookie: cookie,
-        ..info
+        orig_addr,
+        orig_port: orig_port as u32,
+        orig_family,
+        kind,
+        _pad: 0,
     };
     if COOKIES_V1.insert(cookie, info, 0).is_err() {
         count(COUNTER_ERRORS);
     }
+    count(counter);
+    target
 }
 
 #[inline(always)]
@@ -106,32 +128,12 @@ fn try_connect4(ctx: &SockAddrContext) {
         (sa.protocol, sa.user_ip4, u16::from_be(sa.user_port as u16))
     };
     let action = decide_connect4(&cfg, protocol == IPPROTO_TCP, dst, dst_port);
-    let kind = match action {
-        Action::Pass => return,
-        Action::RecordDirect => CONN_KIND_DIRECT,
-        Action::Redirect { .. } => CONN_KIND_REDIRECTED,
-    };
-    record(
-        ctx,
-        ConnInfoV1 {
-            cgroup_id: current_cgroup_id(),
-            socket_cookie: 0,
-            orig_addr: [dst, 0, 0, 0],
-            orig_port: dst_port as u32,
-            orig_family: AF_INET,
-            kind,
-            _pad: 0,
-        },
-    );
-    if let Action::Redirect { addr, port } = action {
+    if let Some((addr, port)) = record_decision(ctx, action, AF_INET, [dst, 0, 0, 0], dst_port) {
         // SAFETY: user_ip4/user_port are writable in connect4.
         unsafe {
             (*ctx.sock_addr).user_ip4 = addr[0];
             (*ctx.sock_addr).user_port = u16::to_be(port) as u32;
         }
-        count(COUNTER_REDIRECTED);
-    } else {
-        count(COUNTER_DIRECT);
     }
 }
 
@@ -160,24 +162,7 @@ fn try_connect6(ctx: &SockAddrContext) {
         )
     };
     let action = decide_connect6(&cfg, protocol == IPPROTO_TCP, dst, dst_port);
-    let kind = match action {
-        Action::Pass => return,
-        Action::RecordDirect => CONN_KIND_DIRECT,
-        Action::Redirect { .. } => CONN_KIND_REDIRECTED,
-    };
-    record(
-        ctx,
-        ConnInfoV1 {
-            cgroup_id: current_cgroup_id(),
-            socket_cookie: 0,
-            orig_addr: dst,
-            orig_port: dst_port as u32,
-            orig_family: AF_INET6,
-            kind,
-            _pad: 0,
-        },
-    );
-    if let Action::Redirect { addr, port } = action {
+    if let Some((addr, port)) = record_decision(ctx, action, AF_INET6, dst, dst_port) {
         // SAFETY: user_ip6 (word stores) and user_port are writable in connect6.
         unsafe {
             let sa = &mut *ctx.sock_addr;
@@ -187,9 +172,6 @@ fn try_connect6(ctx: &SockAddrContext) {
             sa.user_ip6[3] = addr[3];
             sa.user_port = u16::to_be(port) as u32;
         }
-        count(COUNTER_REDIRECTED);
-    } else {
-        count(COUNTER_DIRECT);
     }
 }
 
