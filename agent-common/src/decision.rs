@@ -34,10 +34,32 @@ pub const fn is_v4_mapped(addr: &[u32; 4]) -> bool {
     addr[0] == 0 && addr[1] == 0 && addr[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff])
 }
 
-/// Decision for an `AF_INET` connect to `dst_addr:dst_port` (raw address, host-order port).
-/// `is_tcp` is false for UDP and anything else, which is always passed.
-pub fn decide_connect4(cfg: &ConfigV1, is_tcp: bool, dst_addr: u32, dst_port: u16) -> Action {
-    if !is_tcp || cfg.flags & CONFIG_FLAG_V4 == 0 {
+/// What a connect hook knows about the connect it is called for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Connect<A> {
+    /// False for UDP and anything else that is not TCP, which is always passed.
+    pub is_tcp: bool,
+    /// cgroup id of the connecting task.
+    pub cgroup_id: u64,
+    /// Destination address, raw.
+    pub dst_addr: A,
+    /// Destination port, host order.
+    pub dst_port: u16,
+}
+
+fn exempt(cfg: &ConfigV1, cgroup_id: u64) -> bool {
+    cfg.exempt_cgroup_id != 0 && cfg.exempt_cgroup_id == cgroup_id
+}
+
+/// Decision for an `AF_INET` connect.
+pub fn decide_connect4(cfg: &ConfigV1, c: Connect<u32>) -> Action {
+    let Connect {
+        is_tcp,
+        cgroup_id,
+        dst_addr,
+        dst_port,
+    } = c;
+    if !is_tcp || cfg.flags & CONFIG_FLAG_V4 == 0 || exempt(cfg, cgroup_id) {
         return Action::Pass;
     }
     if dst_addr == IMDS_V4 && dst_port == IMDS_PORT {
@@ -52,14 +74,20 @@ pub fn decide_connect4(cfg: &ConfigV1, is_tcp: bool, dst_addr: u32, dst_port: u1
     Action::Pass
 }
 
-/// Decision for an `AF_INET6` connect to `dst_addr:dst_port` (raw address, host-order port).
+/// Decision for an `AF_INET6` connect.
 ///
 /// Handles `[fd00:ec2::254]:80` and the v4-mapped `[::ffff:169.254.169.254]:80` that a
 /// dual-stack socket uses (such a socket never reaches `connect4`). The IPv6 metadata address
 /// goes to the IPv6 listener, or, when none is configured, to the v4-mapped IPv4 listener, so
 /// that it never falls through to the real service.
-pub fn decide_connect6(cfg: &ConfigV1, is_tcp: bool, dst_addr: [u32; 4], dst_port: u16) -> Action {
-    if !is_tcp || cfg.flags & (CONFIG_FLAG_V4 | CONFIG_FLAG_V6) == 0 {
+pub fn decide_connect6(cfg: &ConfigV1, c: Connect<[u32; 4]>) -> Action {
+    let Connect {
+        is_tcp,
+        cgroup_id,
+        dst_addr,
+        dst_port,
+    } = c;
+    if !is_tcp || cfg.flags & (CONFIG_FLAG_V4 | CONFIG_FLAG_V6) == 0 || exempt(cfg, cgroup_id) {
         return Action::Pass;
     }
     let has_v4 = cfg.flags & CONFIG_FLAG_V4 != 0;
@@ -137,8 +165,33 @@ mod tests {
             v6_addr: PROXY_V6,
             v6_port: 8182,
             flags,
+            exempt_cgroup_id: 0,
             _pad: 0,
         }
+    }
+
+    fn tcp<A>(is_tcp: bool, dst_addr: A, dst_port: u16) -> Connect<A> {
+        Connect {
+            is_tcp,
+            cgroup_id: 7,
+            dst_addr,
+            dst_port,
+        }
+    }
+
+    #[test]
+    fn the_exempt_cgroup_is_never_touched() {
+        let mut c = both();
+        c.exempt_cgroup_id = 7;
+        assert_eq!(decide_connect4(&c, tcp(true, IMDS_V4, 80)), Action::Pass);
+        assert_eq!(decide_connect6(&c, tcp(true, IMDS_V6, 80)), Action::Pass);
+        c.exempt_cgroup_id = 8;
+        assert_ne!(decide_connect4(&c, tcp(true, IMDS_V4, 80)), Action::Pass);
+        // 0 means "no exemption", even for a (bogus) cgroup id 0.
+        c.exempt_cgroup_id = 0;
+        let mut conn = tcp(true, IMDS_V4, 80);
+        conn.cgroup_id = 0;
+        assert_ne!(decide_connect4(&c, conn), Action::Pass);
     }
 
     fn both() -> ConfigV1 {
@@ -152,7 +205,7 @@ mod tests {
     #[test]
     fn imds_v4_is_redirected() {
         assert_eq!(
-            decide_connect4(&both(), true, IMDS_V4, 80),
+            decide_connect4(&both(), tcp(true, IMDS_V4, 80)),
             Action::Redirect {
                 addr: [PROXY_V4, 0, 0, 0],
                 port: 8181
@@ -163,43 +216,49 @@ mod tests {
     #[test]
     fn other_v4_destinations_pass() {
         let c = both();
-        assert_eq!(decide_connect4(&c, true, IMDS_V4, 81), Action::Pass);
-        assert_eq!(decide_connect4(&c, true, IMDS_V4, 443), Action::Pass);
+        assert_eq!(decide_connect4(&c, tcp(true, IMDS_V4, 81)), Action::Pass);
+        assert_eq!(decide_connect4(&c, tcp(true, IMDS_V4, 443)), Action::Pass);
         let dns = ipv4_raw([169, 254, 169, 253]);
-        assert_eq!(decide_connect4(&c, true, dns, 80), Action::Pass);
+        assert_eq!(decide_connect4(&c, tcp(true, dns, 80)), Action::Pass);
         let other = ipv4_raw([198, 18, 0, 2]);
-        assert_eq!(decide_connect4(&c, true, other, 80), Action::Pass);
-        assert_eq!(decide_connect4(&c, true, PROXY_V4, 8182), Action::Pass);
+        assert_eq!(decide_connect4(&c, tcp(true, other, 80)), Action::Pass);
+        assert_eq!(decide_connect4(&c, tcp(true, PROXY_V4, 8182)), Action::Pass);
     }
 
     #[test]
     fn udp_is_never_touched() {
-        assert_eq!(decide_connect4(&both(), false, IMDS_V4, 80), Action::Pass);
-        assert_eq!(decide_connect6(&both(), false, IMDS_V6, 80), Action::Pass);
+        assert_eq!(
+            decide_connect4(&both(), tcp(false, IMDS_V4, 80)),
+            Action::Pass
+        );
+        assert_eq!(
+            decide_connect6(&both(), tcp(false, IMDS_V6, 80)),
+            Action::Pass
+        );
         let m = mapped([169, 254, 169, 254]);
-        assert_eq!(decide_connect6(&both(), false, m, 80), Action::Pass);
+        assert_eq!(decide_connect6(&both(), tcp(false, m, 80)), Action::Pass);
     }
 
     #[test]
     fn unconfigured_map_passes_everything() {
         let c = ConfigV1::default();
-        assert_eq!(decide_connect4(&c, true, IMDS_V4, 80), Action::Pass);
-        assert_eq!(decide_connect6(&c, true, IMDS_V6, 80), Action::Pass);
+        assert_eq!(decide_connect4(&c, tcp(true, IMDS_V4, 80)), Action::Pass);
+        assert_eq!(decide_connect6(&c, tcp(true, IMDS_V6, 80)), Action::Pass);
     }
 
     #[test]
     fn direct_connect_to_proxy_is_recorded() {
         let c = both();
         assert_eq!(
-            decide_connect4(&c, true, PROXY_V4, 8181),
+            decide_connect4(&c, tcp(true, PROXY_V4, 8181)),
             Action::RecordDirect
         );
         assert_eq!(
-            decide_connect6(&c, true, PROXY_V6, 8182),
+            decide_connect6(&c, tcp(true, PROXY_V6, 8182)),
             Action::RecordDirect
         );
         assert_eq!(
-            decide_connect6(&c, true, mapped([198, 18, 0, 1]), 8181),
+            decide_connect6(&c, tcp(true, mapped([198, 18, 0, 1]), 8181)),
             Action::RecordDirect
         );
     }
@@ -207,19 +266,22 @@ mod tests {
     #[test]
     fn imds_v6_goes_to_v6_listener() {
         assert_eq!(
-            decide_connect6(&both(), true, IMDS_V6, 80),
+            decide_connect6(&both(), tcp(true, IMDS_V6, 80)),
             Action::Redirect {
                 addr: PROXY_V6,
                 port: 8182
             }
         );
-        assert_eq!(decide_connect6(&both(), true, IMDS_V6, 8080), Action::Pass);
+        assert_eq!(
+            decide_connect6(&both(), tcp(true, IMDS_V6, 8080)),
+            Action::Pass
+        );
     }
 
     #[test]
     fn imds_v6_without_v6_listener_goes_to_mapped_v4() {
         assert_eq!(
-            decide_connect6(&cfg(CONFIG_FLAG_V4), true, IMDS_V6, 80),
+            decide_connect6(&cfg(CONFIG_FLAG_V4), tcp(true, IMDS_V6, 80)),
             Action::Redirect {
                 addr: mapped([198, 18, 0, 1]),
                 port: 8181
@@ -231,14 +293,14 @@ mod tests {
     fn v4_mapped_imds_goes_to_mapped_v4_listener() {
         let m = mapped([169, 254, 169, 254]);
         assert_eq!(
-            decide_connect6(&both(), true, m, 80),
+            decide_connect6(&both(), tcp(true, m, 80)),
             Action::Redirect {
                 addr: mapped([198, 18, 0, 1]),
                 port: 8181
             }
         );
         assert_eq!(
-            decide_connect6(&cfg(CONFIG_FLAG_V6), true, m, 80),
+            decide_connect6(&cfg(CONFIG_FLAG_V6), tcp(true, m, 80)),
             Action::Pass
         );
     }
@@ -249,15 +311,15 @@ mod tests {
         let other = ipv6_raw([
             0xfd, 0, 0x0e, 0xc2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02, 0x53,
         ]);
-        assert_eq!(decide_connect6(&c, true, other, 80), Action::Pass);
+        assert_eq!(decide_connect6(&c, tcp(true, other, 80)), Action::Pass);
         assert_eq!(
-            decide_connect6(&c, true, mapped([169, 254, 169, 253]), 80),
+            decide_connect6(&c, tcp(true, mapped([169, 254, 169, 253]), 80)),
             Action::Pass
         );
         // Not v4-mapped, just ends in the same word.
         let mut odd = mapped([169, 254, 169, 254]);
         odd[1] = 1;
-        assert_eq!(decide_connect6(&c, true, odd, 80), Action::Pass);
+        assert_eq!(decide_connect6(&c, tcp(true, odd, 80)), Action::Pass);
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub mod maps;
 mod pod;
 
 pub use decision::{
-    decide_connect4, decide_connect6, peer_key_from_sock_ops, Action, AF_INET, AF_INET6,
+    decide_connect4, decide_connect6, peer_key_from_sock_ops, Action, Connect, AF_INET, AF_INET6,
 };
 pub use maps::{
     ConfigV1, ConnInfoV1, PeerKeyV1, CONFIG_FLAG_V4, CONFIG_FLAG_V6, CONN_KIND_DIRECT,

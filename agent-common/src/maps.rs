@@ -40,6 +40,10 @@ pub const CONFIG_FLAG_V6: u32 = 2;
 pub struct ConfigV1 {
     /// IPv6 listener address, raw (network order words).
     pub v6_addr: [u32; 4],
+    /// cgroup id whose connects are never touched: the agent's own, when it runs inside the
+    /// attached cgroup (a hostNetwork DaemonSet pod does), so that its connects to the real
+    /// metadata service are not sent back to itself. 0: none.
+    pub exempt_cgroup_id: u64,
     /// IPv4 listener address, raw (network order).
     pub v4_addr: u32,
     /// `CONFIG_FLAG_*` bits.
@@ -113,7 +117,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<ConfigV1>(), 16 + 4 + 4 + 2 + 2 + 4);
+        assert_eq!(size_of::<ConfigV1>(), 16 + 8 + 4 + 4 + 2 + 2 + 4);
         assert_eq!(size_of::<ConnInfoV1>(), 8 + 8 + 16 + 4 + 4 + 4 + 4);
         assert_eq!(size_of::<PeerKeyV1>(), 4 + 4 + 16);
         assert!(align_of::<ConnInfoV1>() <= 8);

@@ -19,7 +19,7 @@
 use agent_common::{
     decide_connect4, decide_connect6,
     maps::{COOKIES_MAX_ENTRIES, PEERS_MAX_ENTRIES},
-    peer_key_from_sock_ops, Action, ConfigV1, ConnInfoV1, PeerKeyV1, AF_INET, AF_INET6,
+    peer_key_from_sock_ops, Action, ConfigV1, ConnInfoV1, Connect, PeerKeyV1, AF_INET, AF_INET6,
     CONN_KIND_DIRECT, CONN_KIND_REDIRECTED, COUNTER_COUNT, COUNTER_DIRECT, COUNTER_ERRORS,
     COUNTER_PEERS_REMOVED, COUNTER_PEERS_STORED, COUNTER_REDIRECTED,
 };
@@ -76,6 +76,7 @@ fn config() -> Option<ConfigV1> {
 fn record_decision(
     ctx: &SockAddrContext,
     action: Action,
+    cgroup_id: u64,
     orig_family: u32,
     orig_addr: [u32; 4],
     orig_port: u16,
@@ -91,7 +92,7 @@ fn record_decision(
     // the context's socket.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let info = ConnInfoV1 {
-        cgroup_id: current_cgroup_id(),
+        cgroup_id,
         socket_cookie: cookie,
         orig_addr,
         orig_port: orig_port as u32,
@@ -127,8 +128,17 @@ fn try_connect4(ctx: &SockAddrContext) {
         let sa = &*ctx.sock_addr;
         (sa.protocol, sa.user_ip4, u16::from_be(sa.user_port as u16))
     };
-    let action = decide_connect4(&cfg, protocol == IPPROTO_TCP, dst, dst_port);
-    if let Some((addr, port)) = record_decision(ctx, action, AF_INET, [dst, 0, 0, 0], dst_port) {
+    let cgroup_id = current_cgroup_id();
+    let connect = Connect {
+        is_tcp: protocol == IPPROTO_TCP,
+        cgroup_id,
+        dst_addr: dst,
+        dst_port,
+    };
+    let action = decide_connect4(&cfg, connect);
+    if let Some((addr, port)) =
+        record_decision(ctx, action, cgroup_id, AF_INET, [dst, 0, 0, 0], dst_port)
+    {
         // SAFETY: user_ip4/user_port are writable in connect4.
         unsafe {
             (*ctx.sock_addr).user_ip4 = addr[0];
@@ -161,8 +171,15 @@ fn try_connect6(ctx: &SockAddrContext) {
             u16::from_be(sa.user_port as u16),
         )
     };
-    let action = decide_connect6(&cfg, protocol == IPPROTO_TCP, dst, dst_port);
-    if let Some((addr, port)) = record_decision(ctx, action, AF_INET6, dst, dst_port) {
+    let cgroup_id = current_cgroup_id();
+    let connect = Connect {
+        is_tcp: protocol == IPPROTO_TCP,
+        cgroup_id,
+        dst_addr: dst,
+        dst_port,
+    };
+    let action = decide_connect6(&cfg, connect);
+    if let Some((addr, port)) = record_decision(ctx, action, cgroup_id, AF_INET6, dst, dst_port) {
         // SAFETY: user_ip6 (word stores) and user_port are writable in connect6.
         unsafe {
             let sa = &mut *ctx.sock_addr;

@@ -10,9 +10,14 @@ use crate::admin::Admin;
 use crate::attribution::Attributor;
 use crate::cgroup::{self, CgroupIndex};
 use crate::config::Config;
+use crate::credentials::{CredentialSource, NoCredentials};
 use crate::datapath::{self, Datapath, DatapathConfig};
+use crate::imds::passthrough::Upstream;
+use crate::imds::token::TokenKey;
+use crate::imds::Imds;
 use crate::metrics::{self, Metrics};
 use crate::proxy::Proxy;
+use crate::roles::{NoRoles, RoleResolver};
 use crate::server::{self, ServerLimits};
 
 /// Errors that stop the agent.
@@ -30,12 +35,49 @@ pub enum Error {
     Cgroup(#[from] cgroup::Error),
     #[error("could not install signal handler: {0}")]
     Signal(#[source] std::io::Error),
+    #[error("no randomness for the token key: {0}")]
+    Random(String),
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| Error::Listen { addr, source })
+}
+
+/// The agent's own cgroup id when it runs inside the attached cgroup (as a hostNetwork
+/// DaemonSet pod does): its own connects to the metadata service must reach the real one.
+fn own_exemption(config: &Config) -> Result<u64, Error> {
+    let own = cgroup::own_cgroup(&config.cgroup_root)?;
+    if !own.starts_with(&config.cgroup) {
+        return Ok(0);
+    }
+    let id = cgroup::cgroup_id(&own)?;
+    tracing::info!(cgroup = %own.display(), id, "the agent runs inside the attached cgroup; its own connects are exempt");
+    Ok(id)
+}
+
+fn build_imds(config: &Config) -> Result<Imds, Error> {
+    let tokens = TokenKey::random().map_err(|e| Error::Random(e.to_string()))?;
+    let roles: Arc<dyn RoleResolver> = match &config.bindings {
+        Some(b) => b.clone(),
+        None => Arc::new(NoRoles),
+    };
+    let credentials: Arc<dyn CredentialSource> = match &config.static_credentials {
+        Some(c) => c.clone(),
+        None => Arc::new(NoCredentials),
+    };
+    let upstream = config
+        .upstream
+        .clone()
+        .map(|uri| Upstream::new(uri, config.upstream_timeout));
+    Ok(Imds::new(
+        config.imds.clone(),
+        tokens,
+        roles,
+        credentials,
+        upstream,
+    ))
 }
 
 /// Runs the agent until SIGTERM or SIGINT, then drains and detaches.
@@ -58,21 +100,26 @@ pub async fn run(config: Config) -> Result<(), Error> {
         config.cgroup_root.clone(),
         config.cgroup.clone(),
     )?);
+    let exempt_cgroup_id = own_exemption(&config)?;
     let datapath = Arc::new(Datapath::start(&DatapathConfig {
         cgroup: config.cgroup.clone(),
         pin_dir: config.bpffs_dir.clone(),
         listen_v4: config.listen_v4,
         listen_v6: config.listen_v6,
+        exempt_cgroup_id,
     })?);
 
     let metrics = Metrics::default();
     let admin = Admin::new(metrics::registry(&metrics, Some(datapath.clone())));
     let proxy = Proxy::new(
         Attributor::new(datapath.clone(), index.clone()),
+        build_imds(&config)?,
         metrics.clone(),
     );
     let limits = ServerLimits {
         shutdown_grace: config.shutdown_grace,
+        max_connections: config.max_connections,
+        header_read_timeout: config.header_timeout,
         ..ServerLimits::default()
     };
     let (stop_tx, stop_rx) = watch::channel(false);

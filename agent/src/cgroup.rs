@@ -222,6 +222,28 @@ pub fn cgroup_id(path: &Path) -> Result<u64, Error> {
         .map_err(io_err("stat", path))
 }
 
+/// The cgroup2 directory of this process, from the `0::` line of `/proc/self/cgroup`.
+pub fn own_cgroup(root: &Path) -> Result<PathBuf, Error> {
+    let proc_path = Path::new("/proc/self/cgroup");
+    let text = fs::read_to_string(proc_path).map_err(io_err("read", proc_path))?;
+    parse_own_cgroup(root, &text).ok_or_else(|| Error::NoCgroup2Mount {
+        source_name: "/proc/self/cgroup (no 0:: line)".to_owned(),
+    })
+}
+
+fn parse_own_cgroup(root: &Path, proc_cgroup: &str) -> Option<PathBuf> {
+    let rel = proc_cgroup
+        .lines()
+        .find_map(|line| line.strip_prefix("0::"))?
+        .trim()
+        .trim_start_matches('/');
+    Some(if rel.is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(rel)
+    })
+}
+
 /// Renders `path` relative to `root` the way `/proc/<pid>/cgroup` does: with a leading slash,
 /// `/` for the root itself. `None` when `path` is not below `root`.
 fn render_relative(root: &Path, path: &Path) -> Option<String> {
@@ -436,6 +458,18 @@ impl CgroupIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_cgroup_from_proc() {
+        let root = Path::new("/sys/fs/cgroup");
+        let text = "12:cpu:/x\n0::/kubepods.slice/kubepods-pod1.slice/cri-containerd-a.scope\n";
+        assert_eq!(
+            parse_own_cgroup(root, text),
+            Some(root.join("kubepods.slice/kubepods-pod1.slice/cri-containerd-a.scope"))
+        );
+        assert_eq!(parse_own_cgroup(root, "0::/\n"), Some(root.to_path_buf()));
+        assert_eq!(parse_own_cgroup(root, "1:name=systemd:/\n"), None);
+    }
     use std::sync::Arc;
 
     /// A fresh, unique directory under the system temp dir, removed on drop.

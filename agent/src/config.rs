@@ -6,9 +6,16 @@ use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use clap::Parser;
+use hyper::Uri;
 
 use crate::cgroup;
+use crate::credentials::{self, StaticCredentials};
+use crate::imds::paths::{AllowList, DEFAULT_ALLOW};
+use crate::imds::ImdsSettings;
+use crate::roles::{self, StaticBindings};
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -57,6 +64,61 @@ pub struct Args {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `iamlet=debug`.
     #[arg(long, env = "IAMLET_LOG", default_value = "info")]
     pub log: String,
+
+    /// Standalone role bindings (YAML: cgroup globs relative to the attached cgroup → role).
+    #[arg(long, env = "IAMLET_BINDINGS")]
+    pub bindings: Option<PathBuf>,
+
+    /// Fixed credentials per role ARN (YAML), for development and tests.
+    #[arg(long, env = "IAMLET_STATIC_CREDENTIALS")]
+    pub static_credentials: Option<PathBuf>,
+
+    /// Prefix that turns a bare role name into an ARN, e.g. `arn:aws:iam::123456789012:role/`.
+    #[arg(long, env = "IAMLET_BASE_ROLE_ARN")]
+    pub base_role_arn: Option<String>,
+
+    /// Refuse tokenless (IMDSv1) requests with 401.
+    #[arg(long, env = "IAMLET_REQUIRE_IMDSV2")]
+    pub require_imdsv2: bool,
+
+    /// The real metadata service, for allowed non-credential paths; `off` disables passthrough.
+    #[arg(
+        long,
+        env = "IAMLET_UPSTREAM",
+        default_value = "http://169.254.169.254"
+    )]
+    pub upstream: String,
+
+    /// Bound on each upstream request.
+    #[arg(long, env = "IAMLET_UPSTREAM_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub upstream_timeout: Duration,
+
+    /// Regex (anchored, matched against the path below the version, e.g.
+    /// `meta-data/placement/region`) of paths forwarded upstream; repeat for more. Replaces the
+    /// default list (instance identity basics). Credential paths are never forwarded.
+    #[arg(long = "allow-path", value_name = "REGEX")]
+    pub allow_paths: Vec<String>,
+
+    /// Requests per second each pod may make (0: unlimited).
+    #[arg(long, env = "IAMLET_RATE_LIMIT", default_value_t = 50.0)]
+    pub rate_limit: f64,
+
+    /// Burst of requests each pod may make above its rate.
+    #[arg(long, env = "IAMLET_RATE_BURST", default_value_t = 100.0)]
+    pub rate_burst: f64,
+
+    /// Longest a credentials request waits for credentials before failing with an error the
+    /// SDK can report.
+    #[arg(long, env = "IAMLET_CREDENTIALS_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub credentials_timeout: Duration,
+
+    /// Connections the proxy serves at once.
+    #[arg(long, env = "IAMLET_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
+    /// Time a client has to send a request's headers; also closes idle keep-alive connections.
+    #[arg(long, env = "IAMLET_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
 }
 
 /// A configuration that cannot work.
@@ -82,6 +144,22 @@ pub enum Error {
     LogFilter { filter: String, reason: String },
     #[error(transparent)]
     Cgroup(#[from] cgroup::Error),
+    #[error("--upstream {value:?}: {reason}")]
+    Upstream { value: String, reason: String },
+    #[error("--allow-path: {0}")]
+    AllowPath(#[source] regex::Error),
+    #[error("--base-role-arn {value:?}: must look like arn:aws:iam::123456789012:role/")]
+    BaseRoleArn { value: String },
+    #[error("--{flag} {value}: {reason}")]
+    Limit {
+        flag: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+    #[error(transparent)]
+    Bindings(#[from] roles::ConfigError),
+    #[error(transparent)]
+    StaticCredentials(#[from] credentials::ConfigError),
 }
 
 /// The validated configuration.
@@ -101,6 +179,20 @@ pub struct Config {
     pub bpffs_dir: PathBuf,
     /// Drain time on shutdown.
     pub shutdown_grace: Duration,
+    /// Metadata API settings.
+    pub imds: ImdsSettings,
+    /// Real metadata service, if passthrough is on.
+    pub upstream: Option<Uri>,
+    /// Bound on upstream requests.
+    pub upstream_timeout: Duration,
+    /// Standalone role bindings, if given.
+    pub bindings: Option<Arc<StaticBindings>>,
+    /// Static credentials, if given.
+    pub static_credentials: Option<Arc<StaticCredentials>>,
+    /// Proxy connection limits.
+    pub max_connections: usize,
+    /// Header read timeout.
+    pub header_timeout: Duration,
 }
 
 impl Args {
@@ -156,7 +248,52 @@ impl Args {
                 cgroup::validate_attach_cgroup(&cgroup_root, &found)?
             }
         };
+        let upstream = self.upstream_uri()?;
+        let allow = if self.allow_paths.is_empty() {
+            AllowList::new(DEFAULT_ALLOW)
+        } else {
+            AllowList::new(&self.allow_paths)
+        }
+        .map_err(Error::AllowPath)?;
+        if let Some(base) = &self.base_role_arn {
+            let probe = format!("{}{}x", base, if base.ends_with('/') { "" } else { "/" });
+            if roles::validate_role_arn(&probe).is_err() {
+                return Err(Error::BaseRoleArn {
+                    value: base.clone(),
+                });
+            }
+        }
+        self.check_limits()?;
+        let attached_rel = cgroup
+            .strip_prefix(&cgroup_root)
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let bindings = match &self.bindings {
+            Some(path) => Some(Arc::new(StaticBindings::load(
+                path,
+                &attached_rel,
+                self.base_role_arn.as_deref(),
+            )?)),
+            None => None,
+        };
+        let static_credentials = match &self.static_credentials {
+            Some(path) => Some(Arc::new(StaticCredentials::load(path)?)),
+            None => None,
+        };
         Ok(Config {
+            imds: ImdsSettings {
+                require_imdsv2: self.require_imdsv2,
+                allow,
+                rate_limit: self.rate_limit,
+                rate_burst: self.rate_burst,
+                credentials_timeout: self.credentials_timeout,
+            },
+            upstream,
+            upstream_timeout: self.upstream_timeout,
+            bindings,
+            static_credentials,
+            max_connections: self.max_connections,
+            header_timeout: self.header_timeout,
             cgroup_root,
             cgroup,
             listen_v4: self.listen_v4,
@@ -165,6 +302,62 @@ impl Args {
             bpffs_dir: self.bpffs_dir.clone(),
             shutdown_grace: self.shutdown_grace,
         })
+    }
+}
+
+impl Args {
+    fn upstream_uri(&self) -> Result<Option<Uri>, Error> {
+        if self.upstream == "off" {
+            return Ok(None);
+        }
+        let err = |reason: String| Error::Upstream {
+            value: self.upstream.clone(),
+            reason,
+        };
+        let uri: Uri = self.upstream.parse().map_err(|e| err(format!("{e}")))?;
+        if uri.scheme_str() != Some("http") || uri.host().is_none() {
+            return Err(err(
+                "must be an http:// URL like http://169.254.169.254, or off".into(),
+            ));
+        }
+        if uri.path() != "/" && !uri.path().is_empty() {
+            return Err(err("must not have a path".into()));
+        }
+        Ok(Some(uri))
+    }
+
+    fn check_limits(&self) -> Result<(), Error> {
+        let bad = |flag: &'static str, value: String, reason: &'static str| {
+            Err(Error::Limit {
+                flag,
+                value,
+                reason,
+            })
+        };
+        if !self.rate_limit.is_finite() || self.rate_limit < 0.0 {
+            return bad(
+                "rate-limit",
+                self.rate_limit.to_string(),
+                "must be 0 or more",
+            );
+        }
+        if !self.rate_burst.is_finite() || self.rate_burst < 1.0 {
+            return bad(
+                "rate-burst",
+                self.rate_burst.to_string(),
+                "must be 1 or more",
+            );
+        }
+        if self.max_connections == 0 {
+            return bad("max-connections", "0".into(), "must be at least 1");
+        }
+        if self.credentials_timeout.is_zero() {
+            return bad("credentials-timeout", "0s".into(), "must be positive");
+        }
+        if self.header_timeout.is_zero() {
+            return bad("header-timeout", "0s".into(), "must be positive");
+        }
+        Ok(())
     }
 }
 
@@ -222,6 +415,32 @@ mod tests {
         let a = args(&["--listen-v6", "[::]:8181"]).expect("parses");
         assert!(matches!(a.validate(), Err(Error::ListenV6 { .. })));
         assert!(args(&["--listen-v4", "not-an-address"]).is_err());
+    }
+
+    #[test]
+    fn upstream_and_limits() {
+        let base = ["--listen-v4", "127.0.0.1:8181"];
+        let with = |extra: &[&str]| {
+            let mut v = base.to_vec();
+            v.extend_from_slice(extra);
+            args(&v).expect("parses")
+        };
+        assert_eq!(
+            with(&["--upstream", "off"]).upstream_uri().expect("off"),
+            None
+        );
+        assert!(with(&[]).upstream_uri().expect("default").is_some());
+        assert!(with(&["--upstream", "https://x"]).upstream_uri().is_err());
+        assert!(with(&["--upstream", "http://x/path"])
+            .upstream_uri()
+            .is_err());
+        assert!(with(&["--rate-limit=-1"]).check_limits().is_err());
+        assert!(with(&["--rate-burst", "0"]).check_limits().is_err());
+        assert!(with(&["--max-connections", "0"]).check_limits().is_err());
+        assert!(with(&["--credentials-timeout", "0s"])
+            .check_limits()
+            .is_err());
+        assert!(with(&[]).check_limits().is_ok());
     }
 
     #[test]

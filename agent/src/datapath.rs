@@ -95,6 +95,9 @@ pub struct DatapathConfig {
     pub listen_v4: Option<SocketAddrV4>,
     /// IPv6 listener the metadata connects are rewritten to.
     pub listen_v6: Option<SocketAddrV6>,
+    /// cgroup id whose connects are left alone (the agent's own when it runs inside the
+    /// attached cgroup); 0 for none.
+    pub exempt_cgroup_id: u64,
 }
 
 /// The loaded and attached programs, and the maps the agent reads.
@@ -122,8 +125,12 @@ impl std::fmt::Debug for Datapath {
 pub fn config_value(
     listen_v4: Option<SocketAddrV4>,
     listen_v6: Option<SocketAddrV6>,
+    exempt_cgroup_id: u64,
 ) -> Result<ConfigV1, Error> {
-    let mut cfg = ConfigV1::default();
+    let mut cfg = ConfigV1 {
+        exempt_cgroup_id,
+        ..ConfigV1::default()
+    };
     if let Some(v4) = listen_v4 {
         cfg.v4_addr = ipv4_raw(v4.ip().octets());
         cfg.v4_port = v4.port();
@@ -162,7 +169,7 @@ impl Datapath {
     /// Loads, configures, pins and attaches everything, in that order: the programs only see
     /// connects once `CONFIG_V1` holds the listeners.
     pub fn start(cfg: &DatapathConfig) -> Result<Self, Error> {
-        let value = config_value(cfg.listen_v4, cfg.listen_v6)?;
+        let value = config_value(cfg.listen_v4, cfg.listen_v6, cfg.exempt_cgroup_id)?;
         ensure_bpffs(&cfg.pin_dir)?;
 
         let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(|e| Error::Load {
@@ -388,9 +395,13 @@ mod tests {
 
     #[test]
     fn config_needs_a_listener() {
-        assert!(matches!(config_value(None, None), Err(Error::NoListener)));
+        assert!(matches!(
+            config_value(None, None, 0),
+            Err(Error::NoListener)
+        ));
         let v4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 8181);
-        let cfg = config_value(Some(v4), None).expect("v4 config");
+        let cfg = config_value(Some(v4), None, 9).expect("v4 config");
+        assert_eq!(cfg.exempt_cgroup_id, 9);
         assert_eq!(cfg.flags, CONFIG_FLAG_V4);
         assert_eq!(cfg.v4_port, 8181);
         assert_eq!(agent_common::ipv4_octets(cfg.v4_addr), [198, 18, 0, 1]);

@@ -4,7 +4,9 @@
 //! Modules, one concern each: `config` (flags), `telemetry` (logs), `metrics`, `datapath` (the
 //! eBPF loader), `cgroup` (cgroup2 discovery and the cgroup-id index), `identity` (pod UID from
 //! a cgroup path), `attribution` (who made a connection), `server` (HTTP accept loop), `proxy`
-//! (the metadata routes), `admin` (health and metrics routes), `app` (wiring).
+//! (attribution and limits in front of the metadata API), `imds` (the metadata API: tokens, routes,
+//! passthrough), `roles` (which role a caller gets), `credentials` (where credentials come from),
+//! `timefmt` (UTC timestamps), `admin` (health and metrics routes), `app` (wiring).
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -12,9 +14,13 @@ pub mod app;
 pub mod attribution;
 pub mod cgroup;
 pub mod config;
+pub mod credentials;
 pub mod datapath;
 pub mod identity;
+pub mod imds;
 pub mod metrics;
 pub mod proxy;
+pub mod roles;
 pub mod server;
 pub mod telemetry;
+pub mod timefmt;

@@ -16,7 +16,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 /// The response type of every route.
 pub type Resp = Response<Full<Bytes>>;
@@ -38,10 +38,15 @@ pub trait ConnHandler: Send + Sync + 'static {
 /// Limits of one server.
 #[derive(Clone, Copy, Debug)]
 pub struct ServerLimits {
-    /// Time allowed for a client to send a request's headers.
+    /// Time allowed for a client to send a request's headers (also bounds how long an idle
+    /// keep-alive connection is kept: hyper arms it while waiting for the next request).
     pub header_read_timeout: Duration,
     /// Longest drain on shutdown.
     pub shutdown_grace: Duration,
+    /// Connections served at once; further clients wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// Largest request head (request line and headers) in bytes; larger gets 431.
+    pub max_header_bytes: usize,
 }
 
 impl Default for ServerLimits {
@@ -49,6 +54,8 @@ impl Default for ServerLimits {
         ServerLimits {
             header_read_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
+            max_connections: 4096,
+            max_header_bytes: 16 * 1024,
         }
     }
 }
@@ -67,8 +74,18 @@ pub async fn serve<H: ConnHandler>(
     builder
         .keep_alive(true)
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+        .header_read_timeout(limits.header_read_timeout)
+        // hyper's floor is 8 KiB; a head that does not fit gets 431.
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     loop {
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = shutdown.wait_for(|stop| *stop) => break,
@@ -93,6 +110,7 @@ pub async fn serve<H: ConnHandler>(
         let conn = builder.serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(e) = conn.await {
                 tracing::debug!(server = name, %peer, error = %e, "connection ended with an error");
             }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::node::{TestNode, NODE_PROXY_V4, NODE_PROXY_V6};
+use crate::pod::FakePod;
 use crate::process::ChildGuard;
 
 /// Port of the agent's metadata listeners in tests.
@@ -39,6 +40,19 @@ impl Agent {
     /// Starts the agent in `node`'s netns, attached to its pods cgroup, with both listeners,
     /// plus `extra` flags; waits until `/ready` answers.
     pub fn start(node: &TestNode, extra: &[&str]) -> Result<Agent> {
+        Self::spawn(node, node.command(agent_bin()), extra)
+    }
+
+    /// Like [`Agent::start`], but the agent runs inside `pod`'s cgroup (below the cgroup it
+    /// attaches to, as a hostNetwork DaemonSet pod does); `pod` must be a host-network pod.
+    pub fn start_in_pod(node: &TestNode, pod: &FakePod, extra: &[&str]) -> Result<Agent> {
+        if !pod.is_host_network() {
+            bail!("the agent must run in a host-network pod to listen on the node's address");
+        }
+        Self::spawn(node, pod.command(agent_bin()), extra)
+    }
+
+    fn spawn(node: &TestNode, mut cmd: Command, extra: &[&str]) -> Result<Agent> {
         let tag = format!(
             "{}-{}",
             std::process::id(),
@@ -54,7 +68,6 @@ impl Agent {
                 bin.display()
             );
         }
-        let mut cmd = node.command(&bin);
         cmd.arg("--cgroup")
             .arg(node.pods_cgroup())
             .arg("--listen-v4")

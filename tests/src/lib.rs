@@ -13,6 +13,8 @@
 //! * [`OutsideHost`]: a pod-like network namespace whose processes stay in the caller's
 //!   cgroup, i.e. outside the attached cgroup.
 //! * [`ChildGuard`], [`run_with_timeout`]: nothing a test starts outlives it or hangs it.
+//! * [`fetch_credentials`]: a real AWS SDK ([`Sdk`]: boto3, JS v3, Rust) run inside a pod,
+//!   fetching credentials from the metadata service at its default endpoint.
 //!
 //! Everything is RAII: removed on drop, also while a failing test unwinds; drops never
 //! panic (problems are logged to stderr). Leftovers of crashed runs are removed by
@@ -28,6 +30,8 @@
 pub mod agent;
 pub mod cgroup;
 pub mod cleanup;
+pub mod clients;
+pub mod fake_imds;
 pub mod net;
 pub mod netns;
 pub mod node;
@@ -37,7 +41,11 @@ pub mod process;
 
 pub use agent::{Agent, PROXY_PORT};
 pub use cleanup::cleanup_stale;
-pub use net::{http, udp_probe, FakeUpstream, Family, HttpAnswer};
+pub use clients::{
+    fetch_credentials, fetch_credentials_timed, sdk_available, ClientCreds, Sdk, CLIENT_TIMEOUT,
+};
+pub use fake_imds::FakeImds;
+pub use net::{http, http_with, udp_probe, FakeUpstream, Family, HttpAnswer};
 pub use netns::Netns;
 pub use node::{TestNode, IMDS_V4, IMDS_V6, NODE_PROXY_V4, NODE_PROXY_V6};
 pub use pod::{FakePod, OutsideHost, PodNetwork};

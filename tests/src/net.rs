@@ -24,14 +24,16 @@ pub enum Family {
 
 const HTTP_CLIENT: &str = r#"
 import socket, sys
+import json
 fam, host, port, method, path = sys.argv[1:6]
+extra = "".join(h + "\r\n" for h in sys.argv[6:])
 af = socket.AF_INET if fam == "v4" else socket.AF_INET6
 s = socket.socket(af, socket.SOCK_STREAM)
 if fam == "mapped":
     s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
 s.settimeout(5)
 s.connect((host, int(port)))
-s.sendall(f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+s.sendall(f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}\r\n".encode())
 data = b""
 while True:
     chunk = s.recv(65536)
@@ -39,7 +41,9 @@ while True:
         break
     data += chunk
 head, _, body = data.partition(b"\r\n\r\n")
-print(head.split(b" ")[1].decode())
+lines = head.decode(errors="replace").split("\r\n")
+print(lines[0].split(" ")[1])
+print(json.dumps([l.split(":", 1)[0].strip().lower() + ":" + l.split(":", 1)[1].strip() for l in lines[1:] if ":" in l]))
 sys.stdout.write(body.decode(errors="replace"))
 "#;
 
@@ -53,16 +57,25 @@ s.sendto(payload.encode(), (host, port))
 print(s.recvfrom(65536)[0].decode())
 "#;
 
-/// An HTTP answer: status code and body.
+/// An HTTP answer: status code, headers and body.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpAnswer {
     /// Status code.
     pub status: u16,
+    /// Headers as `name:value`, names lower-cased.
+    pub headers: Vec<String>,
     /// Body text.
     pub body: String,
 }
 
 impl HttpAnswer {
+    /// The value of header `name` (lower case), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find_map(|h| h.strip_prefix(name).and_then(|rest| rest.strip_prefix(':')))
+    }
+
     /// The body parsed as JSON.
     pub fn json(&self) -> Result<serde_json::Value> {
         serde_json::from_str(&self.body)
@@ -72,12 +85,25 @@ impl HttpAnswer {
 
 /// Runs an HTTP request with `cmd` (a pod's, host's or node's `command("python3")`).
 pub fn http(
+    cmd: Command,
+    family: Family,
+    host: &str,
+    port: u16,
+    method: &str,
+    path: &str,
+) -> Result<HttpAnswer> {
+    http_with(cmd, family, host, port, method, path, &[])
+}
+
+/// Like [`http`], with extra request headers (`("Name", "value")`).
+pub fn http_with(
     mut cmd: Command,
     family: Family,
     host: &str,
     port: u16,
     method: &str,
     path: &str,
+    headers: &[(&str, &str)],
 ) -> Result<HttpAnswer> {
     let fam = match family {
         Family::V4 => "v4",
@@ -93,6 +119,9 @@ pub fn http(
         method,
         path,
     ]);
+    for (name, value) in headers {
+        cmd.arg(format!("{name}: {value}"));
+    }
     let out = run_with_timeout(&mut cmd, Duration::from_secs(15))?;
     parse_answer(out)
 }
@@ -101,16 +130,20 @@ fn parse_answer(out: RunOutput) -> Result<HttpAnswer> {
     if !out.success() {
         bail!("HTTP client failed: {out}");
     }
-    let (status, body) = out
+    let (status, rest) = out
         .stdout
         .split_once('\n')
         .unwrap_or((out.stdout.as_str(), ""));
+    let (headers, body) = rest.split_once('\n').unwrap_or((rest, ""));
+    let headers: Vec<String> = serde_json::from_str(headers)
+        .with_context(|| format!("no header line in {:?}", out.stdout))?;
     let status = status
         .trim()
         .parse()
         .with_context(|| format!("no status line in {:?}", out.stdout))?;
     Ok(HttpAnswer {
         status,
+        headers,
         body: body.to_string(),
     })
 }

@@ -24,7 +24,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install the toolchain and tools this project needs (apt, bpf-linker).
+    /// Install the toolchain and tools this project needs (apt, bpf-linker, SDK clients).
     Setup,
     /// Build the eBPF object (target/ebpf/bpfel-unknown-none/release/agent-ebpf).
     BuildEbpf,
@@ -57,17 +57,17 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let root = workspace_root()?;
     match cli.cmd {
-        Cmd::Setup => setup::run(),
+        Cmd::Setup => setup::run(&root),
         Cmd::BuildEbpf => build_ebpf(&root),
         Cmd::Test { filter, no_setup } => test(&root, filter.as_deref(), no_setup),
         Cmd::Demo => {
-            setup::run()?;
+            setup::run(&root)?;
             build_ebpf(&root)?;
             build_agent(&root)?;
             run_tests_bin(&root, "iamlet-demo", &[])
         }
         Cmd::Bench { which } => {
-            setup::run()?;
+            setup::run(&root)?;
             build_ebpf(&root)?;
             build_agent(&root)?;
             match which {
@@ -159,6 +159,16 @@ fn build_agent(root: &Path) -> Result<()> {
     ]))
 }
 
+/// Where the tests find the AWS SDK clients `setup` installed and `build_agent` built.
+fn sdk_client_env(root: &Path, cmd: &mut Command) {
+    cmd.env("IAMLET_PYTHON", setup::sdk_python(root))
+        .env("IAMLET_JS_DIR", setup::js_dir(root))
+        .env(
+            "IAMLET_RUST_CLIENT",
+            root.join("target/debug/imds-client-rs"),
+        );
+}
+
 fn run_tests_bin(root: &Path, bin: &str, args: &[&str]) -> Result<()> {
     let mut cmd = cargo(root);
     cmd.args([
@@ -173,12 +183,13 @@ fn run_tests_bin(root: &Path, bin: &str, args: &[&str]) -> Result<()> {
     ])
     .args(args)
     .env("IAMLET_BIN", root.join("target/debug/iamlet"));
+    sdk_client_env(root, &mut cmd);
     run(&mut cmd)
 }
 
 fn test(root: &Path, filter: Option<&str>, no_setup: bool) -> Result<()> {
     if !no_setup {
-        setup::run()?;
+        setup::run(root)?;
     }
     build_ebpf(root)?;
     run(cargo(root).args(["fmt", "--all", "--", "--check"]))?;
@@ -210,6 +221,7 @@ fn test(root: &Path, filter: Option<&str>, no_setup: bool) -> Result<()> {
         .env("IAMLET_BIN", root.join("target/debug/iamlet"))
         // A privileged test that cannot run fails here instead of skipping.
         .env("IAMLET_TESTS_STRICT", "1");
+    sdk_client_env(root, &mut cmd);
     if let Some(f) = filter {
         cmd.arg(f);
     }

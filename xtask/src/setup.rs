@@ -1,9 +1,12 @@
 //! `cargo xtask setup`: installs what a fresh Debian 12 machine lacks. Idempotent: each step
-//! checks first and says what it does.
+//! checks first and says what it does. Besides the toolchain and tools, it installs the AWS
+//! SDK clients the integration tests run in fake pods: boto3 in a venv (`target/sdk/venv`)
+//! and the JS SDK in `tests/js/node_modules`.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::run as sh;
 
@@ -22,7 +25,114 @@ const APT_PACKAGES: &[&str] = &[
     "util-linux",
     "curl",
     "python3",
+    "python3-venv",
 ];
+
+/// The Python the SDK venv is made from (Debian's).
+const SYSTEM_PYTHON: &str = "/usr/bin/python3";
+/// Oldest Node.js major the pinned AWS SDK for JavaScript supports.
+const NODE_MIN_MAJOR: u32 = 20;
+
+/// The venv with boto3 for the SDK client tests.
+pub fn sdk_venv(root: &Path) -> PathBuf {
+    root.join("target/sdk/venv")
+}
+
+/// Its Python (passed to the tests as `IAMLET_PYTHON`).
+pub fn sdk_python(root: &Path) -> PathBuf {
+    sdk_venv(root).join("bin/python")
+}
+
+/// The npm package of the JS SDK client (passed to the tests as `IAMLET_JS_DIR`).
+pub fn js_dir(root: &Path) -> PathBuf {
+    root.join("tests/js")
+}
+
+/// Whether `stamp` exists and holds exactly the bytes of `source`.
+fn stamp_matches(stamp: &Path, source: &Path) -> Result<bool> {
+    let want = std::fs::read(source).with_context(|| format!("reading {}", source.display()))?;
+    Ok(std::fs::read(stamp).is_ok_and(|have| have == want))
+}
+
+/// The Python venv `target/sdk/venv` with the pinned boto3 of `tests/python/requirements.txt`;
+/// made anew when that file differs from the copy kept in the venv as a stamp.
+fn sdk_python_venv(root: &Path) -> Result<()> {
+    let venv = sdk_venv(root);
+    let requirements = root.join("tests/python/requirements.txt");
+    let stamp = venv.join("iamlet-requirements.txt");
+    if sdk_python(root).is_file() && stamp_matches(&stamp, &requirements)? {
+        eprintln!(
+            "setup: Python venv for the SDK clients up to date ({})",
+            venv.display()
+        );
+        return Ok(());
+    }
+    eprintln!(
+        "setup: creating the Python venv {} with {}",
+        venv.display(),
+        requirements.display()
+    );
+    if venv.exists() {
+        std::fs::remove_dir_all(&venv).with_context(|| format!("removing {}", venv.display()))?;
+    }
+    sh(Command::new(SYSTEM_PYTHON).args(["-m", "venv"]).arg(&venv))?;
+    sh(Command::new(sdk_python(root))
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--no-input",
+        ])
+        .args(["--progress-bar", "off", "-r"])
+        .arg(&requirements))?;
+    std::fs::copy(&requirements, &stamp).with_context(|| format!("writing {}", stamp.display()))?;
+    Ok(())
+}
+
+/// Major version of the `node` on PATH, if any.
+fn node_major() -> Option<u32> {
+    let out = Command::new("node").arg("--version").output().ok()?;
+    let version = String::from_utf8_lossy(&out.stdout);
+    version
+        .trim()
+        .trim_start_matches('v')
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// `tests/js/node_modules` from the committed `package-lock.json` (`npm ci`); installed anew
+/// when the lock differs from the copy kept in `node_modules` as a stamp.
+fn sdk_js_modules(root: &Path) -> Result<()> {
+    let dir = js_dir(root);
+    let lock = dir.join("package-lock.json");
+    let stamp = dir.join("node_modules/.iamlet-package-lock.json");
+    if stamp_matches(&stamp, &lock)? {
+        eprintln!(
+            "setup: npm packages for the JS SDK client up to date ({}/node_modules)",
+            dir.display()
+        );
+        return Ok(());
+    }
+    match node_major() {
+        Some(major) if major >= NODE_MIN_MAJOR => {}
+        Some(major) => bail!(
+            "Node.js {major} is too old for the JS SDK client: it needs {NODE_MIN_MAJOR} or newer"
+        ),
+        None => bail!("Node.js (node, npm) not found on PATH: the JS SDK client needs Node.js {NODE_MIN_MAJOR} or newer"),
+    }
+    eprintln!(
+        "setup: installing the npm packages of {} (npm ci)",
+        dir.display()
+    );
+    sh(Command::new("npm")
+        .current_dir(&dir)
+        .args(["ci", "--no-audit", "--no-fund"]))?;
+    std::fs::copy(&lock, &stamp).with_context(|| format!("writing {}", stamp.display()))?;
+    Ok(())
+}
 
 fn dpkg_installed(pkg: &str) -> bool {
     Command::new("dpkg-query")
@@ -40,8 +150,8 @@ fn bpf_linker_ok() -> bool {
         .unwrap_or(false)
 }
 
-/// Runs every setup step.
-pub fn run() -> Result<()> {
+/// Runs every setup step; `root` is the workspace.
+pub fn run(root: &Path) -> Result<()> {
     let missing: Vec<&str> = APT_PACKAGES
         .iter()
         .copied()
@@ -78,5 +188,7 @@ pub fn run() -> Result<()> {
     if !std::path::Path::new(DEBIAN_RUSTC).exists() {
         bail!("{DEBIAN_RUSTC} missing after installing rustc-web");
     }
+    sdk_python_venv(root)?;
+    sdk_js_modules(root)?;
     Ok(())
 }

@@ -1,0 +1,299 @@
+//! Where a role's credentials come from: the [`CredentialSource`] trait, the [`Credentials`]
+//! it returns, and [`StaticCredentials`], a source that serves fixed credentials from a YAML
+//! file (`--static-credentials`, for development and tests; the STS engine is the production
+//! source).
+//!
+//! Static credentials file:
+//!
+//! ```yaml
+//! credentials:
+//!   arn:aws:iam::123456789012:role/web:
+//!     access_key_id: ASIA...
+//!     secret_access_key: ...
+//!     session_token: ...
+//!     expiration: 2026-11-22T12:00:00Z   # optional; default: always one hour ahead
+//! ```
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::Deserialize;
+
+use crate::roles::{validate_role_arn, BoxFuture, RoleBinding};
+use crate::timefmt;
+
+/// Temporary credentials of one role session.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret access key.
+    pub secret_access_key: String,
+    /// Session token.
+    pub session_token: String,
+    /// When they stop working.
+    pub expiration: SystemTime,
+    /// When they were obtained.
+    pub last_updated: SystemTime,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .field("session_token", &"<redacted>")
+            .field("expiration", &timefmt::format_utc(self.expiration))
+            .finish()
+    }
+}
+
+/// Why credentials could not be had. `code` is an AWS-style error code (`AccessDenied`,
+/// `Throttling`, `RequestTimeout`, ...) that the metadata response passes on to the SDK.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct CredentialError {
+    /// Error code.
+    pub code: String,
+    /// Human-readable cause.
+    pub message: String,
+}
+
+impl CredentialError {
+    /// An error with the given code and message.
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        CredentialError {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Produces credentials for role bindings.
+pub trait CredentialSource: Send + Sync + std::fmt::Debug + 'static {
+    /// Credentials for `binding`.
+    fn credentials<'a>(
+        &'a self,
+        binding: &'a RoleBinding,
+    ) -> BoxFuture<'a, Result<Arc<Credentials>, CredentialError>>;
+}
+
+/// Errors of reading the static credentials file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read static credentials file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("static credentials file {path} is not valid YAML of the expected shape: {source}")]
+    Parse {
+        path: String,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    #[error("static credentials file {path}, role {role}: {reason}")]
+    Entry {
+        path: String,
+        role: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    credentials: HashMap<String, Entry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    access_key_id: String,
+    secret_access_key: String,
+    session_token: String,
+    expiration: Option<String>,
+}
+
+#[derive(Debug)]
+struct StaticEntry {
+    access_key_id: String,
+    secret_access_key: String,
+    session_token: String,
+    expiration: Option<SystemTime>,
+}
+
+/// Fixed credentials per role ARN.
+#[derive(Debug)]
+pub struct StaticCredentials {
+    by_role: HashMap<String, StaticEntry>,
+}
+
+/// How far ahead the expiry of static credentials without one is put.
+const ROLLING_EXPIRY: Duration = Duration::from_secs(3600);
+
+impl StaticCredentials {
+    /// Loads and checks `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let display = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: display.clone(),
+            source,
+        })?;
+        Self::parse(&text, &display)
+    }
+
+    /// Parses file text (`origin` names it in errors).
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let file: File = serde_yaml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: origin.to_owned(),
+            source,
+        })?;
+        let mut by_role = HashMap::new();
+        for (role, e) in file.credentials {
+            let err = |reason: String| ConfigError::Entry {
+                path: origin.to_owned(),
+                role: role.clone(),
+                reason,
+            };
+            validate_role_arn(&role).map_err(err)?;
+            if e.access_key_id.is_empty() || e.secret_access_key.is_empty() {
+                return Err(err(
+                    "access_key_id and secret_access_key must not be empty".into()
+                ));
+            }
+            let expiration = match &e.expiration {
+                Some(t) => Some(timefmt::parse_utc(t).ok_or_else(|| {
+                    err(format!("expiration {t:?} is not like 2026-11-22T12:00:00Z"))
+                })?),
+                None => None,
+            };
+            by_role.insert(
+                role,
+                StaticEntry {
+                    access_key_id: e.access_key_id,
+                    secret_access_key: e.secret_access_key,
+                    session_token: e.session_token,
+                    expiration,
+                },
+            );
+        }
+        Ok(StaticCredentials { by_role })
+    }
+
+    fn get(&self, binding: &RoleBinding, now: SystemTime) -> Result<Credentials, CredentialError> {
+        let e = self.by_role.get(&binding.role_arn).ok_or_else(|| {
+            CredentialError::new(
+                "AccessDenied",
+                format!(
+                    "no static credentials are configured for {}",
+                    binding.role_arn
+                ),
+            )
+        })?;
+        let expiration = e.expiration.unwrap_or(now + ROLLING_EXPIRY);
+        if expiration <= now {
+            return Err(CredentialError::new(
+                "ExpiredToken",
+                format!(
+                    "the static credentials for {} have expired",
+                    binding.role_arn
+                ),
+            ));
+        }
+        Ok(Credentials {
+            access_key_id: e.access_key_id.clone(),
+            secret_access_key: e.secret_access_key.clone(),
+            session_token: e.session_token.clone(),
+            expiration,
+            last_updated: now,
+        })
+    }
+}
+
+impl CredentialSource for StaticCredentials {
+    fn credentials<'a>(
+        &'a self,
+        binding: &'a RoleBinding,
+    ) -> BoxFuture<'a, Result<Arc<Credentials>, CredentialError>> {
+        let result = self.get(binding, SystemTime::now()).map(Arc::new);
+        Box::pin(std::future::ready(result))
+    }
+}
+
+/// The source when none is configured: every request fails with `NoCredentialSource`.
+#[derive(Debug, Default)]
+pub struct NoCredentials;
+
+impl CredentialSource for NoCredentials {
+    fn credentials<'a>(
+        &'a self,
+        binding: &'a RoleBinding,
+    ) -> BoxFuture<'a, Result<Arc<Credentials>, CredentialError>> {
+        Box::pin(std::future::ready(Err(CredentialError::new(
+            "NoCredentialSource",
+            format!(
+                "iamlet has no credential source configured, so it cannot serve {}",
+                binding.role_arn
+            ),
+        ))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn binding(role: &str) -> RoleBinding {
+        RoleBinding {
+            role_arn: role.into(),
+            session_name: "s1".into(),
+            external_id: None,
+        }
+    }
+
+    #[test]
+    fn serves_configured_roles_only() {
+        let text = r#"
+credentials:
+  arn:aws:iam::123456789012:role/web:
+    access_key_id: ASIAWEB
+    secret_access_key: secret
+    session_token: token
+  arn:aws:iam::123456789012:role/old:
+    access_key_id: ASIAOLD
+    secret_access_key: secret
+    session_token: token
+    expiration: 2001-01-01T00:00:00Z
+"#;
+        let s = StaticCredentials::parse(text, "t").expect("valid");
+        let now = SystemTime::now();
+        let c = s
+            .get(&binding("arn:aws:iam::123456789012:role/web"), now)
+            .expect("web");
+        assert_eq!(c.access_key_id, "ASIAWEB");
+        assert_eq!(c.expiration, now + ROLLING_EXPIRY);
+        assert!(!format!("{c:?}").contains("secret\""));
+        let e = s
+            .get(&binding("arn:aws:iam::123456789012:role/other"), now)
+            .expect_err("unknown");
+        assert_eq!(e.code, "AccessDenied");
+        let e = s
+            .get(&binding("arn:aws:iam::123456789012:role/old"), now)
+            .expect_err("expired");
+        assert_eq!(e.code, "ExpiredToken");
+    }
+
+    #[test]
+    fn bad_files_are_rejected() {
+        assert!(StaticCredentials::parse("credentials: [", "t").is_err());
+        let bad_role = "credentials:\n  web:\n    access_key_id: a\n    secret_access_key: b\n    session_token: c\n";
+        let e = StaticCredentials::parse(bad_role, "t").expect_err("bare name");
+        assert!(e.to_string().contains("role web"), "{e}");
+        let bad_time = "credentials:\n  arn:aws:iam::123456789012:role/x:\n    access_key_id: a\n    secret_access_key: b\n    session_token: c\n    expiration: tomorrow\n";
+        assert!(StaticCredentials::parse(bad_time, "t").is_err());
+    }
+}

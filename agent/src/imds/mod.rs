@@ -1,0 +1,374 @@
+//! The instance metadata API as each pod sees it. Routes (any API version: `latest`, `1.0`,
+//! `YYYY-MM-DD`):
+//!
+//! | request | answer |
+//! |---|---|
+//! | `PUT /<v>/api/token` + `X-aws-ec2-metadata-token-ttl-seconds: 1..21600` | 200, a token bound to the caller, TTL header echoed; 400 if the TTL is missing or out of range; 403 if `X-Forwarded-For` is present |
+//! | `GET /<v>/meta-data/iam/` | `info` and `security-credentials/` (404 without a role) |
+//! | `GET /<v>/meta-data/iam/security-credentials[/]` | the caller's role name (404 without a role) |
+//! | `GET /<v>/meta-data/iam/security-credentials/<role>` | credentials JSON for the caller's role; 404 for any other name; 500 `{"Code","Message"}` if they cannot be had |
+//! | `GET /<v>/meta-data/iam/security-credentials-extended/...` | the same, with `AccountId` |
+//! | `GET /<v>/meta-data/iam/info` | `{"Code","LastUpdated","InstanceProfileArn","InstanceProfileId"}` |
+//! | other `meta-data/iam/*`, `identity-credentials/*` | 404, never forwarded |
+//! | `GET /iamlet/whoami` | JSON: who iamlet thinks the caller is (debugging aid) |
+//! | other allowed paths (`--allow-path`) | forwarded to the real service with the agent's own token; 404 if not allowed |
+//!
+//! A GET carrying `X-aws-ec2-metadata-token` needs a valid, unexpired token minted for the same
+//! caller (401 otherwise); without one it is served unless `--require-imdsv2` (then 401).
+//! Callers over their rate limit get 429.
+
+pub mod passthrough;
+pub mod paths;
+pub mod ratelimit;
+pub mod token;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hyper::header::{HeaderMap, HeaderValue};
+use hyper::Method;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::attribution::Caller;
+use crate::credentials::{CredentialError, CredentialSource, Credentials};
+use crate::roles::{RoleBinding, RoleResolver};
+use crate::server::{self, Resp};
+use crate::timefmt::format_utc;
+use passthrough::Upstream;
+use paths::{AllowList, Route};
+use ratelimit::RateLimiter;
+use token::TokenKey;
+
+const TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
+const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
+const TEXT: &str = "text/plain";
+
+/// Who a token and a rate-limit bucket belong to: the pod, or the bare cgroup outside pods.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Subject {
+    /// A pod, by UID.
+    Pod(String),
+    /// A cgroup that is no pod's.
+    Cgroup(u64),
+}
+
+impl Subject {
+    /// The subject of a caller.
+    pub fn of(caller: &Caller) -> Self {
+        match &caller.pod_uid {
+            Some(uid) => Subject::Pod(uid.clone()),
+            None => Subject::Cgroup(caller.cgroup_id),
+        }
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        match self {
+            Subject::Pod(uid) => format!("pod:{uid}").into_bytes(),
+            Subject::Cgroup(id) => format!("cgroup:{id}").into_bytes(),
+        }
+    }
+}
+
+/// Settings of the metadata API.
+#[derive(Clone, Debug)]
+pub struct ImdsSettings {
+    /// Refuse tokenless (IMDSv1) GETs.
+    pub require_imdsv2: bool,
+    /// Paths that may be forwarded.
+    pub allow: AllowList,
+    /// Requests per second per caller (0: unlimited).
+    pub rate_limit: f64,
+    /// Burst per caller.
+    pub rate_burst: f64,
+    /// Longest a credentials request may wait for its source.
+    pub credentials_timeout: Duration,
+}
+
+/// The metadata API.
+#[derive(Debug)]
+pub struct Imds {
+    settings: ImdsSettings,
+    tokens: TokenKey,
+    roles: Arc<dyn RoleResolver>,
+    credentials: Arc<dyn CredentialSource>,
+    upstream: Option<Upstream>,
+    limiter: RateLimiter<Subject>,
+}
+
+/// The answer and the route name (for metrics).
+pub type Answer = (&'static str, Resp);
+
+fn text(status: u16, body: impl Into<bytes::Bytes>) -> Resp {
+    server::response(status, TEXT, body)
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct CredentialsDoc<'a> {
+    code: &'static str,
+    last_updated: String,
+    #[serde(rename = "Type")]
+    kind: &'static str,
+    access_key_id: &'a str,
+    secret_access_key: &'a str,
+    token: &'a str,
+    expiration: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    account_id: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct InfoDoc {
+    code: &'static str,
+    last_updated: String,
+    instance_profile_arn: String,
+    instance_profile_id: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ErrorDoc<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+/// A stable, instance-profile-id-shaped identifier for a role (`AIPA` + 17 characters).
+pub fn instance_profile_id(role_arn: &str) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let digest = Sha256::digest(role_arn.as_bytes());
+    let mut id = String::from("AIPA");
+    id.extend(
+        digest
+            .iter()
+            .take(17)
+            .map(|b| ALPHABET[usize::from(*b) % 32] as char),
+    );
+    id
+}
+
+/// The credentials document the SDKs parse.
+pub fn credentials_json(creds: &Credentials, account_id: Option<&str>) -> String {
+    let doc = CredentialsDoc {
+        code: "Success",
+        last_updated: format_utc(creds.last_updated),
+        kind: "AWS-HMAC",
+        access_key_id: &creds.access_key_id,
+        secret_access_key: &creds.secret_access_key,
+        token: &creds.session_token,
+        expiration: format_utc(creds.expiration),
+        account_id,
+    };
+    serde_json::to_string_pretty(&doc).unwrap_or_default()
+}
+
+fn error_json(status: u16, code: &str, message: &str) -> Resp {
+    let body = serde_json::to_string(&ErrorDoc { code, message }).unwrap_or_default();
+    text(status, body)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Imds {
+    /// The metadata API over the given sources. `upstream` is `None` when passthrough is off.
+    pub fn new(
+        settings: ImdsSettings,
+        tokens: TokenKey,
+        roles: Arc<dyn RoleResolver>,
+        credentials: Arc<dyn CredentialSource>,
+        upstream: Option<Upstream>,
+    ) -> Self {
+        let limiter = RateLimiter::new(settings.rate_limit, settings.rate_burst);
+        Imds {
+            settings,
+            tokens,
+            roles,
+            credentials,
+            upstream,
+            limiter,
+        }
+    }
+
+    /// Answers one request of `caller`.
+    pub async fn handle(
+        &self,
+        caller: &Caller,
+        method: &Method,
+        raw_path: &str,
+        headers: &HeaderMap,
+    ) -> Answer {
+        let subject = Subject::of(caller);
+        if !self.limiter.allow(&subject, Instant::now()) {
+            let mut resp = text(429, "Too Many Requests\n");
+            resp.headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1"));
+            return ("rate_limited", resp);
+        }
+        let Some(path) = paths::normalize(raw_path) else {
+            return ("bad_request", text(400, "Bad Request: undecodable path\n"));
+        };
+        let route = paths::route(&path);
+        if route == Route::Token {
+            return ("token", self.token(&subject, method, headers));
+        }
+        if method != Method::GET && method != Method::HEAD {
+            let mut resp = text(405, "Method Not Allowed\n");
+            resp.headers_mut()
+                .insert("allow", HeaderValue::from_static("GET, HEAD"));
+            return ("method_not_allowed", resp);
+        }
+        if let Some(refusal) = self.check_token(&subject, headers) {
+            return ("unauthorized", refusal);
+        }
+        match route {
+            Route::Whoami => ("whoami", server::json(200, caller)),
+            Route::IamListing => match self.binding(caller).await {
+                Ok(Some(_)) => ("iam_listing", text(200, "info\nsecurity-credentials/")),
+                Ok(None) => ("iam_listing", text(404, "Not Found\n")),
+                Err(resp) => ("iam_listing", resp),
+            },
+            Route::IamInfo => ("iam_info", self.info(caller).await),
+            Route::RoleList { .. } => match self.binding(caller).await {
+                Ok(Some(b)) => ("role_list", text(200, b.role_name().to_owned())),
+                Ok(None) => ("role_list", text(404, "Not Found\n")),
+                Err(resp) => ("role_list", resp),
+            },
+            Route::RoleCredentials { role, extended } => (
+                "role_credentials",
+                self.role_credentials(caller, &role, extended).await,
+            ),
+            Route::Forbidden => ("forbidden", text(404, "Not Found\n")),
+            Route::Token => unreachable!("handled above"),
+            Route::Other => ("passthrough", self.passthrough(&path).await),
+        }
+    }
+
+    fn token(&self, subject: &Subject, method: &Method, headers: &HeaderMap) -> Resp {
+        if method != Method::PUT {
+            let mut resp = text(405, "Method Not Allowed\n");
+            resp.headers_mut()
+                .insert("allow", HeaderValue::from_static("PUT"));
+            return resp;
+        }
+        if headers.contains_key("x-forwarded-for") {
+            return text(403, "Forbidden\n");
+        }
+        let ttl = match token::parse_ttl(headers.get(TTL_HEADER).map(HeaderValue::as_bytes)) {
+            Ok(ttl) => ttl,
+            Err(reason) => return text(400, format!("Bad Request: {reason}\n")),
+        };
+        let token = self.tokens.mint(&subject.bytes(), unix_now(), ttl);
+        let mut resp = text(200, token);
+        resp.headers_mut()
+            .insert(TTL_HEADER, HeaderValue::from(ttl));
+        resp
+    }
+
+    /// `Some(401)` when the request's token (or its absence) is not acceptable.
+    fn check_token(&self, subject: &Subject, headers: &HeaderMap) -> Option<Resp> {
+        match headers.get(TOKEN_HEADER) {
+            Some(value) => {
+                let token = value.to_str().unwrap_or("");
+                match self.tokens.verify(token, &subject.bytes(), unix_now()) {
+                    Ok(()) => None,
+                    Err(e) => {
+                        tracing::debug!(?subject, error = %e, "token refused");
+                        Some(text(401, "Unauthorized\n"))
+                    }
+                }
+            }
+            None if self.settings.require_imdsv2 => Some(text(401, "Unauthorized\n")),
+            None => None,
+        }
+    }
+
+    async fn binding(&self, caller: &Caller) -> Result<Option<Arc<RoleBinding>>, Resp> {
+        self.roles.resolve(caller).await.map_err(|e| {
+            tracing::warn!(cgroup_id = caller.cgroup_id, error = %e, "role lookup failed");
+            error_json(500, "RoleLookupFailed", &e.to_string())
+        })
+    }
+
+    async fn credentials(
+        &self,
+        binding: &RoleBinding,
+    ) -> Result<Arc<Credentials>, CredentialError> {
+        let timeout = self.settings.credentials_timeout;
+        match tokio::time::timeout(timeout, self.credentials.credentials(binding)).await {
+            Ok(result) => result,
+            Err(_) => Err(CredentialError::new(
+                "RequestTimeout",
+                format!(
+                    "credentials for {} were not available within {timeout:?}",
+                    binding.role_arn
+                ),
+            )),
+        }
+    }
+
+    async fn role_credentials(&self, caller: &Caller, role: &str, extended: bool) -> Resp {
+        let binding = match self.binding(caller).await {
+            Ok(Some(b)) if b.role_name() == role => b,
+            Ok(_) => return text(404, "Not Found\n"),
+            Err(resp) => return resp,
+        };
+        match self.credentials(&binding).await {
+            Ok(creds) => {
+                let account = if extended { binding.account_id() } else { None };
+                text(200, credentials_json(&creds, account))
+            }
+            Err(e) => {
+                tracing::warn!(role = %binding.role_arn, pod_uid = ?caller.pod_uid, code = %e.code, message = %e.message, "credentials unavailable");
+                error_json(500, &e.code, &e.message)
+            }
+        }
+    }
+
+    async fn info(&self, caller: &Caller) -> Resp {
+        let binding = match self.binding(caller).await {
+            Ok(Some(b)) => b,
+            Ok(None) => return text(404, "Not Found\n"),
+            Err(resp) => return resp,
+        };
+        let profile_arn = binding.role_arn.replacen(":role/", ":instance-profile/", 1);
+        let doc = InfoDoc {
+            code: "Success",
+            last_updated: format_utc(SystemTime::now()),
+            instance_profile_id: instance_profile_id(&binding.role_arn),
+            instance_profile_arn: profile_arn,
+        };
+        text(200, serde_json::to_string_pretty(&doc).unwrap_or_default())
+    }
+
+    async fn passthrough(&self, path: &paths::NormalPath) -> Resp {
+        let (Some(upstream), true) = (&self.upstream, self.settings.allow.allows(path)) else {
+            return text(404, "Not Found\n");
+        };
+        let rendered = path.render();
+        match upstream.get(&rendered).await {
+            Ok(answer) => {
+                let mut resp = text(answer.status.as_u16(), answer.body);
+                if let Some(ct) = answer.content_type {
+                    resp.headers_mut().insert(hyper::header::CONTENT_TYPE, ct);
+                }
+                resp
+            }
+            Err(e @ passthrough::PassthroughError::Timeout { .. }) => {
+                tracing::warn!(path = %rendered, error = %e, "passthrough failed");
+                text(504, "Gateway Timeout\n")
+            }
+            Err(e) => {
+                tracing::warn!(path = %rendered, error = %e, "passthrough failed");
+                text(502, "Bad Gateway\n")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

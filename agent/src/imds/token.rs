@@ -1,0 +1,165 @@
+//! IMDSv2 session tokens, minted by iamlet itself (never fetched from the real service).
+//!
+//! A token is `base64url(version ‖ expiry ‖ HMAC-SHA256(key, version ‖ expiry ‖ subject))`,
+//! with a key drawn at random when the process starts. It is bound to the subject that minted
+//! it (the pod UID, or the cgroup id for a caller outside any pod): presented by anyone else
+//! it fails verification. Restarting the agent invalidates all tokens; SDKs answer the 401 by
+//! fetching a new one.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+type HmacSha256 = Hmac<Sha256>;
+
+const VERSION: u8 = 1;
+const BODY_LEN: usize = 1 + 8;
+const TOKEN_LEN: usize = BODY_LEN + 32;
+
+/// Shortest TTL a client may ask for, in seconds.
+pub const MIN_TTL: u64 = 1;
+/// Longest TTL a client may ask for, in seconds (6 hours, as the real service).
+pub const MAX_TTL: u64 = 21_600;
+
+/// Why a token was refused (all answered 401).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("the token is malformed")]
+    Malformed,
+    #[error("the token is expired")]
+    Expired,
+    #[error("the token was not issued to this caller")]
+    NotYours,
+}
+
+/// Mints and verifies tokens with one secret key.
+pub struct TokenKey {
+    key: [u8; 32],
+}
+
+impl std::fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenKey(<secret>)")
+    }
+}
+
+impl TokenKey {
+    /// A fresh random key.
+    pub fn random() -> Result<Self, getrandom::Error> {
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key)?;
+        Ok(TokenKey { key })
+    }
+
+    /// A key from given bytes (tests).
+    pub fn from_bytes(key: [u8; 32]) -> Self {
+        TokenKey { key }
+    }
+
+    fn mac(&self, body: &[u8], subject: &[u8]) -> HmacSha256 {
+        // HMAC takes keys of any length; 32 bytes never fails.
+        let mut mac = match HmacSha256::new_from_slice(&self.key) {
+            Ok(m) => m,
+            Err(_) => unreachable!("HMAC accepts any key length"),
+        };
+        mac.update(body);
+        mac.update(&(subject.len() as u64).to_be_bytes());
+        mac.update(subject);
+        mac
+    }
+
+    /// A token for `subject` valid for `ttl_secs` from `now_secs` (Unix time).
+    pub fn mint(&self, subject: &[u8], now_secs: u64, ttl_secs: u64) -> String {
+        let mut raw = [0u8; TOKEN_LEN];
+        raw[0] = VERSION;
+        raw[1..BODY_LEN].copy_from_slice(&(now_secs + ttl_secs).to_be_bytes());
+        let tag = self.mac(&raw[..BODY_LEN], subject).finalize().into_bytes();
+        raw[BODY_LEN..].copy_from_slice(&tag);
+        URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    /// Checks that `token` was minted by this key for `subject` and is not expired.
+    pub fn verify(&self, token: &str, subject: &[u8], now_secs: u64) -> Result<(), TokenError> {
+        if token.len() > 128 {
+            return Err(TokenError::Malformed);
+        }
+        let raw = URL_SAFE_NO_PAD
+            .decode(token.trim())
+            .map_err(|_| TokenError::Malformed)?;
+        if raw.len() != TOKEN_LEN || raw[0] != VERSION {
+            return Err(TokenError::Malformed);
+        }
+        // Constant-time comparison of the tag.
+        self.mac(&raw[..BODY_LEN], subject)
+            .verify_slice(&raw[BODY_LEN..])
+            .map_err(|_| TokenError::NotYours)?;
+        let mut expiry = [0u8; 8];
+        expiry.copy_from_slice(&raw[1..BODY_LEN]);
+        if u64::from_be_bytes(expiry) <= now_secs {
+            return Err(TokenError::Expired);
+        }
+        Ok(())
+    }
+}
+
+/// Parses the `X-aws-ec2-metadata-token-ttl-seconds` header value.
+pub fn parse_ttl(value: Option<&[u8]>) -> Result<u64, String> {
+    let value = value.ok_or("missing X-aws-ec2-metadata-token-ttl-seconds header")?;
+    let text = std::str::from_utf8(value)
+        .map_err(|_| "X-aws-ec2-metadata-token-ttl-seconds is not text")?
+        .trim();
+    let ttl: u64 = text
+        .parse()
+        .map_err(|_| format!("X-aws-ec2-metadata-token-ttl-seconds {text:?} is not an integer"))?;
+    if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
+        return Err(format!(
+            "X-aws-ec2-metadata-token-ttl-seconds {ttl} is outside {MIN_TTL}..={MAX_TTL}"
+        ));
+    }
+    Ok(ttl)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_bound_and_expire() {
+        let key = TokenKey::from_bytes([7; 32]);
+        let t = key.mint(b"pod-a", 1000, 60);
+        assert_eq!(key.verify(&t, b"pod-a", 1000), Ok(()));
+        assert_eq!(key.verify(&t, b"pod-a", 1059), Ok(()));
+        assert_eq!(key.verify(&t, b"pod-a", 1060), Err(TokenError::Expired));
+        assert_eq!(key.verify(&t, b"pod-b", 1000), Err(TokenError::NotYours));
+        let other = TokenKey::from_bytes([8; 32]);
+        assert_eq!(other.verify(&t, b"pod-a", 1000), Err(TokenError::NotYours));
+    }
+
+    #[test]
+    fn tampering_and_garbage_are_refused() {
+        let key = TokenKey::from_bytes([7; 32]);
+        let t = key.mint(b"pod-a", 1000, 60);
+        // Extend the expiry without the key: the tag no longer matches.
+        let mut raw = URL_SAFE_NO_PAD.decode(&t).expect("b64");
+        raw[8] = raw[8].wrapping_add(1);
+        let forged = URL_SAFE_NO_PAD.encode(raw);
+        assert_eq!(
+            key.verify(&forged, b"pod-a", 1000),
+            Err(TokenError::NotYours)
+        );
+        for junk in ["", "abc", "!!!!", &"A".repeat(200), &t[..t.len() - 1]] {
+            assert!(key.verify(junk, b"pod-a", 1000).is_err(), "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn ttl_header() {
+        assert_eq!(parse_ttl(Some(b"21600")), Ok(21_600));
+        assert_eq!(parse_ttl(Some(b" 1 ")), Ok(1));
+        for bad in [&b"0"[..], b"21601", b"-5", b"abc", b"", b"1.5", b"\xff"] {
+            assert!(parse_ttl(Some(bad)).is_err(), "{bad:?}");
+        }
+        assert!(parse_ttl(None).is_err());
+    }
+}

@@ -1,0 +1,84 @@
+//! `imds-client-rs`: fetches credentials from the instance metadata service with the AWS SDK
+//! for Rust (`aws-config`'s IMDS credentials provider, defaults only) and prints them as one
+//! JSON line: `{"access_key_id", "secret_access_key", "session_token", "expiration",
+//! "fetch_ms"}`.
+//!
+//! The integration tests run it inside a fake pod (`iamlet_tests::clients`) with an empty
+//! environment apart from `PATH` and `HOME` (an empty directory), so the provider uses its
+//! default endpoint `http://169.254.169.254`. The SDK's debug log goes to stderr.
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use aws_config::imds::credentials::ImdsCredentialsProvider;
+use aws_credential_types::provider::ProvideCredentials;
+
+/// `SystemTime` as RFC 3339 UTC with seconds (`2026-01-02T03:04:05Z`).
+fn rfc3339(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_else(|e| -(e.duration().as_secs() as i64));
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            "aws_config=debug,aws_smithy_runtime=info",
+        ))
+        .init();
+
+    let provider = ImdsCredentialsProvider::builder().build();
+    let start = Instant::now();
+    let creds = provider
+        .provide_credentials()
+        .await
+        .map_err(anyhow::Error::new)
+        .context("ImdsCredentialsProvider::provide_credentials failed")?;
+    let fetch_ms = start.elapsed().as_secs_f64() * 1000.0;
+
+    let out = serde_json::json!({
+        "access_key_id": creds.access_key_id(),
+        "secret_access_key": creds.secret_access_key(),
+        "session_token": creds.session_token(),
+        "expiration": creds.expiry().map(rfc3339),
+        "fetch_ms": fetch_ms,
+    });
+    println!("{out}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn formats_rfc3339() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let t = UNIX_EPOCH + Duration::from_secs(1_709_251_199); // leap year, end of February
+        assert_eq!(rfc3339(t), "2024-02-29T23:59:59Z");
+        let t = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29 (400-year rule)
+        assert_eq!(rfc3339(t), "2000-02-29T00:00:00Z");
+    }
+}

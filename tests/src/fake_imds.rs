@@ -1,0 +1,96 @@
+//! A stand-in for the real EC2 metadata service in the node namespace, for passthrough and
+//! leak tests: IMDSv2 only (GETs without its token get 401), the instance identity basics, and
+//! the *node's* credentials on every path that could carry credentials, so a test can prove
+//! they never reach a pod.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::node::{TestNode, IMDS_V4, IMDS_V6};
+use crate::process::ChildGuard;
+
+/// The node role's access key id the stand-in hands out.
+pub const NODE_ACCESS_KEY: &str = "ASIANODEROLEKEY00000";
+/// The node role's secret the stand-in hands out.
+pub const NODE_SECRET: &str = "NODE-ROLE-SECRET-must-never-reach-a-pod";
+/// The instance id the stand-in reports.
+pub const INSTANCE_ID: &str = "i-0fake0000000node1";
+
+const SCRIPT: &str = r#"
+import json, socket, sys, threading
+from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
+
+TOKEN = "node-upstream-token"
+KEY, SECRET, INSTANCE = sys.argv[1], sys.argv[2], sys.argv[3]
+CREDS = json.dumps({"Code": "Success", "LastUpdated": "2026-01-01T00:00:00Z", "Type": "AWS-HMAC",
+                    "AccessKeyId": KEY, "SecretAccessKey": SECRET, "Token": "node-session",
+                    "Expiration": "2099-01-01T00:00:00Z"})
+
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def reply(self, code, body, extra=None):
+        data = body.encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+    def do_PUT(self):
+        if self.path.endswith("/api/token"):
+            ttl = self.headers.get("X-aws-ec2-metadata-token-ttl-seconds", "")
+            return self.reply(200, TOKEN, {"X-aws-ec2-metadata-token-ttl-seconds": ttl})
+        self.reply(404, "")
+    def do_GET(self):
+        if self.headers.get("X-aws-ec2-metadata-token") != TOKEN:
+            return self.reply(401, "")
+        p = self.path
+        if "iam" in p or "identity-credentials" in p or "user-data" in p:
+            if p.rstrip("/").endswith("security-credentials"):
+                return self.reply(200, "node-role")
+            return self.reply(200, CREDS)
+        if p.endswith("/meta-data/instance-id"):
+            return self.reply(200, INSTANCE)
+        if p.endswith("/meta-data/placement/region"):
+            return self.reply(200, "eu-west-1")
+        if p.endswith("/dynamic/instance-identity/document"):
+            return self.reply(200, json.dumps({"instanceId": INSTANCE, "region": "eu-west-1"}))
+        self.reply(404, "")
+    def log_message(self, *a):
+        pass
+
+class V6(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+for cls, host in ((ThreadingHTTPServer, sys.argv[4]), (V6, sys.argv[5])):
+    srv = cls((host, 80), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+threading.Event().wait()
+"#;
+
+/// The running stand-in (killed on drop).
+#[derive(Debug)]
+pub struct FakeImds {
+    _child: ChildGuard,
+}
+
+impl FakeImds {
+    /// Starts it on 169.254.169.254:80 and [fd00:ec2::254]:80 in the node namespace.
+    pub fn start(node: &TestNode) -> Result<Self> {
+        let mut cmd = node.command("python3");
+        cmd.args(["-c", SCRIPT, NODE_ACCESS_KEY, NODE_SECRET, INSTANCE_ID])
+            .arg(IMDS_V4.to_string())
+            .arg(IMDS_V6.to_string());
+        let child = ChildGuard::spawn(&mut cmd)?;
+        for addr in [
+            SocketAddr::new(IMDS_V4.into(), 80),
+            SocketAddr::new(IMDS_V6.into(), 80),
+        ] {
+            node.wait_listening(addr, Duration::from_secs(10))?;
+        }
+        Ok(FakeImds { _child: child })
+    }
+}

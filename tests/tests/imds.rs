@@ -1,0 +1,394 @@
+//! The metadata API end to end: real SDK clients in fake pods, through the eBPF redirect, with
+//! no AWS settings in the pod; token binding; node credentials never reaching a pod; limits.
+//! Run as root through `cargo xtask test` (serially).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{ensure, Context, Result};
+use iamlet_tests::fake_imds::{INSTANCE_ID, NODE_ACCESS_KEY, NODE_SECRET};
+use iamlet_tests::{
+    fetch_credentials, http, http_with, sdk_available, skip_unless_privileged, Agent, FakeImds,
+    FakePod, Family, Sdk, TestNode, NODE_PROXY_V4, PROXY_PORT,
+};
+
+const UID_A: &str = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+const UID_B: &str = "5e6f7a8b-9c0d-4e1f-a2b3-c4d5e6f7a8b9";
+const UID_NONE: &str = "99999999-8888-4777-8666-555555555555";
+const ROLE_A: &str = "arn:aws:iam::123456789012:role/app-a";
+const ROLE_B: &str = "arn:aws:iam::123456789012:role/app-b";
+const KEY_A: &str = "ASIAPODAEXAMPLE00001";
+const KEY_B: &str = "ASIAPODBEXAMPLE00002";
+
+fn pod_cgroup(uid: &str, container: u32) -> String {
+    format!(
+        "kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{container:064x}.scope",
+        uid.replace('-', "_")
+    )
+}
+
+/// Config files for the agent: two roles bound to two pods, static credentials for both.
+struct Files {
+    dir: PathBuf,
+}
+
+impl Files {
+    fn write() -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!(
+            "iamlet-imds-test-{}-{}",
+            std::process::id(),
+            Instant::now().elapsed().as_nanos()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let bindings = format!(
+            "bindings:\n  - cgroup: \"kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice\"\n    role: {ROLE_A}\n  - cgroup: \"**/kubepods-besteffort-pod{}.slice\"\n    role: app-b\n",
+            UID_A.replace('-', "_"),
+            UID_B.replace('-', "_"),
+        );
+        std::fs::write(dir.join("bindings.yaml"), bindings)?;
+        let creds = format!(
+            "credentials:\n  {ROLE_A}:\n    access_key_id: {KEY_A}\n    secret_access_key: secret-a\n    session_token: token-a\n  {ROLE_B}:\n    access_key_id: {KEY_B}\n    secret_access_key: secret-b\n    session_token: token-b\n"
+        );
+        std::fs::write(dir.join("creds.yaml"), creds)?;
+        Ok(Files { dir })
+    }
+
+    fn args(&self) -> Vec<String> {
+        vec![
+            "--bindings".into(),
+            self.dir.join("bindings.yaml").display().to_string(),
+            "--static-credentials".into(),
+            self.dir.join("creds.yaml").display().to_string(),
+            "--base-role-arn".into(),
+            "arn:aws:iam::123456789012:role/".into(),
+        ]
+    }
+}
+
+impl Drop for Files {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn start(node: &TestNode, files: &Files, extra: &[&str]) -> Result<Agent> {
+    let mut args = files.args();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    Agent::start(node, &refs)
+}
+
+fn get(pod: &FakePod, path: &str, headers: &[(&str, &str)]) -> Result<iamlet_tests::HttpAnswer> {
+    http_with(
+        pod.command("python3"),
+        Family::V4,
+        "169.254.169.254",
+        80,
+        "GET",
+        path,
+        headers,
+    )
+}
+
+fn put_token(pod: &FakePod, ttl: &str) -> Result<iamlet_tests::HttpAnswer> {
+    http_with(
+        pod.command("python3"),
+        Family::V4,
+        "169.254.169.254",
+        80,
+        "PUT",
+        "/latest/api/token",
+        &[("X-aws-ec2-metadata-token-ttl-seconds", ttl)],
+    )
+}
+
+#[test]
+fn sdk_clients_get_their_own_pods_credentials() -> Result<()> {
+    skip_unless_privileged!(Ok(()));
+    for sdk in Sdk::ALL {
+        sdk_available(sdk).map_err(anyhow::Error::msg)?;
+    }
+    let node = TestNode::new()?;
+    let a = node.add_pod(&pod_cgroup(UID_A, 1))?;
+    let b = node.add_pod(&pod_cgroup(UID_B, 2))?;
+    let files = Files::write()?;
+    let _imds = FakeImds::start(&node)?;
+    let agent = start(&node, &files, &[])?;
+    for sdk in Sdk::ALL {
+        for (pod, key, secret) in [(&a, KEY_A, "secret-a"), (&b, KEY_B, "secret-b")] {
+            let creds = fetch_credentials(pod, sdk)
+                .with_context(|| format!("{} in {}", sdk.name(), pod.name()))?;
+            ensure!(
+                creds.access_key_id == key && creds.secret_access_key == secret,
+                "{} in {} got {:?}",
+                sdk.name(),
+                pod.name(),
+                creds.access_key_id
+            );
+        }
+    }
+    let log = agent.log_text();
+    ensure!(!log.contains(NODE_SECRET), "node secret in the agent log");
+    Ok(())
+}
+
+#[test]
+fn imdsv1_is_refused_when_v2_is_required() -> Result<()> {
+    skip_unless_privileged!(Ok(()));
+    sdk_available(Sdk::Boto3).map_err(anyhow::Error::msg)?;
+    let node = TestNode::new()?;
+    let a = node.add_pod(&pod_cgroup(UID_A, 1))?;
+    let files = Files::write()?;
+    let _agent = start(&node, &files, &["--require-imdsv2", "--upstream", "off"])?;
+    let creds = fetch_credentials(&a, Sdk::Boto3)?;
+    ensure!(creds.access_key_id == KEY_A, "v2 still works: {creds:?}");
+    ensure!(
+        fetch_credentials(&a, Sdk::Boto3ImdsV1).is_err(),
+        "a tokenless client got credentials"
+    );
+    let answer = get(&a, "/latest/meta-data/iam/security-credentials/", &[])?;
+    ensure!(answer.status == 401, "tokenless GET: {answer:?}");
+    Ok(())
+}
+
+#[test]
+fn a_token_works_only_in_the_pod_that_minted_it() -> Result<()> {
+    skip_unless_privileged!(Ok(()));
+    let node = TestNode::new()?;
+    let a = node.add_pod(&pod_cgroup(UID_A, 1))?;
+    let b = node.add_pod(&pod_cgroup(UID_B, 2))?;
+    let files = Files::write()?;
+    let _agent = start(&node, &files, &["--upstream", "off"])?;
+
+    let minted = put_token(&a, "300")?;
+    ensure!(minted.status == 200, "PUT: {minted:?}");
+    ensure!(
+        minted.header("x-aws-ec2-metadata-token-ttl-seconds") == Some("300"),
+        "TTL not echoed: {:?}",
+        minted.headers
+    );
+    let token = minted.body.trim().to_string();
+    let with = [("X-aws-ec2-metadata-token", token.as_str())];
+    let path = "/latest/meta-data/iam/security-credentials/";
+    let from_a = get(&a, path, &with)?;
+    ensure!(
+        from_a.status == 200 && from_a.body == "app-a",
+        "A: {from_a:?}"
+    );
+    let from_b = get(&b, path, &with)?;
+    ensure!(from_b.status == 401, "replayed in B: {from_b:?}");
+    let creds_b = get(
+        &b,
+        "/latest/meta-data/iam/security-credentials/app-a",
+        &with,
+    )?;
+    ensure!(creds_b.status == 401, "B with A's token: {creds_b:?}");
+    // B's own token gets B's role, and A's role name is 404 for B.
+    let tb = put_token(&b, "60")?.body;
+    let own = [("X-aws-ec2-metadata-token", tb.trim())];
+    ensure!(get(&b, path, &own)?.body == "app-b");
+    ensure!(get(&b, "/latest/meta-data/iam/security-credentials/app-a", &own)?.status == 404);
+    // Refusals of the PUT itself.
+    ensure!(put_token(&a, "0")?.status == 400);
+    ensure!(put_token(&a, "21601")?.status == 400);
+    let xff = http_with(
+        a.command("python3"),
+        Family::V4,
+        "169.254.169.254",
+        80,
+        "PUT",
+        "/latest/api/token",
+        &[
+            ("X-aws-ec2-metadata-token-ttl-seconds", "60"),
+            ("X-Forwarded-For", "203.0.113.9"),
+        ],
+    )?;
+    ensure!(xff.status == 403, "PUT with X-Forwarded-For: {xff:?}");
+    Ok(())
+}
+
+/// Every way a pod might try to reach the node's credentials.
+const LEAK_PATHS: &[&str] = &[
+    "/latest/meta-data/iam/security-credentials/",
+    "/latest/meta-data/iam/security-credentials/node-role",
+    "/latest/meta-data/iam/security-credentials-extended/node-role",
+    "/latest/meta-data/iam/info",
+    "/latest/meta-data/iam/",
+    "/latest/meta-data/identity-credentials/ec2/security-credentials/ec2-instance",
+    "/latest/meta-data/identity-credentials/ec2/info",
+    "/latest/meta-data/%69am/security-credentials/node-role",
+    "/latest/meta-data/IAM/security-credentials/node-role",
+    "/latest/meta-data/placement/../iam/security-credentials/node-role",
+    "//latest//meta-data//iam//security-credentials//node-role",
+    "/latest/meta-data/./iam/info",
+    "/2016-09-02/meta-data/iam/security-credentials/node-role",
+    "/1.0/meta-data/iam/security-credentials/node-role",
+    "/meta-data/iam/security-credentials/node-role",
+    "/latest/user-data",
+    "/latest/dynamic/../meta-data/iam/security-credentials/node-role",
+    "/latest/meta-data/iam/security-credentials/node-role?x=1",
+];
+
+fn assert_no_leak(pod: &FakePod, agent: &Agent) -> Result<()> {
+    for family in [Family::V4, Family::V6] {
+        let host = if family == Family::V4 {
+            "169.254.169.254"
+        } else {
+            "fd00:ec2::254"
+        };
+        for path in LEAK_PATHS {
+            let answer = http(pod.command("python3"), family, host, 80, "GET", path)?;
+            ensure!(
+                !answer.body.contains(NODE_SECRET) && !answer.body.contains(NODE_ACCESS_KEY),
+                "{} got the node's credentials from {path} ({family:?}): {answer:?}",
+                pod.name()
+            );
+        }
+    }
+    ensure!(!agent.log_text().contains(NODE_SECRET));
+    Ok(())
+}
+
+#[test]
+fn node_credentials_never_reach_a_pod() -> Result<()> {
+    skip_unless_privileged!(Ok(()));
+    let node = TestNode::new()?;
+    let with_role = node.add_pod(&pod_cgroup(UID_A, 1))?;
+    let without_role = node.add_pod(&pod_cgroup(UID_NONE, 3))?;
+    let files = Files::write()?;
+    let _imds = FakeImds::start(&node)?;
+    // The stand-in does hand out node credentials to whoever reaches it directly.
+    let outside = node.add_outside_netns("outside")?;
+    let direct = http_with(
+        outside.command("python3"),
+        Family::V4,
+        "169.254.169.254",
+        80,
+        "GET",
+        "/latest/meta-data/iam/security-credentials/node-role",
+        &[("X-aws-ec2-metadata-token", "node-upstream-token")],
+    )?;
+    ensure!(
+        direct.body.contains(NODE_SECRET),
+        "stand-in broken: {direct:?}"
+    );
+
+    for extra in [&[][..], &["--allow-path", ".*"][..]] {
+        let agent = start(&node, &files, extra)?;
+        // Passthrough works (the agent uses its own upstream token)...
+        let id = get(&with_role, "/latest/meta-data/instance-id", &[])?;
+        ensure!(
+            id.status == 200 && id.body == INSTANCE_ID,
+            "passthrough: {id:?}"
+        );
+        // ...but never for credentials.
+        assert_no_leak(&with_role, &agent)?;
+        assert_no_leak(&without_role, &agent)?;
+        // An SDK in a pod without a role gets an error, not the node's role.
+        if sdk_available(Sdk::Boto3).is_ok() {
+            let got = fetch_credentials(&without_role, Sdk::Boto3);
+            ensure!(got.is_err(), "pod without a role got credentials: {got:?}");
+        }
+        drop(agent);
+    }
+    Ok(())
+}
+
+#[test]
+fn agent_inside_the_pods_cgroup_still_reaches_the_real_service() -> Result<()> {
+    skip_unless_privileged!(Ok(()));
+    let node = TestNode::new()?;
+    let agent_pod = node.add_host_network_pod("iamlet-agent")?;
+    let a = node.add_pod(&pod_cgroup(UID_A, 1))?;
+    let files = Files::write()?;
+    let _imds = FakeImds::start(&node)?;
+    let mut args = files.args();
+    args.push("--log".into());
+    args.push("debug".into());
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agent = Agent::start_in_pod(&node, &agent_pod, &refs)?;
+    ensure!(
+        agent.log_text().contains("its own connects are exempt"),
+        "exemption not logged:\n{}",
+        agent.log_text()
+    );
+    let id = get(&a, "/latest/meta-data/instance-id", &[])?;
+    ensure!(
+        id.status == 200 && id.body == INSTANCE_ID,
+        "passthrough from inside: {id:?}"
+    );
+    assert_no_leak(&a, &agent)?;
+    // Other processes of the node stay redirected.
+    let who = get(&a, "/iamlet/whoami", &[])?;
+    ensure!(who.status == 200, "{who:?}");
+    Ok(())
+}
+
+#[test]
+fn limits_header_size_slow_clients_and_rate() -> Result<()> {
+    skip_unless_privileged!(Ok(()));
+    let node = TestNode::new()?;
+    let a = node.add_pod(&pod_cgroup(UID_A, 1))?;
+    let b = node.add_pod(&pod_cgroup(UID_B, 2))?;
+    let files = Files::write()?;
+    let _agent = start(
+        &node,
+        &files,
+        &[
+            "--upstream",
+            "off",
+            "--header-timeout",
+            "1s",
+            "--rate-limit",
+            "1",
+            "--rate-burst",
+            "5",
+        ],
+    )?;
+    let huge = "x".repeat(20_000);
+    let answer = get(&a, "/iamlet/whoami", &[("X-Padding", &huge)])?;
+    ensure!(answer.status == 431, "oversized headers: {}", answer.status);
+
+    // A client that never finishes its headers is cut off after --header-timeout.
+    let slow = a
+        .run(&[
+            "python3",
+            "-c",
+            "import socket,time\ns=socket.create_connection(('169.254.169.254',80))\ns.sendall(b'GET /iamlet/whoami HTTP/1.1\\r\\nHost: x\\r\\n')\nt=time.time()\ns.settimeout(10)\nd=s.recv(100)\nprint(round(time.time()-t,1), len(d))",
+        ])?
+        .ensure_success()?;
+    let waited: f64 = slow
+        .stdout
+        .split_whitespace()
+        .next()
+        .context("slow client output")?
+        .parse()?;
+    ensure!(
+        waited < 5.0,
+        "slow client held its connection for {waited} s"
+    );
+
+    // Rate limit per pod: the burst passes, then 429; the other pod is unaffected.
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(get(&a, "/latest/meta-data/iam/security-credentials/", &[])?.status);
+    }
+    ensure!(statuses.contains(&429), "no 429 in {statuses:?}");
+    ensure!(
+        statuses.iter().filter(|s| **s == 200).count() >= 5,
+        "{statuses:?}"
+    );
+    ensure!(get(&b, "/latest/meta-data/iam/security-credentials/", &[])?.status == 200);
+    // A direct connect from outside the cgroup is still refused.
+    let outside = node.add_outside_netns("outside")?;
+    let answer = http(
+        outside.command("python3"),
+        Family::V4,
+        &NODE_PROXY_V4.to_string(),
+        PROXY_PORT,
+        "GET",
+        "/latest/meta-data/iam/security-credentials/",
+    )?;
+    ensure!(answer.status == 403, "{answer:?}");
+    Ok(())
+}
