@@ -80,6 +80,23 @@ fn build_imds(config: &Config) -> Result<Imds, Error> {
     ))
 }
 
+/// How often the cgroup index is rebuilt so that removed cgroups leave it (new ones are found
+/// at once, on a miss).
+const INDEX_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
+
+async fn refresh_index(index: Arc<CgroupIndex>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(INDEX_REFRESH) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let index = index.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || index.refresh()).await {
+            tracing::warn!(error = %e, "cgroup index refresh failed");
+        }
+    }
+}
+
 /// Runs the agent until SIGTERM or SIGINT, then drains and detaches.
 pub async fn run(config: Config) -> Result<(), Error> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -143,6 +160,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         limits,
         stop_rx.clone(),
     )));
+    tasks.push(tokio::spawn(refresh_index(index.clone(), stop_rx.clone())));
     admin.set_ready(true);
     tracing::info!(cgroup = %config.cgroup.display(), "iamlet ready");
 

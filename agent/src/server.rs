@@ -100,18 +100,21 @@ pub async fn serve<H: ConnHandler>(
             }
         };
         let _ = stream.set_nodelay(true);
-        let conn_state = Arc::new(handler.on_connect(peer));
         let handler = handler.clone();
-        let service = service_fn(move |req| {
-            let handler = handler.clone();
-            let conn_state = conn_state.clone();
-            async move { Ok::<_, Infallible>(handler.handle(&conn_state, req).await) }
-        });
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(e) = conn.await {
+            // Per-connection setup (attribution may walk the cgroup tree on a miss) runs here,
+            // off the accept loop.
+            let conn_state = Arc::new(handler.on_connect(peer));
+            let service = service_fn(move |req| {
+                let handler = handler.clone();
+                let conn_state = conn_state.clone();
+                async move { Ok::<_, Infallible>(handler.handle(&conn_state, req).await) }
+            });
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(server = name, %peer, error = %e, "connection ended with an error");
             }
         });

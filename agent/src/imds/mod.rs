@@ -15,7 +15,7 @@
 //!
 //! A GET carrying `X-aws-ec2-metadata-token` needs a valid, unexpired token minted for the same
 //! caller (401 otherwise); without one it is served unless `--require-imdsv2` (then 401).
-//! Callers over their rate limit get 429.
+//! Callers over their rate limit get 429 (token PUTs are not limited).
 
 pub mod passthrough;
 pub mod paths;
@@ -203,18 +203,20 @@ impl Imds {
         headers: &HeaderMap,
     ) -> Answer {
         let subject = Subject::of(caller);
-        if !self.limiter.allow(&subject, Instant::now()) {
-            let mut resp = text(429, "Too Many Requests\n");
-            resp.headers_mut()
-                .insert("retry-after", HeaderValue::from_static("1"));
-            return ("rate_limited", resp);
-        }
         let Some(path) = paths::normalize(raw_path) else {
             return ("bad_request", text(400, "Bad Request: undecodable path\n"));
         };
         let route = paths::route(&path);
         if route == Route::Token {
+            // Minting costs one HMAC and SDKs treat anything but 200 on this PUT as fatal or
+            // as "no IMDSv2", so it is not rate limited.
             return ("token", self.token(&subject, method, headers));
+        }
+        if !self.limiter.allow(&subject, Instant::now()) {
+            let mut resp = text(429, "Too Many Requests\n");
+            resp.headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1"));
+            return ("rate_limited", resp);
         }
         if method != Method::GET && method != Method::HEAD {
             let mut resp = text(405, "Method Not Allowed\n");
