@@ -12,13 +12,16 @@ use crate::cgroup::{self, CgroupIndex};
 use crate::config::Config;
 use crate::credentials::{CredentialSource, NoCredentials};
 use crate::datapath::{self, Datapath, DatapathConfig};
+use crate::engine::Engine;
 use crate::imds::passthrough::Upstream;
 use crate::imds::token::TokenKey;
 use crate::imds::Imds;
 use crate::metrics::{self, Metrics};
+use crate::prefetch;
 use crate::proxy::Proxy;
 use crate::roles::{NoRoles, RoleResolver};
 use crate::server::{self, ServerLimits};
+use crate::sts::{Sts, StsSettings};
 
 /// Errors that stop the agent.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +40,8 @@ pub enum Error {
     Signal(#[source] std::io::Error),
     #[error("no randomness for the token key: {0}")]
     Random(String),
+    #[error("cannot determine the AWS region for STS: set --region (or AWS_REGION)")]
+    NoRegion,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
@@ -57,15 +62,45 @@ fn own_exemption(config: &Config) -> Result<u64, Error> {
     Ok(id)
 }
 
-fn build_imds(config: &Config) -> Result<Imds, Error> {
+/// The region for STS: `--region`, else the SDK's chain (AWS_REGION, profile, the metadata
+/// service's placement).
+async fn region(config: &Config) -> Option<String> {
+    if let Some(r) = &config.sts.region {
+        return Some(r.clone());
+    }
+    aws_config::default_provider::region::DefaultRegionChain::builder()
+        .build()
+        .region()
+        .await
+        .map(|r| r.to_string())
+}
+
+/// The STS engine, when roles can be served and no static credentials are configured.
+async fn build_engine(config: &Config) -> Result<Option<Engine>, Error> {
+    if config.static_credentials.is_some() || config.bindings.is_none() {
+        return Ok(None);
+    }
+    let region = region(config).await.ok_or(Error::NoRegion)?;
+    let mut settings = StsSettings::new(region.clone(), config.sts.session_duration);
+    settings.endpoint = config.sts.endpoint.clone();
+    settings.attempt_timeout = config.sts.attempt_timeout;
+    settings.read_timeout = config.sts.attempt_timeout;
+    settings.max_attempts = config.sts.max_attempts;
+    tracing::info!(%region, endpoint = ?settings.endpoint, "STS credentials engine");
+    let sts = Sts::new(settings).await;
+    Ok(Some(Engine::new(Arc::new(sts), config.sts.engine.clone())))
+}
+
+fn build_imds(config: &Config, engine: Option<&Engine>) -> Result<Imds, Error> {
     let tokens = TokenKey::random().map_err(|e| Error::Random(e.to_string()))?;
     let roles: Arc<dyn RoleResolver> = match &config.bindings {
         Some(b) => b.clone(),
         None => Arc::new(NoRoles),
     };
-    let credentials: Arc<dyn CredentialSource> = match &config.static_credentials {
-        Some(c) => c.clone(),
-        None => Arc::new(NoCredentials),
+    let credentials: Arc<dyn CredentialSource> = match (&config.static_credentials, engine) {
+        (Some(c), _) => c.clone(),
+        (None, Some(e)) => Arc::new(e.clone()),
+        (None, None) => Arc::new(NoCredentials),
     };
     let upstream = config
         .upstream
@@ -126,11 +161,16 @@ pub async fn run(config: Config) -> Result<(), Error> {
         exempt_cgroup_id,
     })?);
 
+    let engine = build_engine(&config).await?;
     let metrics = Metrics::default();
-    let admin = Admin::new(metrics::registry(&metrics, Some(datapath.clone())));
+    let admin = Admin::new(metrics::registry(
+        &metrics,
+        Some(datapath.clone()),
+        engine.clone(),
+    ));
     let proxy = Proxy::new(
         Attributor::new(datapath.clone(), index.clone()),
-        build_imds(&config)?,
+        build_imds(&config, engine.as_ref())?,
         metrics.clone(),
     );
     let limits = ServerLimits {
@@ -161,6 +201,17 @@ pub async fn run(config: Config) -> Result<(), Error> {
         stop_rx.clone(),
     )));
     tasks.push(tokio::spawn(refresh_index(index.clone(), stop_rx.clone())));
+    if let Some(engine) = &engine {
+        tasks.push(tokio::spawn(engine.clone().run(stop_rx.clone())));
+        if let (Some(bindings), true) = (&config.bindings, config.sts.prefetch) {
+            tasks.push(tokio::spawn(prefetch::run(
+                bindings.clone(),
+                index.clone(),
+                engine.clone(),
+                stop_rx.clone(),
+            )));
+        }
+    }
     admin.set_ready(true);
     tracing::info!(cgroup = %config.cgroup.display(), "iamlet ready");
 

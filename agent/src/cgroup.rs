@@ -436,6 +436,16 @@ impl CgroupIndex {
         self.rescan_locked(&mut state);
     }
 
+    /// Every indexed cgroup path (relative to the cgroup2 root), as of the last scan.
+    pub fn paths(&self) -> Vec<String> {
+        self.map
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+
     /// Number of cgroups in the index.
     pub fn len(&self) -> usize {
         self.map

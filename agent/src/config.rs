@@ -13,6 +13,7 @@ use hyper::Uri;
 
 use crate::cgroup;
 use crate::credentials::{self, StaticCredentials};
+use crate::engine::EngineSettings;
 use crate::imds::paths::{AllowList, DEFAULT_ALLOW};
 use crate::imds::ImdsSettings;
 use crate::roles::{self, StaticBindings};
@@ -112,6 +113,58 @@ pub struct Args {
     #[arg(long, env = "IAMLET_CREDENTIALS_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub credentials_timeout: Duration,
 
+    /// AWS region whose regional STS endpoint is used. Default: AWS_REGION / the profile / the
+    /// instance's placement from the metadata service.
+    #[arg(long, env = "IAMLET_REGION")]
+    pub region: Option<String>,
+
+    /// STS endpoint override, e.g. `https://sts.amazonaws.com` to use the global endpoint.
+    #[arg(long, env = "IAMLET_STS_ENDPOINT")]
+    pub sts_endpoint: Option<String>,
+
+    /// DurationSeconds of each role session (role chaining caps it at 1 h).
+    #[arg(long, env = "IAMLET_SESSION_DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub session_duration: Duration,
+
+    /// Tag each role session with where it is used (cgroup or namespace/pod/service account,
+    /// and node). The role's trust policy must allow sts:TagSession.
+    #[arg(long, env = "IAMLET_SESSION_TAGS")]
+    pub session_tags: bool,
+
+    /// This node's name, for session tags.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// Refresh credentials in the background once less than this fraction of their lifetime
+    /// is left; the old ones are served until then.
+    #[arg(long, env = "IAMLET_REFRESH_FRACTION", default_value_t = 0.5)]
+    pub refresh_fraction: f64,
+
+    /// AssumeRole calls in flight at once (prefetch and refresh).
+    #[arg(long, env = "IAMLET_STS_CONCURRENCY", default_value_t = 8)]
+    pub sts_concurrency: usize,
+
+    /// Bound on one AssumeRole attempt (the SDK retries up to --sts-max-attempts).
+    #[arg(long, env = "IAMLET_STS_ATTEMPT_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub sts_attempt_timeout: Duration,
+
+    /// Attempts per AssumeRole call, with backoff and jitter.
+    #[arg(long, env = "IAMLET_STS_MAX_ATTEMPTS", default_value_t = 3)]
+    pub sts_max_attempts: u32,
+
+    /// Longest wait before AssumeRole is retried after failures (the wait starts at 1 s and
+    /// doubles, with jitter). Meanwhile requests without valid credentials fail at once.
+    #[arg(long, env = "IAMLET_STS_BACKOFF_MAX", default_value = "60s", value_parser = parse_duration)]
+    pub sts_backoff_max: Duration,
+
+    /// Do not fetch credentials when a bound cgroup or pod appears; only when it asks.
+    #[arg(long, env = "IAMLET_NO_PREFETCH")]
+    pub no_prefetch: bool,
+
+    /// Credentials no pod uses any more are dropped after this long.
+    #[arg(long, env = "IAMLET_UNUSED_GRACE", default_value = "15m", value_parser = parse_duration)]
+    pub unused_grace: Duration,
+
     /// Connections the proxy serves at once.
     #[arg(long, env = "IAMLET_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
@@ -193,6 +246,27 @@ pub struct Config {
     pub max_connections: usize,
     /// Header read timeout.
     pub header_timeout: Duration,
+    /// STS and engine settings.
+    pub sts: StsConfig,
+}
+
+/// Where credentials come from when no static file is given.
+#[derive(Clone, Debug)]
+pub struct StsConfig {
+    /// Region, if given.
+    pub region: Option<String>,
+    /// Endpoint override.
+    pub endpoint: Option<String>,
+    /// Session duration.
+    pub session_duration: Duration,
+    /// Attempt timeout.
+    pub attempt_timeout: Duration,
+    /// Attempts per call.
+    pub max_attempts: u32,
+    /// Engine tuning.
+    pub engine: EngineSettings,
+    /// Fetch when a binding appears, before the first request.
+    pub prefetch: bool,
 }
 
 impl Args {
@@ -269,13 +343,28 @@ impl Args {
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default();
         let bindings = match &self.bindings {
-            Some(path) => Some(Arc::new(StaticBindings::load(
-                path,
-                &attached_rel,
-                self.base_role_arn.as_deref(),
-            )?)),
+            Some(path) => {
+                let b = StaticBindings::load(path, &attached_rel, self.base_role_arn.as_deref())?;
+                Some(Arc::new(if self.session_tags {
+                    b.with_session_tags(&self.node())
+                } else {
+                    b
+                }))
+            }
             None => None,
         };
+        if let Some(ep) = &self.sts_endpoint {
+            let ok = ep.parse::<Uri>().is_ok_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+            });
+            if !ok {
+                return Err(Error::Limit {
+                    flag: "sts-endpoint",
+                    value: ep.clone(),
+                    reason: "must be an http(s):// URL",
+                });
+            }
+        }
         let static_credentials = match &self.static_credentials {
             Some(path) => Some(Arc::new(StaticCredentials::load(path)?)),
             None => None,
@@ -294,6 +383,25 @@ impl Args {
             static_credentials,
             max_connections: self.max_connections,
             header_timeout: self.header_timeout,
+            sts: StsConfig {
+                region: self.region.clone(),
+                endpoint: self.sts_endpoint.clone(),
+                session_duration: self.session_duration,
+                attempt_timeout: self.sts_attempt_timeout,
+                max_attempts: self.sts_max_attempts,
+                engine: EngineSettings {
+                    refresh_fraction: self.refresh_fraction,
+                    grace: self.unused_grace,
+                    max_concurrency: self.sts_concurrency,
+                    // Never serve credentials with less than 5 min (or a fifth of a short
+                    // session) left.
+                    min_remaining: Duration::from_secs(300).min(self.session_duration / 5),
+                    retry_base: Duration::from_secs(1).min(self.sts_backoff_max),
+                    retry_max: self.sts_backoff_max,
+                    ..EngineSettings::default()
+                },
+                prefetch: !self.no_prefetch,
+            },
             cgroup_root,
             cgroup,
             listen_v4: self.listen_v4,
@@ -306,6 +414,15 @@ impl Args {
 }
 
 impl Args {
+    /// This node's name: `--node-name`, else the host name.
+    pub fn node(&self) -> String {
+        self.node_name.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "unknown".to_owned())
+        })
+    }
+
     fn upstream_uri(&self) -> Result<Option<Uri>, Error> {
         if self.upstream == "off" {
             return Ok(None);
@@ -356,6 +473,41 @@ impl Args {
         }
         if self.header_timeout.is_zero() {
             return bad("header-timeout", "0s".into(), "must be positive");
+        }
+        let secs = self.session_duration.as_secs();
+        // AWS STS takes 15m..12h. A custom --sts-endpoint (an STS-compatible test server) may
+        // use shorter sessions, down to 10 s.
+        let min = if self.sts_endpoint.is_some() { 10 } else { 900 };
+        if !(min..=43_200).contains(&secs) {
+            return bad(
+                "session-duration",
+                format!("{secs}s"),
+                "must be between 15m and 12h (STS limits)",
+            );
+        }
+        if !(0.1..=0.9).contains(&self.refresh_fraction) {
+            return bad(
+                "refresh-fraction",
+                self.refresh_fraction.to_string(),
+                "must be between 0.1 and 0.9",
+            );
+        }
+        if self.sts_concurrency == 0 || self.sts_max_attempts == 0 {
+            return bad(
+                "sts-concurrency/--sts-max-attempts",
+                "0".into(),
+                "must be at least 1",
+            );
+        }
+        if self.sts_backoff_max < Duration::from_millis(100) {
+            return bad(
+                "sts-backoff-max",
+                format!("{:?}", self.sts_backoff_max),
+                "must be at least 100ms",
+            );
+        }
+        if self.sts_attempt_timeout.is_zero() {
+            return bad("sts-attempt-timeout", "0s".into(), "must be positive");
         }
         Ok(())
     }
@@ -441,6 +593,19 @@ mod tests {
             .check_limits()
             .is_err());
         assert!(with(&[]).check_limits().is_ok());
+        assert!(with(&["--session-duration", "10m"]).check_limits().is_err());
+        let test_sts = [
+            "--sts-endpoint",
+            "http://127.0.0.1:1",
+            "--session-duration",
+            "20s",
+        ];
+        assert!(with(&test_sts).check_limits().is_ok());
+        assert!(with(&["--session-duration", "13h"]).check_limits().is_err());
+        assert!(with(&["--refresh-fraction", "0.95"])
+            .check_limits()
+            .is_err());
+        assert!(with(&["--sts-concurrency", "0"]).check_limits().is_err());
     }
 
     #[test]

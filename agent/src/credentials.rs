@@ -252,6 +252,7 @@ mod tests {
             role_arn: role.into(),
             session_name: "s1".into(),
             external_id: None,
+            session_tags: Vec::new(),
         }
     }
 

@@ -5,6 +5,9 @@
 //! | `iamlet_proxy_connections_total` | counter | `result` = `attributed` / `unattributed` |
 //! | `iamlet_proxy_requests_total` | counter | `route`, `status` |
 //! | `iamlet_ebpf_events_total` | counter (read from `COUNTERS_V1` at scrape) | `event` |
+//! | `iamlet_sts_calls_total`, `iamlet_sts_failures_total` | counter (engine) | |
+//! | `iamlet_credentials_hits_total`, `iamlet_credentials_misses_total` | counter (engine) | |
+//! | `iamlet_credentials_cache_entries` | gauge (engine) | |
 
 use std::sync::Arc;
 
@@ -14,6 +17,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
 use crate::datapath::Datapath;
+use crate::engine::Engine;
 
 /// Outcome of attributing a connection.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -118,8 +122,69 @@ impl prometheus_client::collector::Collector for EbpfCollector {
     }
 }
 
-/// Builds the registry: the proxy's metrics, plus the eBPF counters when a datapath runs.
-pub fn registry(metrics: &Metrics, datapath: Option<Arc<Datapath>>) -> Registry {
+/// Reads the credentials engine's counters on each scrape.
+#[derive(Debug)]
+struct EngineCollector {
+    engine: Engine,
+}
+
+impl prometheus_client::collector::Collector for EngineCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = self.engine.stats();
+        for (name, help, value) in [
+            (
+                "iamlet_sts_calls",
+                "AssumeRole calls made",
+                s.sts_calls.load(Relaxed),
+            ),
+            (
+                "iamlet_sts_failures",
+                "AssumeRole calls that failed",
+                s.sts_failures.load(Relaxed),
+            ),
+            (
+                "iamlet_credentials_hits",
+                "Credential requests served from the cache",
+                s.hits.load(Relaxed),
+            ),
+            (
+                "iamlet_credentials_misses",
+                "Credential requests that had to wait for STS or failed",
+                s.misses.load(Relaxed),
+            ),
+        ] {
+            let metric = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            prometheus_client::encoding::EncodeMetric::encode(&ConstCounter::new(value), metric)?;
+        }
+        let metric = encoder.encode_descriptor(
+            "iamlet_credentials_cache_entries",
+            "Role sessions in the credentials cache",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        prometheus_client::encoding::EncodeMetric::encode(
+            &prometheus_client::metrics::gauge::ConstGauge::new(self.engine.entries() as i64),
+            metric,
+        )
+    }
+}
+
+/// Builds the registry: the proxy's metrics, plus the eBPF counters when a datapath runs and
+/// the credentials engine's when it runs.
+pub fn registry(
+    metrics: &Metrics,
+    datapath: Option<Arc<Datapath>>,
+    engine: Option<Engine>,
+) -> Registry {
     let mut registry = Registry::with_prefix("iamlet");
     registry.register(
         "proxy_connections",
@@ -134,6 +199,9 @@ pub fn registry(metrics: &Metrics, datapath: Option<Arc<Datapath>>) -> Registry 
     if let Some(datapath) = datapath {
         registry.register_collector(Box::new(EbpfCollector { datapath }));
     }
+    if let Some(engine) = engine {
+        registry.register_collector(Box::new(EngineCollector { engine }));
+    }
     registry
 }
 
@@ -146,7 +214,7 @@ mod tests {
         let m = Metrics::default();
         m.connection(ConnResult::Attributed);
         m.request("whoami", 200);
-        let reg = registry(&m, None);
+        let reg = registry(&m, None, None);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &reg).expect("encode");
         assert!(

@@ -38,6 +38,8 @@ pub struct RoleBinding {
     pub session_name: String,
     /// ExternalId for AssumeRole, if the role's trust policy wants one.
     pub external_id: Option<String>,
+    /// Session tags for AssumeRole (`--session-tags`), sorted by key.
+    pub session_tags: Vec<(String, String)>,
 }
 
 impl RoleBinding {
@@ -140,6 +142,30 @@ pub fn expand_role(role: &str, base: Option<&str>) -> Result<String, String> {
     Ok(arn)
 }
 
+/// The session name of a binding without one: `iamlet-pod-<uid>` for a kubelet pod cgroup,
+/// else `iamlet-<last path segment>`; unique per pod or cgroup.
+fn default_session_name(matched: &str) -> String {
+    let raw = match crate::identity::parse_pod_cgroup(&format!("/{matched}")) {
+        Some(pod) => format!("iamlet-pod-{}", pod.pod_uid),
+        None => format!("iamlet-{}", matched.rsplit('/').next().unwrap_or(matched)),
+    };
+    sanitize_session_name(&raw)
+}
+
+/// Makes a valid session tag value (at most 256 characters of `[\p{L}\p{Z}\p{N}_.:/=+\-@]`).
+pub fn sanitize_tag_value(raw: &str) -> String {
+    raw.chars()
+        .map(|c| {
+            if c.is_alphanumeric() || c == ' ' || "_.:/=+-@".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(256)
+        .collect()
+}
+
 /// Makes a valid RoleSessionName (`[\w+=,.@-]`, 2..=64 chars) out of any text.
 pub fn sanitize_session_name(raw: &str) -> String {
     let mut out: String = raw
@@ -188,6 +214,8 @@ pub struct StaticBindings {
     /// The attached cgroup, relative to the cgroup2 root, with a leading slash.
     base: String,
     bindings: Vec<CompiledBinding>,
+    /// Node name for session tags; `None`: no session tags.
+    tag_node: Option<String>,
 }
 
 impl StaticBindings {
@@ -245,7 +273,36 @@ impl StaticBindings {
             });
         }
         let base = format!("/{}", attached.trim_matches('/'));
-        Ok(StaticBindings { base, bindings })
+        Ok(StaticBindings {
+            base,
+            bindings,
+            tag_node: None,
+        })
+    }
+
+    /// Adds session tags (`cgroup`, `node`) to every binding.
+    pub fn with_session_tags(mut self, node: &str) -> Self {
+        self.tag_node = Some(node.to_owned());
+        self
+    }
+
+    fn tags(&self, cgroup: &str) -> Vec<(String, String)> {
+        match &self.tag_node {
+            Some(node) => vec![
+                ("cgroup".to_owned(), sanitize_tag_value(cgroup)),
+                ("node".to_owned(), sanitize_tag_value(node)),
+            ],
+            None => Vec::new(),
+        }
+    }
+
+    /// The distinct bindings in use by the given cgroup paths (relative to the cgroup2
+    /// root), for prefetching.
+    pub fn bindings_for<'a>(
+        &self,
+        paths: impl IntoIterator<Item = &'a str>,
+    ) -> std::collections::HashSet<RoleBinding> {
+        paths.into_iter().filter_map(|p| self.lookup(p)).collect()
     }
 
     /// The binding for a cgroup path relative to the cgroup2 root.
@@ -256,13 +313,15 @@ impl StaticBindings {
             let mut candidate = rel;
             loop {
                 if b.matcher.is_match(candidate) {
-                    let session_name = b.session_name.clone().unwrap_or_else(|| {
-                        sanitize_session_name(&format!("iamlet-{}", candidate.replace('/', ".")))
-                    });
+                    let session_name = b
+                        .session_name
+                        .clone()
+                        .unwrap_or_else(|| default_session_name(candidate));
                     return Some(RoleBinding {
                         role_arn: b.role_arn.clone(),
                         session_name,
                         external_id: b.external_id.clone(),
+                        session_tags: self.tags(candidate),
                     });
                 }
                 match candidate.rfind('/') {
@@ -348,6 +407,26 @@ bindings:
     }
 
     #[test]
+    fn session_tags_and_prefetch_set() {
+        let b = bindings().with_session_tags("node-1");
+        let web = b.lookup("/kubepods.slice/web.slice/x.scope").expect("web");
+        assert_eq!(
+            web.session_tags,
+            vec![
+                ("cgroup".to_string(), "web.slice".to_string()),
+                ("node".to_string(), "node-1".to_string())
+            ]
+        );
+        let set = b.bindings_for([
+            "/kubepods.slice/web.slice",
+            "/kubepods.slice/web.slice/x.scope",
+            "/kubepods.slice/batch-1.scope",
+            "/kubepods.slice/nothing",
+        ]);
+        assert_eq!(set.len(), 2);
+    }
+
+    #[test]
     fn star_stays_in_one_segment_and_outside_paths_miss() {
         let b = bindings();
         assert_eq!(b.lookup("/kubepods.slice/batch-7/x.scope"), None);
@@ -386,7 +465,16 @@ bindings:
             Ok("arn:aws:iam::123456789012:role/x".to_string())
         );
         assert_eq!(sanitize_session_name("ns/pod name"), "ns-pod-name");
+        assert_eq!(
+            default_session_name(
+                "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1d4a6c37_5b2e_4c8e_9a6f_0e5e2d7c9b11.slice"
+            ),
+            "iamlet-pod-1d4a6c37-5b2e-4c8e-9a6f-0e5e2d7c9b11"
+        );
+        assert_eq!(default_session_name("a/b/web.slice"), "iamlet-web.slice");
         assert_eq!(sanitize_session_name(&"a".repeat(100)).len(), 64);
         assert_eq!(sanitize_session_name("x"), "x-");
+        assert_eq!(sanitize_tag_value("a/b c*d"), "a/b c-d");
+        assert_eq!(sanitize_tag_value(&"v".repeat(300)).len(), 256);
     }
 }

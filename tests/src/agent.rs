@@ -84,6 +84,11 @@ impl Agent {
                 &["--log", "debug"][..]
             })
             .args(extra)
+            // The node's own AWS identity (used only for STS calls, against moto in tests); the
+            // SDK's IMDS probing is off so nothing reaches for a metadata service.
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);

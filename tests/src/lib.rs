@@ -15,6 +15,8 @@
 //! * [`ChildGuard`], [`run_with_timeout`]: nothing a test starts outlives it or hangs it.
 //! * [`fetch_credentials`]: a real AWS SDK ([`Sdk`]: boto3, JS v3, Rust) run inside a pod,
 //!   fetching credentials from the metadata service at its default endpoint.
+//! * [`MotoSts`], [`FaultProxy`]: a real STS (moto) in the node namespace behind a proxy that
+//!   counts calls and injects [`Fault`]s; the agent gets [`FaultProxy::endpoint`].
 //!
 //! Everything is RAII: removed on drop, also while a failing test unwinds; drops never
 //! panic (problems are logged to stderr). Leftovers of crashed runs are removed by
@@ -38,6 +40,7 @@ pub mod node;
 pub mod pod;
 pub mod privileges;
 pub mod process;
+pub mod sts;
 
 pub use agent::{Agent, PROXY_PORT};
 pub use cleanup::cleanup_stale;
@@ -51,3 +54,7 @@ pub use node::{TestNode, IMDS_V4, IMDS_V6, NODE_PROXY_V4, NODE_PROXY_V6};
 pub use pod::{FakePod, OutsideHost, PodNetwork};
 pub use privileges::{require_privileges, SkipReason};
 pub use process::{run_with_timeout, ChildGuard, RunOutput, DEFAULT_TIMEOUT};
+pub use sts::{
+    assume_role, boto3_sts, caller_identity, sts_available, AssumeRoleCall, AssumedRole,
+    Boto3Options, Boto3Outcome, CallerIdentity, Fault, FaultProxy, MotoSts, Stats,
+};

@@ -64,6 +64,7 @@ fn binding(arn: &str) -> RoleBinding {
         role_arn: arn.into(),
         session_name: "s".into(),
         external_id: None,
+        session_tags: Vec::new(),
     }
 }
 
