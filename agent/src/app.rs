@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use crate::admin::Admin;
 use crate::attribution::Attributor;
 use crate::cgroup::{self, CgroupIndex};
-use crate::config::Config;
+use crate::config::{load_bindings, Config};
 use crate::credentials::{CredentialSource, NoCredentials};
 use crate::datapath::{self, Datapath, DatapathConfig};
 use crate::engine::Engine;
@@ -19,7 +19,7 @@ use crate::imds::Imds;
 use crate::metrics::{self, Metrics};
 use crate::prefetch;
 use crate::proxy::Proxy;
-use crate::roles::{NoRoles, RoleResolver};
+use crate::roles::{self, NoRoles, RoleResolver, StaticBindings};
 use crate::server::{self, ServerLimits};
 use crate::sts::{Sts, StsSettings};
 
@@ -42,6 +42,10 @@ pub enum Error {
     Random(String),
     #[error("cannot determine the AWS region for STS: set --region (or AWS_REGION)")]
     NoRegion,
+    #[error("bare role names need --base-role-arn; detecting the node's account from the metadata service failed: {0}")]
+    BaseArn(String),
+    #[error(transparent)]
+    Bindings(#[from] roles::ConfigError),
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
@@ -75,9 +79,48 @@ async fn region(config: &Config) -> Option<String> {
         .map(|r| r.to_string())
 }
 
+/// The bindings: loaded at validation, or, for a file with bare role names and no
+/// `--base-role-arn`, now, with the node's own account read from the metadata service's
+/// `iam/info`.
+async fn resolve_bindings(config: &Config) -> Result<Option<Arc<StaticBindings>>, Error> {
+    if let Some(b) = &config.bindings {
+        return Ok(Some(b.clone()));
+    }
+    let Some(path) = &config.deferred_bindings else {
+        return Ok(None);
+    };
+    let err = |reason: String| Error::BaseArn(reason);
+    let uri = config
+        .upstream
+        .clone()
+        .ok_or_else(|| err("passthrough is off".into()))?;
+    let upstream = Upstream::new(uri, config.upstream_timeout);
+    let answer = upstream
+        .get("/latest/meta-data/iam/info")
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    if answer.status != 200 {
+        return Err(err(format!("iam/info answered {}", answer.status)));
+    }
+    let doc: serde_json::Value = serde_json::from_slice(&answer.body)
+        .map_err(|e| err(format!("iam/info is not JSON: {e}")))?;
+    let base = doc["InstanceProfileArn"]
+        .as_str()
+        .and_then(roles::base_arn_from_instance_profile)
+        .ok_or_else(|| err(format!("no usable InstanceProfileArn in iam/info: {doc}")))?;
+    tracing::info!(%base, "bare role names are expanded with the node's account");
+    let b = load_bindings(
+        path,
+        &config.attached_relative,
+        Some(&base),
+        config.session_tags_node.as_deref(),
+    )?;
+    Ok(Some(Arc::new(b)))
+}
+
 /// The STS engine, when roles can be served and no static credentials are configured.
-async fn build_engine(config: &Config) -> Result<Option<Engine>, Error> {
-    if config.static_credentials.is_some() || config.bindings.is_none() {
+async fn build_engine(config: &Config, has_roles: bool) -> Result<Option<Engine>, Error> {
+    if config.static_credentials.is_some() || !has_roles {
         return Ok(None);
     }
     let region = region(config).await.ok_or(Error::NoRegion)?;
@@ -91,10 +134,14 @@ async fn build_engine(config: &Config) -> Result<Option<Engine>, Error> {
     Ok(Some(Engine::new(Arc::new(sts), config.sts.engine.clone())))
 }
 
-fn build_imds(config: &Config, engine: Option<&Engine>) -> Result<Imds, Error> {
+fn build_imds(
+    config: &Config,
+    bindings: Option<Arc<StaticBindings>>,
+    engine: Option<&Engine>,
+) -> Result<Imds, Error> {
     let tokens = TokenKey::random().map_err(|e| Error::Random(e.to_string()))?;
-    let roles: Arc<dyn RoleResolver> = match &config.bindings {
-        Some(b) => b.clone(),
+    let roles: Arc<dyn RoleResolver> = match bindings {
+        Some(b) => b,
         None => Arc::new(NoRoles),
     };
     let credentials: Arc<dyn CredentialSource> = match (&config.static_credentials, engine) {
@@ -161,7 +208,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
         exempt_cgroup_id,
     })?);
 
-    let engine = build_engine(&config).await?;
+    let bindings = resolve_bindings(&config).await?;
+    let engine = build_engine(&config, bindings.is_some()).await?;
     let metrics = Metrics::default();
     let admin = Admin::new(metrics::registry(
         &metrics,
@@ -170,7 +218,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     ));
     let proxy = Proxy::new(
         Attributor::new(datapath.clone(), index.clone()),
-        build_imds(&config, engine.as_ref())?,
+        build_imds(&config, bindings.clone(), engine.as_ref())?,
         metrics.clone(),
     );
     let limits = ServerLimits {
@@ -203,7 +251,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     tasks.push(tokio::spawn(refresh_index(index.clone(), stop_rx.clone())));
     if let Some(engine) = &engine {
         tasks.push(tokio::spawn(engine.clone().run(stop_rx.clone())));
-        if let (Some(bindings), true) = (&config.bindings, config.sts.prefetch) {
+        if let (Some(bindings), true) = (&bindings, config.sts.prefetch) {
             tasks.push(tokio::spawn(prefetch::run(
                 bindings.clone(),
                 index.clone(),

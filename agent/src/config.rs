@@ -203,6 +203,8 @@ pub enum Error {
     AllowPath(#[source] regex::Error),
     #[error("--base-role-arn {value:?}: must look like arn:aws:iam::123456789012:role/")]
     BaseRoleArn { value: String },
+    #[error("bindings file {} names roles by bare name: set --base-role-arn, or leave --upstream on so the node's account is detected", path.display())]
+    NeedsBaseArn { path: PathBuf },
     #[error("--{flag} {value}: {reason}")]
     Limit {
         flag: &'static str,
@@ -240,6 +242,12 @@ pub struct Config {
     pub upstream_timeout: Duration,
     /// Standalone role bindings, if given.
     pub bindings: Option<Arc<StaticBindings>>,
+    /// A bindings file with bare role names whose base ARN is detected at start-up.
+    pub deferred_bindings: Option<PathBuf>,
+    /// The attached cgroup relative to the cgroup2 root.
+    pub attached_relative: String,
+    /// Node name for session tags, when `--session-tags` is on.
+    pub session_tags_node: Option<String>,
     /// Static credentials, if given.
     pub static_credentials: Option<Arc<StaticCredentials>>,
     /// Proxy connection limits.
@@ -342,16 +350,25 @@ impl Args {
             .strip_prefix(&cgroup_root)
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let bindings = match &self.bindings {
-            Some(path) => {
-                let b = StaticBindings::load(path, &attached_rel, self.base_role_arn.as_deref())?;
-                Some(Arc::new(if self.session_tags {
-                    b.with_session_tags(&self.node())
-                } else {
-                    b
-                }))
+        // Bare role names without --base-role-arn: the base is the node's own account, read
+        // from the metadata service at start-up (app.rs).
+        let (bindings, deferred_bindings) = match &self.bindings {
+            Some(path) if self.base_role_arn.is_none() && StaticBindings::has_bare_roles(path)? => {
+                if self.upstream == "off" {
+                    return Err(Error::NeedsBaseArn { path: path.clone() });
+                }
+                (None, Some(path.clone()))
             }
-            None => None,
+            Some(path) => (
+                Some(Arc::new(load_bindings(
+                    path,
+                    &attached_rel,
+                    self.base_role_arn.as_deref(),
+                    self.session_tags.then(|| self.node()).as_deref(),
+                )?)),
+                None,
+            ),
+            None => (None, None),
         };
         if let Some(ep) = &self.sts_endpoint {
             let ok = ep.parse::<Uri>().is_ok_and(|u| {
@@ -380,6 +397,9 @@ impl Args {
             upstream,
             upstream_timeout: self.upstream_timeout,
             bindings,
+            deferred_bindings,
+            attached_relative: attached_rel,
+            session_tags_node: self.session_tags.then(|| self.node()),
             static_credentials,
             max_connections: self.max_connections,
             header_timeout: self.header_timeout,
@@ -511,6 +531,20 @@ impl Args {
         }
         Ok(())
     }
+}
+
+/// Loads a bindings file with the given base ARN, with session tags naming `tag_node` if set.
+pub fn load_bindings(
+    path: &std::path::Path,
+    attached_rel: &str,
+    base: Option<&str>,
+    tag_node: Option<&str>,
+) -> Result<StaticBindings, roles::ConfigError> {
+    let b = StaticBindings::load(path, attached_rel, base)?;
+    Ok(match tag_node {
+        Some(node) => b.with_session_tags(node),
+        None => b,
+    })
 }
 
 /// Parses `500ms`, `5s`, `2m` or a bare number of seconds.

@@ -126,6 +126,18 @@ pub fn validate_role_arn(arn: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The base role ARN (`arn:<partition>:iam::<account>:role/`) of the account an instance
+/// profile ARN (from the metadata service's `iam/info`) belongs to.
+pub fn base_arn_from_instance_profile(profile_arn: &str) -> Option<String> {
+    let parts: Vec<&str> = profile_arn.splitn(6, ':').collect();
+    if parts.len() != 6 || parts[0] != "arn" || parts[2] != "iam" {
+        return None;
+    }
+    let base = format!("arn:{}:iam::{}:role/", parts[1], parts[4]);
+    validate_role_arn(&format!("{base}x")).ok()?;
+    Some(base)
+}
+
 /// Turns a role name or ARN into an ARN: a bare name is appended to `base` (e.g.
 /// `arn:aws:iam::123456789012:role/`).
 pub fn expand_role(role: &str, base: Option<&str>) -> Result<String, String> {
@@ -216,9 +228,26 @@ pub struct StaticBindings {
     bindings: Vec<CompiledBinding>,
     /// Node name for session tags; `None`: no session tags.
     tag_node: Option<String>,
+    /// cgroup path → binding, so the globs run once per cgroup, not per request.
+    resolved: moka::sync::Cache<String, Option<Arc<RoleBinding>>>,
 }
 
 impl StaticBindings {
+    /// Whether the bindings file at `path` names any role by bare name (so it needs a base ARN).
+    pub fn has_bare_roles(path: &Path) -> Result<bool, ConfigError> {
+        let display = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: display.clone(),
+            source,
+        })?;
+        let file: BindingsFile =
+            serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
+                path: display,
+                source,
+            })?;
+        Ok(file.bindings.iter().any(|b| !b.role.starts_with("arn:")))
+    }
+
     /// Loads and checks `path`; patterns are relative to `attached` (the attached cgroup,
     /// relative to the cgroup2 root, e.g. `/kubepods.slice`).
     pub fn load(path: &Path, attached: &str, base_arn: Option<&str>) -> Result<Self, ConfigError> {
@@ -277,6 +306,10 @@ impl StaticBindings {
             base,
             bindings,
             tag_node: None,
+            resolved: moka::sync::Cache::builder()
+                .max_capacity(50_000)
+                .time_to_idle(std::time::Duration::from_secs(3600))
+                .build(),
         })
     }
 
@@ -339,11 +372,14 @@ impl RoleResolver for StaticBindings {
         &'a self,
         caller: &'a Caller,
     ) -> BoxFuture<'a, Result<Option<Arc<RoleBinding>>, RoleError>> {
-        let found = caller
-            .cgroup_path
-            .as_deref()
-            .and_then(|p| self.lookup(p))
-            .map(Arc::new);
+        let found = caller.cgroup_path.as_deref().and_then(|path| {
+            if let Some(hit) = self.resolved.get(path) {
+                return hit;
+            }
+            let found = self.lookup(path).map(Arc::new);
+            self.resolved.insert(path.to_owned(), found.clone());
+            found
+        });
         Box::pin(std::future::ready(Ok(found)))
     }
 }
@@ -465,6 +501,15 @@ bindings:
             Ok("arn:aws:iam::123456789012:role/x".to_string())
         );
         assert_eq!(sanitize_session_name("ns/pod name"), "ns-pod-name");
+        assert_eq!(
+            base_arn_from_instance_profile("arn:aws:iam::111122223333:instance-profile/node"),
+            Some("arn:aws:iam::111122223333:role/".to_string())
+        );
+        assert_eq!(
+            base_arn_from_instance_profile("arn:aws:iam::12:instance-profile/x"),
+            None
+        );
+        assert_eq!(base_arn_from_instance_profile("garbage"), None);
         assert_eq!(
             default_session_name(
                 "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1d4a6c37_5b2e_4c8e_9a6f_0e5e2d7c9b11.slice"

@@ -15,6 +15,8 @@ use crate::process::ChildGuard;
 pub const NODE_ACCESS_KEY: &str = "ASIANODEROLEKEY00000";
 /// The node role's secret the stand-in hands out.
 pub const NODE_SECRET: &str = "NODE-ROLE-SECRET-must-never-reach-a-pod";
+/// The account of the node's instance profile (its `iam/info`).
+pub const NODE_ACCOUNT: &str = "111122223333";
 /// The instance id the stand-in reports.
 pub const INSTANCE_ID: &str = "i-0fake0000000node1";
 
@@ -23,7 +25,7 @@ import json, socket, sys, threading
 from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
 
 TOKEN = "node-upstream-token"
-KEY, SECRET, INSTANCE = sys.argv[1], sys.argv[2], sys.argv[3]
+KEY, SECRET, INSTANCE, NODE_ACCOUNT = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[6]
 CREDS = json.dumps({"Code": "Success", "LastUpdated": "2026-01-01T00:00:00Z", "Type": "AWS-HMAC",
                     "AccessKeyId": KEY, "SecretAccessKey": SECRET, "Token": "node-session",
                     "Expiration": "2099-01-01T00:00:00Z"})
@@ -48,6 +50,10 @@ class H(BaseHTTPRequestHandler):
         if self.headers.get("X-aws-ec2-metadata-token") != TOKEN:
             return self.reply(401, "")
         p = self.path
+        if p.endswith("/meta-data/iam/info"):
+            return self.reply(200, json.dumps({"Code": "Success", "LastUpdated": "2026-01-01T00:00:00Z",
+                "InstanceProfileArn": "arn:aws:iam::" + NODE_ACCOUNT + ":instance-profile/node-role",
+                "InstanceProfileId": "AIPANODE0000000000000"}))
         if "iam" in p or "identity-credentials" in p or "user-data" in p:
             if p.rstrip("/").endswith("security-credentials"):
                 return self.reply(200, "node-role")
@@ -83,7 +89,8 @@ impl FakeImds {
         let mut cmd = node.command("python3");
         cmd.args(["-c", SCRIPT, NODE_ACCESS_KEY, NODE_SECRET, INSTANCE_ID])
             .arg(IMDS_V4.to_string())
-            .arg(IMDS_V6.to_string());
+            .arg(IMDS_V6.to_string())
+            .arg(NODE_ACCOUNT);
         let child = ChildGuard::spawn(&mut cmd)?;
         for addr in [
             SocketAddr::new(IMDS_V4.into(), 80),

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
-use iamlet_tests::fake_imds::{INSTANCE_ID, NODE_ACCESS_KEY, NODE_SECRET};
+use iamlet_tests::fake_imds::{INSTANCE_ID, NODE_ACCESS_KEY, NODE_ACCOUNT, NODE_SECRET};
 use iamlet_tests::{
     fetch_credentials, http, http_with, sdk_available, skip_unless_privileged, Agent, FakeImds,
     FakePod, Family, Sdk, TestNode, NODE_PROXY_V4, PROXY_PORT,
@@ -321,6 +321,59 @@ fn agent_inside_the_pods_cgroup_still_reaches_the_real_service() -> Result<()> {
     // Other processes of the node stay redirected.
     let who = get(&a, "/iamlet/whoami", &[])?;
     ensure!(who.status == 200, "{who:?}");
+    Ok(())
+}
+
+#[test]
+fn bare_role_names_use_the_nodes_account() -> Result<()> {
+    skip_unless_privileged!(Ok(()));
+    let node = TestNode::new()?;
+    let a = node.add_pod(&pod_cgroup(UID_A, 1))?;
+    let _imds = FakeImds::start(&node)?;
+    let dir = Files::write()?;
+    let bindings = dir.dir.join("bare.yaml");
+    std::fs::write(
+        &bindings,
+        format!(
+            "bindings:\n  - cgroup: \"**/kubepods-besteffort-pod{}.slice\"\n    role: team/bare-role\n",
+            UID_A.replace('-', "_")
+        ),
+    )?;
+    let role = format!("arn:aws:iam::{NODE_ACCOUNT}:role/team/bare-role");
+    let creds = dir.dir.join("bare-creds.yaml");
+    std::fs::write(
+        &creds,
+        format!("credentials:\n  {role}:\n    access_key_id: ASIABARE\n    secret_access_key: s\n    session_token: t\n"),
+    )?;
+    let b = bindings.display().to_string();
+    let c = creds.display().to_string();
+    let _agent = Agent::start(&node, &["--bindings", &b, "--static-credentials", &c])?;
+    let listing = get(&a, "/latest/meta-data/iam/security-credentials/", &[])?;
+    ensure!(listing.body == "bare-role", "{listing:?}");
+    let info = get(&a, "/latest/meta-data/iam/info", &[])?;
+    ensure!(
+        info.body.contains(&format!(
+            "arn:aws:iam::{NODE_ACCOUNT}:instance-profile/team/bare-role"
+        )),
+        "{info:?}"
+    );
+    let got = get(
+        &a,
+        "/latest/meta-data/iam/security-credentials/bare-role",
+        &[],
+    )?;
+    ensure!(got.body.contains("ASIABARE"), "{got:?}");
+    // Without a way to learn the account, the agent refuses to start, saying why.
+    let out = std::process::Command::new(iamlet_tests::agent::agent_bin())
+        .args(["--listen-v4", "127.0.0.1:1", "--cgroup"])
+        .arg(node.pods_cgroup())
+        .args(["--bindings", &b, "--upstream", "off"])
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(64) && err.contains("bare name"),
+        "{err}"
+    );
     Ok(())
 }
 

@@ -51,6 +51,8 @@ enum Cmd {
 enum Bench {
     /// connect() latency with and without iamlet's programs attached.
     Connect,
+    /// IMDS requests/s and latency (wrk in a pod), iamlet against nginx serving the same bytes.
+    Imds,
 }
 
 fn main() -> Result<()> {
@@ -72,6 +74,16 @@ fn main() -> Result<()> {
             build_agent(&root)?;
             match which {
                 Bench::Connect => run_tests_bin(&root, "iamlet-bench", &["connect"]),
+                Bench::Imds => {
+                    // Throughput is measured on the optimised agent.
+                    run(cargo(&root).args(["build", "--locked", "--release", "-p", "iamlet"]))?;
+                    run_tests_bin_with(
+                        &root,
+                        "iamlet-bench",
+                        &["imds"],
+                        &root.join("target/release/iamlet"),
+                    )
+                }
             }
         }
     }
@@ -170,6 +182,11 @@ fn sdk_client_env(root: &Path, cmd: &mut Command) {
 }
 
 fn run_tests_bin(root: &Path, bin: &str, args: &[&str]) -> Result<()> {
+    run_tests_bin_with(root, bin, args, &root.join("target/debug/iamlet"))
+}
+
+/// Like [`run_tests_bin`], with the agent binary `iamlet` given.
+fn run_tests_bin_with(root: &Path, bin: &str, args: &[&str], iamlet: &Path) -> Result<()> {
     let mut cmd = cargo(root);
     cmd.args([
         "run",
@@ -182,7 +199,7 @@ fn run_tests_bin(root: &Path, bin: &str, args: &[&str]) -> Result<()> {
         "--",
     ])
     .args(args)
-    .env("IAMLET_BIN", root.join("target/debug/iamlet"));
+    .env("IAMLET_BIN", iamlet);
     sdk_client_env(root, &mut cmd);
     run(&mut cmd)
 }

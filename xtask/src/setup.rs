@@ -26,6 +26,9 @@ const APT_PACKAGES: &[&str] = &[
     "curl",
     "python3",
     "python3-venv",
+    // `cargo xtask bench imds`: load generator, and the baseline server.
+    "wrk",
+    "nginx-light",
 ];
 
 /// The Python the SDK venv is made from (Debian's).

@@ -94,6 +94,11 @@ pub struct Imds {
     credentials: Arc<dyn CredentialSource>,
     upstream: Option<Upstream>,
     limiter: RateLimiter<Subject>,
+    /// Tokens already verified: token → (subject, expiry). Spares the HMAC on every request.
+    verified: moka::sync::Cache<String, (Subject, u64)>,
+    /// Rendered credentials documents, keyed by the credentials' address and whether the
+    /// extended form was asked for (the `Arc` in the value keeps the address unique).
+    bodies: moka::sync::Cache<(usize, bool), (Arc<Credentials>, bytes::Bytes)>,
 }
 
 /// The answer and the route name (for metrics).
@@ -191,6 +196,14 @@ impl Imds {
             credentials,
             upstream,
             limiter,
+            verified: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(token::MAX_TTL))
+                .build(),
+            bodies: moka::sync::Cache::builder()
+                .max_capacity(20_000)
+                .time_to_idle(Duration::from_secs(600))
+                .build(),
         }
     }
 
@@ -276,8 +289,18 @@ impl Imds {
         match headers.get(TOKEN_HEADER) {
             Some(value) => {
                 let token = value.to_str().unwrap_or("");
-                match self.tokens.verify(token, &subject.bytes(), unix_now()) {
-                    Ok(()) => None,
+                let now = unix_now();
+                if let Some((owner, expiry)) = self.verified.get(token) {
+                    if owner == *subject && expiry > now {
+                        return None;
+                    }
+                }
+                match self.tokens.verify(token, &subject.bytes(), now) {
+                    Ok(expiry) => {
+                        self.verified
+                            .insert(token.to_owned(), (subject.clone(), expiry));
+                        None
+                    }
                     Err(e) => {
                         tracing::debug!(?subject, error = %e, "token refused");
                         Some(text(401, "Unauthorized\n"))
@@ -321,8 +344,17 @@ impl Imds {
         };
         match self.credentials(&binding).await {
             Ok(creds) => {
-                let account = if extended { binding.account_id() } else { None };
-                text(200, credentials_json(&creds, account))
+                let key = (Arc::as_ptr(&creds) as usize, extended);
+                let body = match self.bodies.get(&key) {
+                    Some((_, body)) => body,
+                    None => {
+                        let account = if extended { binding.account_id() } else { None };
+                        let body = bytes::Bytes::from(credentials_json(&creds, account));
+                        self.bodies.insert(key, (creds.clone(), body.clone()));
+                        body
+                    }
+                };
+                text(200, body)
             }
             Err(e) => {
                 tracing::warn!(role = %binding.role_arn, pod_uid = ?caller.pod_uid, code = %e.code, message = %e.message, "credentials unavailable");

@@ -222,6 +222,15 @@ async fn tokens_are_bound_to_the_pod() {
         call(&imds, &b, Method::GET, path, &with).await.status(),
         401
     );
+    // Verified tokens are cached; the cache never lets another pod in.
+    assert_eq!(
+        call(&imds, &a, Method::GET, path, &with).await.status(),
+        200
+    );
+    assert_eq!(
+        call(&imds, &b, Method::GET, path, &with).await.status(),
+        401
+    );
     let junk = [(TOKEN_HEADER, "not-a-token")];
     assert_eq!(
         call(&imds, &a, Method::GET, path, &junk).await.status(),

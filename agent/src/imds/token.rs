@@ -79,8 +79,9 @@ impl TokenKey {
         URL_SAFE_NO_PAD.encode(raw)
     }
 
-    /// Checks that `token` was minted by this key for `subject` and is not expired.
-    pub fn verify(&self, token: &str, subject: &[u8], now_secs: u64) -> Result<(), TokenError> {
+    /// Checks that `token` was minted by this key for `subject` and is not expired; returns
+    /// its expiry (Unix seconds).
+    pub fn verify(&self, token: &str, subject: &[u8], now_secs: u64) -> Result<u64, TokenError> {
         if token.len() > 128 {
             return Err(TokenError::Malformed);
         }
@@ -96,10 +97,11 @@ impl TokenKey {
             .map_err(|_| TokenError::NotYours)?;
         let mut expiry = [0u8; 8];
         expiry.copy_from_slice(&raw[1..BODY_LEN]);
-        if u64::from_be_bytes(expiry) <= now_secs {
+        let expiry = u64::from_be_bytes(expiry);
+        if expiry <= now_secs {
             return Err(TokenError::Expired);
         }
-        Ok(())
+        Ok(expiry)
     }
 }
 
@@ -128,8 +130,8 @@ mod tests {
     fn tokens_are_bound_and_expire() {
         let key = TokenKey::from_bytes([7; 32]);
         let t = key.mint(b"pod-a", 1000, 60);
-        assert_eq!(key.verify(&t, b"pod-a", 1000), Ok(()));
-        assert_eq!(key.verify(&t, b"pod-a", 1059), Ok(()));
+        assert_eq!(key.verify(&t, b"pod-a", 1000), Ok(1060));
+        assert_eq!(key.verify(&t, b"pod-a", 1059), Ok(1060));
         assert_eq!(key.verify(&t, b"pod-a", 1060), Err(TokenError::Expired));
         assert_eq!(key.verify(&t, b"pod-b", 1000), Err(TokenError::NotYours));
         let other = TokenKey::from_bytes([8; 32]);

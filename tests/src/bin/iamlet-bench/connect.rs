@@ -1,10 +1,4 @@
-//! `cargo xtask bench connect`: connect() latency from a fake pod, with and without iamlet's
-//! programs attached, to a redirected destination (169.254.169.254:80) and a non-redirected
-//! one, measured side by side in one run (rounds interleaved so machine noise hits all four).
-//!
-//! "Without" runs the same client in the same network namespace but outside the attached
-//! cgroup, so no program runs for its sockets: the connect to 169.254.169.254:80 then reaches a
-//! plain listener on that address in the node namespace, the same hop the proxy is at.
+//! `connect`: connect() latency with and without the programs attached.
 
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
@@ -18,18 +12,8 @@ use iamlet_tests::{
 const ROUNDS: usize = 10;
 const PER_ROUND: usize = 500;
 
-fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("connect") => bench_connect(),
-        Some("connect-client") => client(&args[1..]),
-        Some("sink") => sink(&args[1..]),
-        _ => bail!("usage: iamlet-bench connect"),
-    }
-}
-
 /// Inside the pod: connect `n` times to `addr`, print each latency in nanoseconds.
-fn client(args: &[String]) -> Result<()> {
+pub fn client(args: &[String]) -> Result<()> {
     let addr: SocketAddr = args.first().context("address")?.parse()?;
     let n: usize = args.get(1).context("count")?.parse()?;
     let mut out = String::new();
@@ -47,7 +31,7 @@ fn client(args: &[String]) -> Result<()> {
 
 /// In the node: accept and drop connections on each address as fast as possible (a plain
 /// listener with a deep backlog, so the baseline never waits on a full accept queue).
-fn sink(args: &[String]) -> Result<()> {
+pub fn sink(args: &[String]) -> Result<()> {
     let mut threads = Vec::new();
     for a in args {
         let listener =
@@ -65,12 +49,12 @@ fn sink(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn percentile(sorted: &[u64], p: f64) -> f64 {
+pub fn percentile(sorted: &[u64], p: f64) -> f64 {
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[idx] as f64 / 1000.0
 }
 
-fn bench_connect() -> Result<()> {
+pub fn bench_connect() -> Result<()> {
     if let Err(reason) = require_privileges() {
         bail!("the benchmark needs what the privileged tests need: {reason}");
     }
@@ -134,3 +118,5 @@ fn bench_connect() -> Result<()> {
     );
     Ok(())
 }
+
+// ---- bench imds -------------------------------------------------------------------------

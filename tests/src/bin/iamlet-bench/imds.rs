@@ -1,0 +1,462 @@
+//! `imds`: iamlet against nginx serving the same bytes.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use iamlet_tests::{
+    require_privileges, run_with_timeout, Agent, ChildGuard, FakePod, TestNode, IMDS_V4,
+    NODE_PROXY_V4,
+};
+
+use crate::wrk::*;
+
+/// The benchmark pod's UID; its cgroup is laid out as the kubelet's systemd driver does.
+pub(crate) const BENCH_POD_UID: &str = "3f2e1d0c-b9a8-4765-8432-10fedcba9876";
+pub(crate) const BENCH_ROLE: &str = "bench-app";
+pub(crate) const BENCH_ROLE_ARN: &str = "arn:aws:iam::123456789012:role/bench-app";
+/// nginx listens next to iamlet's listener (same address, other port): the same hop.
+pub(crate) const NGINX_PORT: u16 = 8080;
+pub(crate) const WRK_THREADS: u32 = 2;
+pub(crate) const WRK_CONNECTIONS: u32 = 8;
+pub(crate) const WRK_SECONDS: u32 = 5;
+pub(crate) const IMDS_ROUNDS: usize = 3;
+pub(crate) const TOKEN_PATH: &str = "/latest/api/token";
+pub(crate) const ROLES_PATH: &str = "/latest/meta-data/iam/security-credentials/";
+pub(crate) const TTL_HEADER: &str = "X-aws-ec2-metadata-token-ttl-seconds: 21600";
+/// Target: iamlet's throughput at least this fraction of nginx's.
+pub(crate) const TARGET_RATIO: f64 = 0.8;
+/// Target: iamlet's p99 latency at most this, in µs, at [`WRK_CONNECTIONS`] connections.
+pub(crate) const TARGET_P99_US: f64 = 1000.0;
+
+fn creds_path() -> String {
+    format!("{ROLES_PATH}{BENCH_ROLE}")
+}
+
+/// A session token as long as a real STS one (~700 characters), so the credentials JSON has
+/// a realistic size.
+fn bench_session_token() -> String {
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    (0..700u32)
+        .map(|i| alphabet[(i.wrapping_mul(2_654_435_761) >> 7) as usize % alphabet.len()] as char)
+        .collect()
+}
+
+/// A private directory under the temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(label: &str) -> Result<TempDir> {
+        let dir = std::env::temp_dir().join(format!("iamlet-bench-{label}-{}", std::process::id()));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(TempDir(dir))
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// nginx (master + workers) in the node namespace; asked to quit on drop, killed if it does
+/// not (the node namespace's removal kills any worker left).
+struct Nginx {
+    master: ChildGuard,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let pid = self.master.id().to_string();
+        let _ = Command::new("kill")
+            .args(["-QUIT", &pid])
+            .stderr(std::process::Stdio::null())
+            .status();
+        if !matches!(
+            self.master.wait_timeout(Duration::from_secs(5)),
+            Ok(Some(_))
+        ) {
+            eprintln!("nginx {pid} did not quit; killing it");
+        }
+    }
+}
+
+/// Text for a double-quoted nginx string (`return 200 "..."`).
+fn nginx_quoted(s: &str) -> Result<String> {
+    ensure!(
+        s.chars()
+            .all(|c| c.is_ascii_graphic() && c != '"' && c != '\\' && c != '$'),
+        "token {s:?} has characters the nginx config would need to escape"
+    );
+    Ok(format!("\"{s}\""))
+}
+
+fn start_nginx(node: &TestNode, dir: &TempDir, token: &str) -> Result<Nginx> {
+    let d = dir.0.display();
+    for t in ["body", "proxy", "fastcgi", "uwsgi", "scgi"] {
+        std::fs::create_dir_all(dir.path(&format!("tmp/{t}")))?;
+    }
+    let conf = format!(
+        r#"worker_processes auto;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    server_tokens off;
+    sendfile on;
+    tcp_nodelay on;
+    keepalive_requests 100000000;
+    keepalive_timeout 65s;
+    open_file_cache max=16 inactive=1h;
+    open_file_cache_valid 1h;
+    types {{ }}
+    default_type text/plain;
+    client_body_temp_path {d}/tmp/body;
+    proxy_temp_path {d}/tmp/proxy;
+    fastcgi_temp_path {d}/tmp/fastcgi;
+    uwsgi_temp_path {d}/tmp/uwsgi;
+    scgi_temp_path {d}/tmp/scgi;
+    server {{
+        listen {NODE_PROXY_V4}:{NGINX_PORT};
+        root {d}/www;
+        location = {TOKEN_PATH} {{ return 200 {token}; }}
+        location = {ROLES_PATH} {{ try_files /roles =404; }}
+        location = {creds} {{ try_files /creds =404; }}
+        location / {{ return 404; }}
+    }}
+}}
+"#,
+        token = nginx_quoted(token)?,
+        creds = creds_path(),
+    );
+    let conf_path = dir.path("nginx.conf");
+    std::fs::write(&conf_path, conf)?;
+    let mut cmd = node.command("nginx");
+    cmd.arg("-p")
+        .arg(&dir.0)
+        .arg("-e")
+        .arg(dir.path("error.log"))
+        .arg("-c")
+        .arg(&conf_path)
+        .args(["-g", "daemon off;"])
+        .stdin(std::process::Stdio::null());
+    let mut nginx = Nginx {
+        master: ChildGuard::spawn(&mut cmd).context("starting nginx (apt-get install nginx)")?,
+    };
+    let addr = SocketAddr::new(NODE_PROXY_V4.into(), NGINX_PORT);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Err(e) = node.wait_listening(addr, Duration::from_millis(100)) {
+        let exited = nginx.master.try_wait()?;
+        if exited.is_some() || Instant::now() > deadline {
+            let log = std::fs::read_to_string(dir.path("error.log")).unwrap_or_default();
+            return Err(e.context(format!(
+                "nginx did not start ({exited:?}); its error log:\n{log}"
+            )));
+        }
+    }
+    Ok(nginx)
+}
+
+/// One request from inside the pod with curl; returns the status and the exact body bytes.
+fn pod_fetch(
+    pod: &FakePod,
+    method: &str,
+    url: &str,
+    headers: &[&str],
+    out: &Path,
+) -> Result<(u16, Vec<u8>)> {
+    let mut cmd = pod.command("curl");
+    cmd.args(["-sS", "-m", "5", "-w", "%{http_code}", "-X", method, "-o"])
+        .arg(out);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    cmd.arg(url);
+    let run = run_with_timeout(&mut cmd, Duration::from_secs(10))?.ensure_success()?;
+    let status = run
+        .stdout
+        .trim()
+        .parse()
+        .with_context(|| format!("curl {method} {url}: status {:?}", run.stdout))?;
+    let body = std::fs::read(out).with_context(|| format!("reading {}", out.display()))?;
+    Ok((status, body))
+}
+
+/// The three bodies of the SDK flow from one server.
+struct Bodies {
+    token: Vec<u8>,
+    roles: Vec<u8>,
+    creds: Vec<u8>,
+}
+
+/// PUT token, GET role list, GET credentials (with the token) from `base`, inside the pod;
+/// each must answer 200.
+fn fetch_flow(pod: &FakePod, base: &str, dir: &TempDir, tag: &str) -> Result<Bodies> {
+    let (status, token) = pod_fetch(
+        pod,
+        "PUT",
+        &format!("{base}{TOKEN_PATH}"),
+        &[TTL_HEADER],
+        &dir.path(&format!("{tag}-token")),
+    )?;
+    ensure!(status == 200, "{tag}: PUT {TOKEN_PATH} answered {status}");
+    let token_text = String::from_utf8(token.clone()).context("token is not text")?;
+    let with = format!("X-aws-ec2-metadata-token: {token_text}");
+    let mut bodies = Bodies {
+        token,
+        roles: Vec::new(),
+        creds: Vec::new(),
+    };
+    for (path, slot, name) in [
+        (ROLES_PATH.to_owned(), &mut bodies.roles, "roles"),
+        (creds_path(), &mut bodies.creds, "creds"),
+    ] {
+        let (status, body) = pod_fetch(
+            pod,
+            "GET",
+            &format!("{base}{path}"),
+            &[&with],
+            &dir.path(&format!("{tag}-{name}")),
+        )?;
+        ensure!(
+            status == 200,
+            "{tag}: GET {path} answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        *slot = body;
+    }
+    Ok(bodies)
+}
+
+/// The credentials JSON without `LastUpdated` (iamlet stamps it per request).
+fn creds_without_last_updated(body: &[u8]) -> Result<serde_json::Value> {
+    let mut v: serde_json::Value =
+        serde_json::from_slice(body).context("credentials body is not JSON")?;
+    v.as_object_mut()
+        .context("credentials body is not a JSON object")?
+        .remove("LastUpdated");
+    Ok(v)
+}
+
+/// wrk's Lua script for the SDK flow. wrk calls `request()` per thread, not per connection, so
+/// each thread cycles PUT token → GET role list → GET credentials over its connections; the
+/// token minted by the last PUT is sent with the GETs (seeded, so no GET goes without one).
+fn flow_script(token: &str) -> String {
+    format!(
+        r#"local token = [[{token}]]
+local role = [[{BENCH_ROLE}]]
+local step = 0
+local put
+-- After wrk.init has set the Host header (a request formatted at load time has none).
+init = function(args)
+    put = wrk.format("PUT", "{TOKEN_PATH}", {{ ["X-aws-ec2-metadata-token-ttl-seconds"] = "21600" }})
+end
+request = function()
+    step = step % 3 + 1
+    if step == 1 then
+        return put
+    elseif step == 2 then
+        return wrk.format("GET", "{ROLES_PATH}", {{ ["X-aws-ec2-metadata-token"] = token }})
+    else
+        return wrk.format("GET", "{ROLES_PATH}" .. role, {{ ["X-aws-ec2-metadata-token"] = token }})
+    end
+end
+response = function(status, headers, body)
+    if status == 200 and body:sub(1, 1) ~= "{{" and body ~= role then
+        token = body
+    end
+end
+"#
+    )
+}
+
+/// `bench imds`: wrk inside a fake pod against iamlet (through the redirect, static
+/// credentials, no upstream, no rate limit) and against nginx serving the bytes iamlet served
+/// (same node address, same veth), rounds alternating between the two:
+///
+/// 1. keep-alive GET of the credentials path (with a token, as the SDKs send);
+/// 2. the SDK flow: PUT token, GET role list, GET credentials with the token just minted.
+pub(crate) fn bench_imds() -> Result<()> {
+    if let Err(reason) = require_privileges() {
+        bail!("the benchmark needs what the privileged tests need: {reason}");
+    }
+    for tool in ["wrk", "nginx", "curl"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(std::process::Stdio::null())
+            .status()?
+            .success();
+        ensure!(found, "{tool} not found (cargo xtask setup installs it)");
+    }
+    let dir = TempDir::new("imds")?;
+    std::fs::create_dir_all(dir.path("www"))?;
+    let uid = BENCH_POD_UID.replace('-', "_");
+    std::fs::write(
+        dir.path("bindings.yaml"),
+        format!(
+            "bindings:\n  - cgroup: \"kubepods-besteffort.slice/kubepods-besteffort-pod{uid}.slice\"\n    role: {BENCH_ROLE_ARN}\n"
+        ),
+    )?;
+    std::fs::write(
+        dir.path("creds.yaml"),
+        format!(
+            "credentials:\n  {BENCH_ROLE_ARN}:\n    access_key_id: ASIABENCHEXAMPLE0001\n    secret_access_key: wJalrXUtnFEMI/K7MDENG/bPxRfiCYBENCHKEY01\n    session_token: {}\n    expiration: 2099-01-01T00:00:00Z\n",
+            bench_session_token()
+        ),
+    )?;
+
+    let node = TestNode::new()?;
+    let pod = node.add_pod(&format!(
+        "kubepods-besteffort.slice/kubepods-besteffort-pod{uid}.slice/cri-containerd-{:064x}.scope",
+        1
+    ))?;
+    let bindings = dir.path("bindings.yaml").display().to_string();
+    let creds = dir.path("creds.yaml").display().to_string();
+    let agent = Agent::start(
+        &node,
+        &[
+            "--bindings",
+            &bindings,
+            "--static-credentials",
+            &creds,
+            "--log",
+            "warn",
+            "--rate-limit",
+            "0",
+            "--upstream",
+            "off",
+        ],
+    )?;
+    eprintln!(
+        "iamlet: {} (pid {})",
+        iamlet_tests::agent::agent_bin().display(),
+        agent.pid().unwrap_or(0)
+    );
+
+    // What iamlet serves this pod, then nginx serving those same bytes.
+    let iamlet_base = format!("http://{IMDS_V4}");
+    let nginx_base = format!("http://{NODE_PROXY_V4}:{NGINX_PORT}");
+    let served = fetch_flow(&pod, &iamlet_base, &dir, "iamlet")?;
+    std::fs::write(dir.path("www/roles"), &served.roles)?;
+    std::fs::write(dir.path("www/creds"), &served.creds)?;
+    let token = String::from_utf8(served.token.clone())?;
+    let nginx = start_nginx(&node, &dir, &token)?;
+    let servers = [
+        Server {
+            pid: agent.pid().context("agent pid")?,
+        },
+        Server {
+            pid: nginx.master.id(),
+        },
+    ];
+
+    // Both must answer the three requests alike before anything is measured.
+    let again = fetch_flow(&pod, &iamlet_base, &dir, "iamlet-again")?;
+    let from_nginx = fetch_flow(&pod, &nginx_base, &dir, "nginx")?;
+    ensure!(
+        from_nginx.token == served.token,
+        "nginx token body differs from iamlet's"
+    );
+    ensure!(
+        again.token.len() == served.token.len(),
+        "iamlet token bodies differ in length ({} vs {} bytes)",
+        again.token.len(),
+        served.token.len()
+    );
+    for (what, a, n) in [
+        ("role list", &again.roles, &from_nginx.roles),
+        ("credentials", &again.creds, &from_nginx.creds),
+    ] {
+        ensure!(
+            a.len() == n.len(),
+            "{what}: iamlet sent {} bytes, nginx {}",
+            a.len(),
+            n.len()
+        );
+        if what == "role list" {
+            ensure!(a == n, "role list: iamlet {a:?}, nginx {n:?}");
+        }
+    }
+    ensure!(
+        creds_without_last_updated(&again.creds)? == creds_without_last_updated(&from_nginx.creds)?,
+        "credentials JSON differs between iamlet and nginx (beyond LastUpdated)"
+    );
+    println!(
+        "bodies: token {} B, role list {} B, credentials {} B; identical from iamlet and nginx (credentials: but for LastUpdated, stamped per request)",
+        served.token.len(),
+        served.roles.len(),
+        served.creds.len()
+    );
+
+    let script = dir.path("flow.lua");
+    std::fs::write(&script, flow_script(&token))?;
+    let token_header = format!("X-aws-ec2-metadata-token: {token}");
+    let creds_url = |base: &str| format!("{base}{}", creds_path());
+
+    let mut keepalive = [
+        Series {
+            name: "iamlet",
+            runs: Vec::new(),
+        },
+        Series {
+            name: "nginx",
+            runs: Vec::new(),
+        },
+    ];
+    let mut flow = [
+        Series {
+            name: "iamlet",
+            runs: Vec::new(),
+        },
+        Series {
+            name: "nginx",
+            runs: Vec::new(),
+        },
+    ];
+    for round in 1..=IMDS_ROUNDS {
+        eprintln!("round {round}/{IMDS_ROUNDS}");
+        for (i, base) in [&iamlet_base, &nginx_base].into_iter().enumerate() {
+            keepalive[i].runs.push(run_wrk(
+                &pod,
+                servers[i],
+                &creds_url(base),
+                None,
+                Some(&token_header),
+            )?);
+        }
+        for (i, base) in [&iamlet_base, &nginx_base].into_iter().enumerate() {
+            flow[i]
+                .runs
+                .push(run_wrk(&pod, servers[i], base, Some(&script), None)?);
+        }
+    }
+    println!(
+        "wrk in a fake pod over veth, {WRK_CONNECTIONS} connections, {WRK_THREADS} threads, {IMDS_ROUNDS} alternating rounds x {WRK_SECONDS} s per server; median of rounds; {} CPUs",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    report(
+        &format!("1. keep-alive GET {} (with token)", creds_path()),
+        &keepalive[0],
+        &keepalive[1],
+    );
+    report(
+        "2. SDK flow: PUT token -> GET role list -> GET credentials (req/s counts requests)",
+        &flow[0],
+        &flow[1],
+    );
+    let log = agent.log_text();
+    if !log.trim().is_empty() {
+        println!("\niamlet logged (warn and above):\n{}", log.trim_end());
+    }
+    Ok(())
+}

@@ -1,0 +1,28 @@
+//! Benchmarks, each measured side by side with its baseline in one run (rounds interleaved so
+//! machine noise hits every case alike).
+//!
+//! `cargo xtask bench connect`: connect() latency from a fake pod, with and without iamlet's
+//! programs attached, to a redirected destination (169.254.169.254:80) and a non-redirected
+//! one. "Without" runs the same client in the same network namespace but outside the attached
+//! cgroup, so no program runs for its sockets: the connect to 169.254.169.254:80 then reaches a
+//! plain listener on that address in the node namespace, the same hop the proxy is at.
+//!
+//! `cargo xtask bench imds`: HTTP throughput and latency of iamlet's metadata API against
+//! nginx serving the same bytes on the same hop (see [`bench_imds`]).
+
+mod connect;
+mod imds;
+mod wrk;
+
+use anyhow::{bail, Result};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("connect") => connect::bench_connect(),
+        Some("connect-client") => connect::client(&args[1..]),
+        Some("sink") => connect::sink(&args[1..]),
+        Some("imds") => imds::bench_imds(),
+        _ => bail!("usage: iamlet-bench <connect|imds>"),
+    }
+}
