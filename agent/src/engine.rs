@@ -153,6 +153,10 @@ impl Engine {
     }
 
     fn slot(&self, binding: &RoleBinding) -> Arc<Slot> {
+        // The common case, a hit, borrows the key instead of cloning it.
+        if let Some(slot) = self.inner.cache.get(binding) {
+            return slot;
+        }
         let now = Instant::now();
         self.inner.cache.get_with(binding.clone(), || {
             Arc::new(Slot {

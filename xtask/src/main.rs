@@ -241,6 +241,9 @@ fn test(root: &Path, filter: Option<&str>, no_setup: bool) -> Result<()> {
     sdk_client_env(root, &mut cmd);
     if let Some(f) = filter {
         cmd.arg(f);
+        return run(&mut cmd);
     }
-    run(&mut cmd)
+    run(&mut cmd)?;
+    // The README's first command must keep working: run the demo too.
+    run_tests_bin(root, "iamlet-demo", &[])
 }

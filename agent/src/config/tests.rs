@@ -1,0 +1,79 @@
+//! Unit tests of `config`.
+
+use super::*;
+
+fn args(extra: &[&str]) -> Result<Args, clap::Error> {
+    let mut v = vec!["iamlet"];
+    v.extend_from_slice(extra);
+    Args::try_parse_from(v)
+}
+
+#[test]
+fn durations() {
+    assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+    assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+    assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+    assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+    assert!(parse_duration("5 parsecs").is_err());
+    assert!(parse_duration("-1s").is_err());
+}
+
+#[test]
+fn listener_is_required_and_checked() {
+    let a = args(&[]).expect("parses");
+    assert!(matches!(a.validate(), Err(Error::NoListener)));
+    let a = args(&["--listen-v4", "0.0.0.0:8181"]).expect("parses");
+    assert!(matches!(a.validate(), Err(Error::ListenV4 { .. })));
+    let a = args(&["--listen-v4", "169.254.169.254:80"]).expect("parses");
+    assert!(matches!(a.validate(), Err(Error::ListenV4 { .. })));
+    let a = args(&["--listen-v6", "[::]:8181"]).expect("parses");
+    assert!(matches!(a.validate(), Err(Error::ListenV6 { .. })));
+    assert!(args(&["--listen-v4", "not-an-address"]).is_err());
+}
+
+#[test]
+fn upstream_and_limits() {
+    let base = ["--listen-v4", "127.0.0.1:8181"];
+    let with = |extra: &[&str]| {
+        let mut v = base.to_vec();
+        v.extend_from_slice(extra);
+        args(&v).expect("parses")
+    };
+    assert_eq!(
+        with(&["--upstream", "off"]).upstream_uri().expect("off"),
+        None
+    );
+    assert!(with(&[]).upstream_uri().expect("default").is_some());
+    assert!(with(&["--upstream", "https://x"]).upstream_uri().is_err());
+    assert!(with(&["--upstream", "http://x/path"])
+        .upstream_uri()
+        .is_err());
+    assert!(with(&["--rate-limit=-1"]).check_limits().is_err());
+    assert!(with(&["--rate-burst", "0"]).check_limits().is_err());
+    assert!(with(&["--max-connections", "0"]).check_limits().is_err());
+    assert!(with(&["--credentials-timeout", "0s"])
+        .check_limits()
+        .is_err());
+    assert!(with(&[]).check_limits().is_ok());
+    assert!(with(&["--session-duration", "10m"]).check_limits().is_err());
+    let test_sts = [
+        "--sts-endpoint",
+        "http://127.0.0.1:1",
+        "--session-duration",
+        "20s",
+    ];
+    assert!(with(&test_sts).check_limits().is_ok());
+    assert!(with(&["--session-duration", "13h"]).check_limits().is_err());
+    assert!(with(&["--refresh-fraction", "0.95"])
+        .check_limits()
+        .is_err());
+    assert!(with(&["--sts-concurrency", "0"]).check_limits().is_err());
+}
+
+#[test]
+fn bad_log_filter_and_bpffs_dir() {
+    let a = args(&["--listen-v4", "127.0.0.1:8181", "--log", "iamlet=loud"]).expect("parses");
+    assert!(matches!(a.validate(), Err(Error::LogFilter { .. })));
+    let a = args(&["--listen-v4", "127.0.0.1:8181", "--bpffs-dir", "rel/dir"]).expect("parses");
+    assert!(matches!(a.validate(), Err(Error::BpffsDir { .. })));
+}
