@@ -378,6 +378,44 @@ fn bare_role_names_use_the_nodes_account() -> Result<()> {
 }
 
 #[test]
+fn connections_beyond_the_limit_wait_their_turn() -> Result<()> {
+    skip_unless_privileged!(Ok(()));
+    let node = TestNode::new()?;
+    let a = node.add_pod(&pod_cgroup(UID_A, 1))?;
+    let files = Files::write()?;
+    let _agent = start(
+        &node,
+        &files,
+        &["--upstream", "off", "--max-connections", "2"],
+    )?;
+    // Two idle connections take both slots; a third request is not served until one closes.
+    let script = r#"
+import socket, time
+req = b"GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+held = [socket.create_connection(("169.254.169.254", 80)) for _ in range(2)]
+time.sleep(0.3)
+third = socket.create_connection(("169.254.169.254", 80))
+third.sendall(req)
+third.settimeout(1.0)
+try:
+    third.recv(100)
+    print("served-early")
+except socket.timeout:
+    print("waiting")
+held[0].close()
+third.settimeout(5.0)
+print("served" if b" 200 " in third.recv(1000) else "not-served")
+"#;
+    let out = a.run(&["python3", "-c", script])?.ensure_success()?;
+    ensure!(
+        out.stdout.split_whitespace().collect::<Vec<_>>() == ["waiting", "served"],
+        "{}",
+        out.stdout
+    );
+    Ok(())
+}
+
+#[test]
 fn limits_header_size_slow_clients_and_rate() -> Result<()> {
     skip_unless_privileged!(Ok(()));
     let node = TestNode::new()?;
