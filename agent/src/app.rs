@@ -57,7 +57,14 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
 /// The agent's own cgroup id when it runs inside the attached cgroup (as a hostNetwork
 /// DaemonSet pod does): its own connects to the metadata service must reach the real one.
 fn own_exemption(config: &Config) -> Result<u64, Error> {
-    let own = cgroup::own_cgroup(&config.cgroup_root)?;
+    let mut own = cgroup::own_cgroup(&config.cgroup_root)?;
+    if own == config.cgroup_root {
+        // A private cgroup namespace shows `0::/`: find ourselves in the host's hierarchy.
+        if let Some(found) = cgroup::find_pid_cgroup(&config.cgroup, std::process::id()) {
+            tracing::info!(cgroup = %found.display(), "found the agent's cgroup behind its cgroup namespace");
+            own = found;
+        }
+    }
     if !own.starts_with(&config.cgroup) {
         return Ok(0);
     }

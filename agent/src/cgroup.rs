@@ -231,6 +231,32 @@ pub fn own_cgroup(root: &Path) -> Result<PathBuf, Error> {
     })
 }
 
+/// The cgroup below `base` whose `cgroup.procs` lists `pid` (as this process sees pids).
+///
+/// For a process in a private cgroup namespace (a non-privileged container on cgroup v2),
+/// `/proc/self/cgroup` only says `0::/`; the host's hierarchy mounted from the host still shows
+/// where it really is.
+pub fn find_pid_cgroup(base: &Path, pid: u32) -> Option<PathBuf> {
+    let want = pid.to_string();
+    let mut stack = vec![base.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
+            if procs.lines().any(|l| l.trim() == want) {
+                return Some(dir);
+            }
+        }
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(entry.path());
+            }
+        }
+    }
+    None
+}
+
 fn parse_own_cgroup(root: &Path, proc_cgroup: &str) -> Option<PathBuf> {
     let rel = proc_cgroup
         .lines()

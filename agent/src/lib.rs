@@ -19,6 +19,7 @@ pub mod datapath;
 pub mod engine;
 pub mod identity;
 pub mod imds;
+pub mod k8s;
 pub mod metrics;
 pub mod prefetch;
 pub mod proxy;

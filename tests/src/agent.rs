@@ -52,6 +52,18 @@ impl Agent {
         Self::spawn(node, pod.command(agent_bin()), extra)
     }
 
+    /// Like [`Agent::start_in_pod`], but in a private cgroup namespace (`unshare --cgroup`),
+    /// as containerd and CRI-O run non-privileged containers on cgroup v2: the agent's
+    /// `/proc/self/cgroup` then says only `0::/`.
+    pub fn start_in_pod_cgroupns(node: &TestNode, pod: &FakePod, extra: &[&str]) -> Result<Agent> {
+        if !pod.is_host_network() {
+            bail!("the agent must run in a host-network pod to listen on the node's address");
+        }
+        let mut cmd = pod.command("unshare");
+        cmd.arg("--cgroup").arg(agent_bin());
+        Self::spawn(node, cmd, extra)
+    }
+
     fn spawn(node: &TestNode, mut cmd: Command, extra: &[&str]) -> Result<Agent> {
         let tag = format!(
             "{}-{}",

@@ -306,21 +306,30 @@ fn agent_inside_the_pods_cgroup_still_reaches_the_real_service() -> Result<()> {
     args.push("--log".into());
     args.push("debug".into());
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let agent = Agent::start_in_pod(&node, &agent_pod, &refs)?;
-    ensure!(
-        agent.log_text().contains("its own connects are exempt"),
-        "exemption not logged:\n{}",
-        agent.log_text()
-    );
-    let id = get(&a, "/latest/meta-data/instance-id", &[])?;
-    ensure!(
-        id.status == 200 && id.body == INSTANCE_ID,
-        "passthrough from inside: {id:?}"
-    );
-    assert_no_leak(&a, &agent)?;
-    // Other processes of the node stay redirected.
-    let who = get(&a, "/iamlet/whoami", &[])?;
-    ensure!(who.status == 200, "{who:?}");
+    // Plain, and in a private cgroup namespace (how non-privileged containers run on cgroup
+    // v2), where /proc/self/cgroup only says "0::/".
+    for private_cgroupns in [false, true] {
+        let agent = if private_cgroupns {
+            Agent::start_in_pod_cgroupns(&node, &agent_pod, &refs)?
+        } else {
+            Agent::start_in_pod(&node, &agent_pod, &refs)?
+        };
+        ensure!(
+            agent.log_text().contains("its own connects are exempt"),
+            "exemption not logged (cgroupns {private_cgroupns}):\n{}",
+            agent.log_text()
+        );
+        let id = get(&a, "/latest/meta-data/instance-id", &[])?;
+        ensure!(
+            id.status == 200 && id.body == INSTANCE_ID,
+            "passthrough from inside: {id:?}"
+        );
+        assert_no_leak(&a, &agent)?;
+        // Other processes of the node stay redirected.
+        let who = get(&a, "/iamlet/whoami", &[])?;
+        ensure!(who.status == 200, "{who:?}");
+        drop(agent);
+    }
     Ok(())
 }
 
