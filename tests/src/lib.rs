@@ -34,6 +34,7 @@ pub mod cgroup;
 pub mod cleanup;
 pub mod clients;
 pub mod fake_imds;
+pub mod kube_fake;
 pub mod net;
 pub mod netns;
 pub mod node;
@@ -48,6 +49,7 @@ pub use clients::{
     fetch_credentials, fetch_credentials_timed, sdk_available, ClientCreds, Sdk, CLIENT_TIMEOUT,
 };
 pub use fake_imds::FakeImds;
+pub use kube_fake::{FakeApiServer, KubeControl, RemoteApiServer};
 pub use net::{http, http_with, udp_probe, FakeUpstream, Family, HttpAnswer};
 pub use netns::Netns;
 pub use node::{TestNode, IMDS_V4, IMDS_V6, NODE_PROXY_V4, NODE_PROXY_V6};

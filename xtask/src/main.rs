@@ -7,6 +7,7 @@
 //! * `demo` runs the main job locally on fake pods.
 //! * `bench` runs a benchmark, side by side with its baseline.
 
+mod helm;
 mod setup;
 
 use std::path::{Path, PathBuf};
@@ -178,7 +179,8 @@ fn sdk_client_env(root: &Path, cmd: &mut Command) {
         .env(
             "IAMLET_RUST_CLIENT",
             root.join("target/debug/imds-client-rs"),
-        );
+        )
+        .env("IAMLET_HELM", helm::helm_path(root));
 }
 
 fn run_tests_bin(root: &Path, bin: &str, args: &[&str]) -> Result<()> {

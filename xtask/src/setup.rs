@@ -193,5 +193,6 @@ pub fn run(root: &Path) -> Result<()> {
     }
     sdk_python_venv(root)?;
     sdk_js_modules(root)?;
+    crate::helm::ensure(root, &sdk_python(root))?;
     Ok(())
 }
