@@ -5,3 +5,5 @@
 
 pub mod index;
 pub mod resolve;
+pub mod state;
+pub mod watch;
