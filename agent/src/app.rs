@@ -16,6 +16,11 @@ use crate::engine::Engine;
 use crate::imds::passthrough::Upstream;
 use crate::imds::token::TokenKey;
 use crate::imds::Imds;
+use crate::k8s;
+use crate::k8s::index::PodIndex;
+use crate::k8s::resolve::ResolveSettings;
+use crate::k8s::state::ClusterState;
+use crate::k8s::watch::KubeRoles;
 use crate::metrics::{self, Metrics};
 use crate::prefetch;
 use crate::proxy::Proxy;
@@ -46,6 +51,8 @@ pub enum Error {
     BaseArn(String),
     #[error(transparent)]
     Bindings(#[from] roles::ConfigError),
+    #[error("Kubernetes client: {0}")]
+    Kube(String),
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
@@ -96,6 +103,19 @@ async fn resolve_bindings(config: &Config) -> Result<Option<Arc<StaticBindings>>
     let Some(path) = &config.deferred_bindings else {
         return Ok(None);
     };
+    let base = detect_base_arn(config).await?;
+    let b = load_bindings(
+        path,
+        &config.attached_relative,
+        Some(&base),
+        config.session_tags_node.as_deref(),
+    )?;
+    Ok(Some(Arc::new(b)))
+}
+
+/// `arn:<partition>:iam::<account>:role/` of the node's own account, from the metadata
+/// service's `iam/info` (the node's instance profile).
+async fn detect_base_arn(config: &Config) -> Result<String, Error> {
     let err = |reason: String| Error::BaseArn(reason);
     let uri = config
         .upstream
@@ -116,13 +136,58 @@ async fn resolve_bindings(config: &Config) -> Result<Option<Arc<StaticBindings>>
         .and_then(roles::base_arn_from_instance_profile)
         .ok_or_else(|| err(format!("no usable InstanceProfileArn in iam/info: {doc}")))?;
     tracing::info!(%base, "bare role names are expanded with the node's account");
-    let b = load_bindings(
-        path,
-        &config.attached_relative,
-        Some(&base),
-        config.session_tags_node.as_deref(),
-    )?;
-    Ok(Some(Arc::new(b)))
+    Ok(base)
+}
+
+/// The Kubernetes role source: the resolver requests use, and the watch to run.
+struct KubeSource {
+    roles: Arc<KubeRoles>,
+    client: kube::Client,
+    state: ClusterState,
+    node: String,
+}
+
+async fn kube_source(config: &Config) -> Result<Option<KubeSource>, Error> {
+    let Some(k) = &config.kubernetes else {
+        return Ok(None);
+    };
+    let kube_err = |e: String| Error::Kube(e);
+    let kcfg = match &k.kubeconfig {
+        Some(path) => {
+            let file =
+                kube::config::Kubeconfig::read_from(path).map_err(|e| kube_err(e.to_string()))?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| kube_err(e.to_string()))?
+        }
+        None => kube::Config::incluster().map_err(|e| kube_err(e.to_string()))?,
+    };
+    let client = kube::Client::try_from(kcfg).map_err(|e| kube_err(e.to_string()))?;
+    let base_arn = match &k.base_role_arn {
+        Some(b) => Some(b.clone()),
+        None => match detect_base_arn(config).await {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::warn!(error = %e, "bare role names in annotations will be refused");
+                None
+            }
+        },
+    };
+    let settings = ResolveSettings {
+        base_arn,
+        use_service_account_annotation: k.service_account_roles,
+        default_role: k.default_role.clone(),
+        namespace_policy: k.namespace_policy,
+        session_tags: k.session_tags,
+        node: k.node.clone(),
+    };
+    let index = Arc::new(PodIndex::new());
+    Ok(Some(KubeSource {
+        roles: Arc::new(KubeRoles::new(index.clone(), k.pod_wait)),
+        client,
+        state: ClusterState::new(settings, index),
+        node: k.node.clone(),
+    }))
 }
 
 /// The STS engine, when roles can be served and no static credentials are configured.
@@ -143,14 +208,10 @@ async fn build_engine(config: &Config, has_roles: bool) -> Result<Option<Engine>
 
 fn build_imds(
     config: &Config,
-    bindings: Option<Arc<StaticBindings>>,
+    roles: Arc<dyn RoleResolver>,
     engine: Option<&Engine>,
 ) -> Result<Imds, Error> {
     let tokens = TokenKey::random().map_err(|e| Error::Random(e.to_string()))?;
-    let roles: Arc<dyn RoleResolver> = match bindings {
-        Some(b) => b,
-        None => Arc::new(NoRoles),
-    };
     let credentials: Arc<dyn CredentialSource> = match (&config.static_credentials, engine) {
         (Some(c), _) => c.clone(),
         (None, Some(e)) => Arc::new(e.clone()),
@@ -216,7 +277,13 @@ pub async fn run(config: Config) -> Result<(), Error> {
     })?);
 
     let bindings = resolve_bindings(&config).await?;
-    let engine = build_engine(&config, bindings.is_some()).await?;
+    let kube = kube_source(&config).await?;
+    let engine = build_engine(&config, bindings.is_some() || kube.is_some()).await?;
+    let roles: Arc<dyn RoleResolver> = match (&bindings, &kube) {
+        (Some(b), _) => b.clone(),
+        (None, Some(k)) => k.roles.clone(),
+        (None, None) => Arc::new(NoRoles),
+    };
     let metrics = Metrics::default();
     let admin = Admin::new(metrics::registry(
         &metrics,
@@ -225,7 +292,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     ));
     let proxy = Proxy::new(
         Attributor::new(datapath.clone(), index.clone()),
-        build_imds(&config, bindings.clone(), engine.as_ref())?,
+        build_imds(&config, roles, engine.as_ref())?,
         metrics.clone(),
     );
     let limits = ServerLimits {
@@ -256,6 +323,16 @@ pub async fn run(config: Config) -> Result<(), Error> {
         stop_rx.clone(),
     )));
     tasks.push(tokio::spawn(refresh_index(index.clone(), stop_rx.clone())));
+    if let Some(k) = kube {
+        tracing::info!(node = %k.node, "watching Kubernetes for this node's pods");
+        tasks.push(tokio::spawn(k8s::watch::run(
+            k.client,
+            k.node,
+            k.state,
+            engine.clone(),
+            stop_rx.clone(),
+        )));
+    }
     if let Some(engine) = &engine {
         tasks.push(tokio::spawn(engine.clone().run(stop_rx.clone())));
         if let (Some(bindings), true) = (&bindings, config.sts.prefetch) {

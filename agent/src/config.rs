@@ -165,6 +165,34 @@ pub struct Args {
     #[arg(long, env = "IAMLET_UNUSED_GRACE", default_value = "15m", value_parser = parse_duration)]
     pub unused_grace: Duration,
 
+    /// Kubeconfig for the pod watch. Default: in-cluster (the service account token) when
+    /// running in a pod; no Kubernetes otherwise. Ignored with --bindings.
+    #[arg(long, env = "IAMLET_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Which namespace annotation permits a pod's role: kiam's `iam.amazonaws.com/permitted`
+    /// regex, kube2iam's `iam.amazonaws.com/allowed-roles` globs, either, or off.
+    #[arg(
+        long,
+        env = "IAMLET_NAMESPACE_POLICY",
+        value_enum,
+        default_value = "kiam"
+    )]
+    pub namespace_policy: crate::k8s::resolve::NamespacePolicy,
+
+    /// Honour the service account annotation `eks.amazonaws.com/role-arn` (IRSA pods already
+    /// get web identity, so this is opt-in).
+    #[arg(long, env = "IAMLET_SERVICE_ACCOUNT_ROLES")]
+    pub service_account_roles: bool,
+
+    /// Role for pods that name none (off by default).
+    #[arg(long, env = "IAMLET_DEFAULT_ROLE")]
+    pub default_role: Option<String>,
+
+    /// How long a request from a pod the watch has not delivered yet waits for it.
+    #[arg(long, env = "IAMLET_POD_WAIT", default_value = "3s", value_parser = parse_duration)]
+    pub pod_wait: Duration,
+
     /// Connections the proxy serves at once.
     #[arg(long, env = "IAMLET_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
@@ -248,6 +276,8 @@ pub struct Config {
     pub attached_relative: String,
     /// Node name for session tags, when `--session-tags` is on.
     pub session_tags_node: Option<String>,
+    /// The Kubernetes role source, when there are no bindings and Kubernetes is reachable.
+    pub kubernetes: Option<KubeConfig>,
     /// Static credentials, if given.
     pub static_credentials: Option<Arc<StaticCredentials>>,
     /// Proxy connection limits.
@@ -256,6 +286,27 @@ pub struct Config {
     pub header_timeout: Duration,
     /// STS and engine settings.
     pub sts: StsConfig,
+}
+
+/// The Kubernetes role source.
+#[derive(Clone, Debug)]
+pub struct KubeConfig {
+    /// Kubeconfig file; `None`: in-cluster.
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name (pods are watched with `spec.nodeName=<node>`).
+    pub node: String,
+    /// Namespace gate.
+    pub namespace_policy: crate::k8s::resolve::NamespacePolicy,
+    /// Honour IRSA annotations.
+    pub service_account_roles: bool,
+    /// Default role.
+    pub default_role: Option<String>,
+    /// Wait for pods not seen yet.
+    pub pod_wait: Duration,
+    /// Session tags on.
+    pub session_tags: bool,
+    /// `--base-role-arn`, if given.
+    pub base_role_arn: Option<String>,
 }
 
 /// Where credentials come from when no static file is given.
@@ -400,6 +451,7 @@ impl Args {
             deferred_bindings,
             attached_relative: attached_rel,
             session_tags_node: self.session_tags.then(|| self.node()),
+            kubernetes: self.kubernetes()?,
             static_credentials,
             max_connections: self.max_connections,
             header_timeout: self.header_timeout,
@@ -434,6 +486,49 @@ impl Args {
 }
 
 impl Args {
+    fn kubernetes(&self) -> Result<Option<KubeConfig>, Error> {
+        if self.bindings.is_some() {
+            return Ok(None);
+        }
+        let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+        if self.kubeconfig.is_none() && !in_cluster {
+            return Ok(None);
+        }
+        if let Some(path) = &self.kubeconfig {
+            if !path.is_file() {
+                return Err(Error::Limit {
+                    flag: "kubeconfig",
+                    value: path.display().to_string(),
+                    reason: "no such file",
+                });
+            }
+        }
+        let Some(node) = self.node_name.clone() else {
+            return Err(Error::Limit {
+                flag: "node-name",
+                value: "(unset)".into(),
+                reason: "the pod watch needs this node's name (NODE_NAME from the downward API)",
+            });
+        };
+        if self.pod_wait > Duration::from_secs(30) {
+            return Err(Error::Limit {
+                flag: "pod-wait",
+                value: format!("{:?}", self.pod_wait),
+                reason: "must be at most 30s (SDKs time out long before)",
+            });
+        }
+        Ok(Some(KubeConfig {
+            kubeconfig: self.kubeconfig.clone(),
+            node,
+            namespace_policy: self.namespace_policy,
+            service_account_roles: self.service_account_roles,
+            default_role: self.default_role.clone(),
+            pod_wait: self.pod_wait,
+            session_tags: self.session_tags,
+            base_role_arn: self.base_role_arn.clone(),
+        }))
+    }
+
     /// This node's name: `--node-name`, else the host name.
     pub fn node(&self) -> String {
         self.node_name.clone().unwrap_or_else(|| {

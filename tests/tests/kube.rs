@@ -1,0 +1,207 @@
+//! Kubernetes mode end to end: the fake API server and the agent in the node's namespace, fake
+//! pods whose cgroups follow the systemd driver's layout with the pods' real UIDs. Annotated
+//! roles, namespace policy with an Event, hostNetwork pods, the pod-start race, deletion.
+//! Run as root through `cargo xtask test`.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Result};
+use iamlet_tests::kube_fake::{FakeApiServer, KubeControl, RemoteApiServer};
+use iamlet_tests::{http, skip_unless_privileged, Agent, FakePod, Family, TestNode};
+use serde_json::{json, Value};
+
+const NODE: &str = "node-1";
+const ACCOUNT: &str = "123456789012";
+
+fn slice(uid: &str) -> String {
+    format!(
+        "kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice",
+        uid.replace('-', "_")
+    )
+}
+
+fn container(uid: &str) -> String {
+    format!("{}/cri-containerd-{:064x}.scope", slice(uid), 1)
+}
+
+fn pod_json(ns: &str, name: &str, uid: &str, role: Option<&str>, node: &str) -> Value {
+    let mut annotations = serde_json::Map::new();
+    if let Some(r) = role {
+        annotations.insert("iam.amazonaws.com/role".into(), json!(r));
+    }
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "uid": uid, "annotations": annotations},
+        "spec": {"nodeName": node, "serviceAccountName": "default", "containers": [{"name": "c", "image": "x"}]}
+    })
+}
+
+fn namespace_json(name: &str, permitted: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": name, "annotations": {"iam.amazonaws.com/permitted": permitted}}
+    })
+}
+
+struct Setup {
+    dir: PathBuf,
+    api: RemoteApiServer,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn setup(node: &TestNode, roles: &[&str]) -> Result<(Setup, Agent)> {
+    let api = FakeApiServer::start_in_node(node)?;
+    let dir = std::env::temp_dir().join(format!("iamlet-kube-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let kubeconfig = dir.join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig)?;
+    let mut creds = String::from("credentials:\n");
+    for role in roles {
+        creds.push_str(&format!(
+            "  arn:aws:iam::{ACCOUNT}:role/{role}:\n    access_key_id: ASIA{}\n    secret_access_key: s\n    session_token: t\n",
+            role.to_uppercase().replace('-', "")
+        ));
+    }
+    std::fs::write(dir.join("creds.yaml"), creds)?;
+    let kc = kubeconfig.display().to_string();
+    let cr = dir.join("creds.yaml").display().to_string();
+    let base = format!("arn:aws:iam::{ACCOUNT}:role/");
+    let agent = Agent::start(
+        node,
+        &[
+            "--kubeconfig",
+            &kc,
+            "--node-name",
+            NODE,
+            "--static-credentials",
+            &cr,
+            "--base-role-arn",
+            &base,
+            "--upstream",
+            "off",
+            "--pod-wait",
+            "3s",
+        ],
+    )?;
+    Ok((Setup { dir, api }, agent))
+}
+
+fn role_list(pod: &FakePod) -> Result<(u16, String)> {
+    let a = http(
+        pod.command("python3"),
+        Family::V4,
+        "169.254.169.254",
+        80,
+        "GET",
+        "/latest/meta-data/iam/security-credentials/",
+    )?;
+    Ok((a.status, a.body))
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if f()? {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    anyhow::bail!("timed out waiting for {what}")
+}
+
+#[test]
+fn pods_get_their_annotated_roles_and_policy_is_enforced() -> Result<()> {
+    skip_unless_privileged!(Ok(()));
+    let node = TestNode::new()?;
+    let ua = "11111111-2222-4333-8444-555555555555";
+    let ub = "66666666-7777-4888-9999-aaaaaaaaaaaa";
+    let uh = "bbbbbbbb-cccc-4ddd-8eee-ffffffffffff";
+    let (s, _agent) = setup(&node, &["app-a", "app-b", "host-role"])?;
+    s.api.apply(&namespace_json("team-a", ".*"))?;
+    s.api.apply(&namespace_json(
+        "locked",
+        "arn:aws:iam::.*:role/nothing-allowed",
+    ))?;
+    s.api
+        .apply(&pod_json("team-a", "a", ua, Some("app-a"), NODE))?;
+    s.api
+        .apply(&pod_json("locked", "b", ub, Some("app-b"), NODE))?;
+    s.api
+        .apply(&pod_json("team-a", "h", uh, Some("host-role"), NODE))?;
+    // A pod on another node is not watched.
+    s.api.apply(&pod_json(
+        "team-a",
+        "elsewhere",
+        "00000000-0000-4000-8000-000000000000",
+        Some("app-a"),
+        "node-2",
+    ))?;
+    let a = node.add_pod(&container(ua))?;
+    let b = node.add_pod(&container(ub))?;
+    let h = node.add_host_network_pod(&container(uh))?;
+    ensure!(
+        role_list(&a)? == (200, "app-a".into()),
+        "pod a: {:?}",
+        role_list(&a)?
+    );
+    ensure!(
+        role_list(&h)? == (200, "host-role".into()),
+        "hostNetwork pod: {:?}",
+        role_list(&h)?
+    );
+    ensure!(
+        role_list(&b)?.0 == 404,
+        "forbidden role served: {:?}",
+        role_list(&b)?
+    );
+    wait_for("the IamletRoleForbidden Event", || {
+        Ok(s.api.events()?.iter().any(|e| {
+            e.to_string().contains("IamletRoleForbidden") && e.to_string().contains("\"b\"")
+        }))
+    })?;
+    Ok(())
+}
+
+#[test]
+fn pod_start_race_annotation_change_and_deletion() -> Result<()> {
+    skip_unless_privileged!(Ok(()));
+    let node = TestNode::new()?;
+    let uid = "12121212-3434-4565-8787-909090909090";
+    let (s, _agent) = setup(&node, &["early", "later"])?;
+    s.api.apply(&namespace_json("team-a", ".*"))?;
+    // The container runs before the API server publishes its pod.
+    let pod = node.add_pod(&container(uid))?;
+    let asking = std::thread::spawn({
+        let mut cmd = pod.command("python3");
+        cmd.args(["-c", "import urllib.request as u; r=u.urlopen('http://169.254.169.254/latest/meta-data/iam/security-credentials/', timeout=10); print(r.status, r.read().decode())"]);
+        move || iamlet_tests::run_with_timeout(&mut cmd, Duration::from_secs(20))
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    s.api
+        .apply(&pod_json("team-a", "racer", uid, Some("early"), NODE))?;
+    let out = asking
+        .join()
+        .map_err(|_| anyhow::anyhow!("thread panicked"))??;
+    ensure!(out.stdout.trim() == "200 early", "pod-start race: {out}");
+    // Annotation change applies on the next request.
+    s.api
+        .apply(&pod_json("team-a", "racer", uid, Some("later"), NODE))?;
+    wait_for("the new role", || {
+        Ok(role_list(&pod)? == (200, "later".into()))
+    })?;
+    // Deleted pods lose access at once.
+    s.api.delete(iamlet_tests::kube_fake::ObjRef {
+        api_version: "v1".into(),
+        kind: "Pod".into(),
+        namespace: Some("team-a".into()),
+        name: "racer".into(),
+    })?;
+    wait_for("404 after deletion", || Ok(role_list(&pod)?.0 == 404))?;
+    Ok(())
+}
