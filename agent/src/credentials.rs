@@ -130,6 +130,9 @@ struct StaticEntry {
 #[derive(Debug)]
 pub struct StaticCredentials {
     by_role: HashMap<String, StaticEntry>,
+    /// The credentials last handed out per role: the same `Arc` until a rolling expiry comes
+    /// within half its lifetime, so callers can cache what they derive from it.
+    issued: std::sync::Mutex<HashMap<String, Arc<Credentials>>>,
 }
 
 /// How far ahead the expiry of static credentials without one is put.
@@ -181,7 +184,10 @@ impl StaticCredentials {
                 },
             );
         }
-        Ok(StaticCredentials { by_role })
+        Ok(StaticCredentials {
+            by_role,
+            issued: std::sync::Mutex::new(HashMap::new()),
+        })
     }
 
     fn get(&self, binding: &RoleBinding, now: SystemTime) -> Result<Credentials, CredentialError> {
@@ -214,13 +220,31 @@ impl StaticCredentials {
     }
 }
 
+impl StaticCredentials {
+    fn issue(
+        &self,
+        binding: &RoleBinding,
+        now: SystemTime,
+    ) -> Result<Arc<Credentials>, CredentialError> {
+        let mut issued = self.issued.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = issued.get(&binding.role_arn) {
+            let left = c.expiration.duration_since(now).unwrap_or_default();
+            if left > ROLLING_EXPIRY / 2 {
+                return Ok(c.clone());
+            }
+        }
+        let fresh = Arc::new(self.get(binding, now)?);
+        issued.insert(binding.role_arn.clone(), fresh.clone());
+        Ok(fresh)
+    }
+}
+
 impl CredentialSource for StaticCredentials {
     fn credentials<'a>(
         &'a self,
         binding: &'a RoleBinding,
     ) -> BoxFuture<'a, Result<Arc<Credentials>, CredentialError>> {
-        let result = self.get(binding, SystemTime::now()).map(Arc::new);
-        Box::pin(std::future::ready(result))
+        Box::pin(std::future::ready(self.issue(binding, SystemTime::now())))
     }
 }
 
@@ -286,6 +310,20 @@ credentials:
             .get(&binding("arn:aws:iam::123456789012:role/old"), now)
             .expect_err("expired");
         assert_eq!(e.code, "ExpiredToken");
+    }
+
+    #[test]
+    fn the_same_credentials_are_handed_out_until_half_their_life() {
+        let text = "credentials:\n  arn:aws:iam::123456789012:role/web:\n    access_key_id: A\n    secret_access_key: s\n    session_token: t\n";
+        let s = StaticCredentials::parse(text, "t").expect("valid");
+        let b = binding("arn:aws:iam::123456789012:role/web");
+        let now = SystemTime::now();
+        let first = s.issue(&b, now).expect("first");
+        let again = s.issue(&b, now + Duration::from_secs(60)).expect("again");
+        assert!(Arc::ptr_eq(&first, &again));
+        let later = s.issue(&b, now + Duration::from_secs(1900)).expect("later");
+        assert!(!Arc::ptr_eq(&first, &later));
+        assert!(later.expiration > first.expiration);
     }
 
     #[test]
