@@ -20,12 +20,9 @@ pub const ADMIN_ADDR: &str = "127.0.0.1:9809";
 
 static AGENT_COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// Path of the agent binary: `$IAMLET_BIN`, else `target/debug/iamlet` of this workspace.
+/// Path of the agent binary: `$IAMLET_BIN`, else the workspace's `target/debug/iamlet`.
 pub fn agent_bin() -> PathBuf {
-    match std::env::var_os("IAMLET_BIN") {
-        Some(p) => PathBuf::from(p),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/iamlet"),
-    }
+    crate::process::workspace_binary("iamlet", "IAMLET_BIN")
 }
 
 /// A running agent.

@@ -25,7 +25,7 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 use crate::pod::FakePod;
-use crate::process::run_with_timeout;
+use crate::process::{run_with_timeout, workspace_binary, workspace_root};
 
 /// How long a client may take before it is killed and the fetch fails.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -93,13 +93,6 @@ struct ClientOutput {
     fetch_ms: f64,
 }
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."))
-}
-
 /// The venv's Python: `$IAMLET_PYTHON`, else `<workspace>/target/sdk/venv/bin/python`.
 pub fn python() -> PathBuf {
     match std::env::var_os("IAMLET_PYTHON") {
@@ -140,20 +133,7 @@ pub fn node() -> PathBuf {
 /// (a test binary lives in `target/<profile>/deps`, a bin in `target/<profile>`), else
 /// `<workspace>/target/debug/imds-client-rs`.
 pub fn rust_client() -> PathBuf {
-    const NAME: &str = "imds-client-rs";
-    if let Some(p) = std::env::var_os("IAMLET_RUST_CLIENT") {
-        return PathBuf::from(p);
-    }
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(dir) = exe.parent() {
-            for candidate in [dir.join(NAME), dir.join("..").join(NAME)] {
-                if candidate.is_file() {
-                    return candidate;
-                }
-            }
-        }
-    }
-    workspace_root().join("target/debug").join(NAME)
+    workspace_binary("imds-client-rs", "IAMLET_RUST_CLIENT")
 }
 
 /// `Ok(())` if `sdk`'s client can run here, else what is missing and how to get it.

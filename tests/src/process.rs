@@ -8,6 +8,7 @@ use std::ffi::OsStr;
 use std::fmt;
 use std::io::Read;
 use std::ops::{Deref, DerefMut};
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
@@ -275,4 +276,31 @@ impl Drop for ChildGuard {
             }
         }
     }
+}
+
+/// The workspace root (the parent of this crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."))
+}
+
+/// A binary built from this workspace: `$<env_var>` if set, else next to the running
+/// executable (a test binary lives in `target/<profile>/deps`, a bin in `target/<profile>`),
+/// else `<workspace>/target/debug/<name>`.
+pub fn workspace_binary(name: &str, env_var: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env_var) {
+        return PathBuf::from(p);
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            for candidate in [dir.join(name), dir.join("..").join(name)] {
+                if candidate.is_file() {
+                    return candidate;
+                }
+            }
+        }
+    }
+    workspace_root().join("target/debug").join(name)
 }

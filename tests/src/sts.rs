@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 use std::sync::mpsc;
@@ -59,31 +59,11 @@ static NEXT_PORT: AtomicU16 = AtomicU16::new(15_000);
 /// Distinguishes log files of this process.
 static LOG_COUNTER: AtomicU32 = AtomicU32::new(0);
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."))
-}
-
 /// The `sts-fault-proxy` binary: `$IAMLET_STS_PROXY`, else next to the running executable
 /// (a test binary lives in `target/<profile>/deps`, a bin in `target/<profile>`), else
 /// `<workspace>/target/debug/sts-fault-proxy`.
 pub fn proxy_bin() -> PathBuf {
-    const NAME: &str = "sts-fault-proxy";
-    if let Some(p) = std::env::var_os("IAMLET_STS_PROXY") {
-        return PathBuf::from(p);
-    }
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(dir) = exe.parent() {
-            for candidate in [dir.join(NAME), dir.join("..").join(NAME)] {
-                if candidate.is_file() {
-                    return candidate;
-                }
-            }
-        }
-    }
-    workspace_root().join("target/debug").join(NAME)
+    crate::process::workspace_binary("sts-fault-proxy", "IAMLET_STS_PROXY")
 }
 
 /// `Ok(())` if moto and the proxy can run here, else what is missing and how to get it.

@@ -416,22 +416,7 @@ impl Drop for FakeApiServer {
 /// running executable (or one directory up, for test binaries in `deps/`), else
 /// `<workspace>/target/debug/fake-kube-apiserver`.
 pub fn binary() -> PathBuf {
-    const NAME: &str = "fake-kube-apiserver";
-    if let Some(p) = std::env::var_os("IAMLET_FAKE_KUBE_APISERVER") {
-        return PathBuf::from(p);
-    }
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(dir) = exe.parent() {
-            for candidate in [dir.join(NAME), dir.join("..").join(NAME)] {
-                if candidate.is_file() {
-                    return candidate;
-                }
-            }
-        }
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/debug")
-        .join(NAME)
+    crate::process::workspace_binary("fake-kube-apiserver", "IAMLET_FAKE_KUBE_APISERVER")
 }
 
 static SOCKET_COUNTER: AtomicU32 = AtomicU32::new(0);
