@@ -7,6 +7,10 @@
 //! | `PEERS_V1` | LRU hash | [`PeerKeyV1`] | [`ConnInfoV1`] | sock_ops at `TCP_CONNECT_CB`, deleted at `TCP_CLOSE` | agent, for each accepted connection |
 //! | `COUNTERS_V1` | per-CPU array | `u32` index `COUNTER_*` | `u64` | all programs | agent (metrics) |
 //!
+//! The programs' cgroup links are pinned next to the maps (`link_<program>`), so they outlive
+//! the agent; a new agent swaps its own programs (and so its own maps) in with
+//! `BPF_LINK_UPDATE` and reads its predecessor's `PEERS_V1` for the connections made before.
+//!
 //! Both hashes are LRU so that an entry whose socket never reached `TCP_CONNECT_CB` (a connect
 //! that failed before the SYN) cannot fill the map; their size bounds the number of
 //! concurrently open metadata connections on one node, far above anything real.
@@ -27,6 +31,9 @@ pub const PEERS_MAX_ENTRIES: usize = 16384;
 /// The instance metadata service's TCP port.
 pub const IMDS_PORT: u16 = 80;
 
+/// Number of `ConfigV1::exempt_cgroup_ids` slots: the agent and its predecessor.
+pub const EXEMPT_SLOTS: usize = 2;
+
 /// `ConfigV1::flags` bit: an IPv4 listener is configured (`v4_addr`, `v4_port` are valid).
 pub const CONFIG_FLAG_V4: u32 = 1;
 /// `ConfigV1::flags` bit: an IPv6 listener is configured (`v6_addr`, `v6_port` are valid).
@@ -40,10 +47,11 @@ pub const CONFIG_FLAG_V6: u32 = 2;
 pub struct ConfigV1 {
     /// IPv6 listener address, raw (network order words).
     pub v6_addr: [u32; 4],
-    /// cgroup id whose connects are never touched: the agent's own, when it runs inside the
+    /// cgroup ids whose connects are never touched: the agent's own, when it runs inside the
     /// attached cgroup (a hostNetwork DaemonSet pod does), so that its connects to the real
-    /// metadata service are not sent back to itself. 0: none.
-    pub exempt_cgroup_id: u64,
+    /// metadata service are not sent back to itself; and, during an upgrade handover, the
+    /// predecessor's, which is still draining. 0: unused slot.
+    pub exempt_cgroup_ids: [u64; EXEMPT_SLOTS],
     /// IPv4 listener address, raw (network order).
     pub v4_addr: u32,
     /// `CONFIG_FLAG_*` bits.
@@ -117,7 +125,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<ConfigV1>(), 16 + 8 + 4 + 4 + 2 + 2 + 4);
+        assert_eq!(size_of::<ConfigV1>(), 16 + 16 + 4 + 4 + 2 + 2 + 4);
         assert_eq!(size_of::<ConnInfoV1>(), 8 + 8 + 16 + 4 + 4 + 4 + 4);
         assert_eq!(size_of::<PeerKeyV1>(), 4 + 4 + 16);
         assert!(align_of::<ConnInfoV1>() <= 8);

@@ -13,6 +13,7 @@ use crate::config::{load_bindings, Config};
 use crate::credentials::{CredentialSource, NoCredentials};
 use crate::datapath::{self, Datapath, DatapathConfig};
 use crate::engine::Engine;
+use crate::handover::{self, Offer, Predecessor, Retire};
 use crate::imds::passthrough::Upstream;
 use crate::imds::token::TokenKey;
 use crate::imds::Imds;
@@ -25,7 +26,7 @@ use crate::metrics::{self, Metrics};
 use crate::prefetch;
 use crate::proxy::Proxy;
 use crate::roles::{self, NoRoles, RoleResolver, StaticBindings};
-use crate::server::{self, ServerLimits};
+use crate::server::{self, AcceptControl, ServerLimits};
 use crate::sts::{Sts, StsSettings};
 
 /// Errors that stop the agent.
@@ -39,6 +40,8 @@ pub enum Error {
     },
     #[error(transparent)]
     Datapath(#[from] datapath::Error),
+    #[error(transparent)]
+    Handover(#[from] handover::Error),
     #[error(transparent)]
     Cgroup(#[from] cgroup::Error),
     #[error("could not install signal handler: {0}")]
@@ -55,10 +58,67 @@ pub enum Error {
     Kube(String),
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Listen { addr, source })
+/// The listener on `addr`: the running agent's socket when it handed it over, else a new one.
+async fn listen(
+    addr: SocketAddr,
+    predecessor: Option<&mut Predecessor>,
+) -> Result<TcpListener, Error> {
+    let listen_err = |source| Error::Listen { addr, source };
+    if let Some(inherited) = predecessor.and_then(|p| p.take_listener(addr)) {
+        tracing::info!(%addr, "listening on the socket the running agent handed over");
+        inherited.set_nonblocking(true).map_err(listen_err)?;
+        return TcpListener::from_std(inherited).map_err(listen_err);
+    }
+    TcpListener::bind(addr).await.map_err(listen_err)
+}
+
+/// A copy of a listening socket, to hand over to a successor.
+fn offered(listener: &TcpListener) -> Result<(SocketAddr, std::os::fd::OwnedFd), Error> {
+    use std::os::fd::AsFd;
+    let addr = listener.local_addr().map_err(|source| Error::Listen {
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source,
+    })?;
+    let fd = listener
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| Error::Listen { addr, source })?;
+    Ok((addr, fd))
+}
+
+/// How this agent steps aside when a successor takes over.
+struct AgentRetire {
+    datapath: Arc<Datapath>,
+    accept: AcceptControl,
+    admin: Arc<Admin>,
+}
+
+impl Retire for AgentRetire {
+    fn offered(&self) {
+        self.datapath.mark_handed_over();
+    }
+
+    async fn stop_accepting(&self) {
+        self.admin.set_ready(false);
+        self.accept.stop();
+        self.accept.stopped().await;
+    }
+}
+
+/// Connects to a running agent's handover socket, if there is one.
+async fn find_predecessor(config: &Config) -> Option<Predecessor> {
+    let path = config.handover_socket.as_ref()?;
+    match handover::connect(path).await {
+        Ok(Some(p)) => {
+            tracing::info!(pid = p.pid(), "taking over from the running agent");
+            Some(p)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not take over from a running agent; starting afresh");
+            None
+        }
+    }
 }
 
 /// The agent's own cgroup id when it runs inside the attached cgroup (as a hostNetwork
@@ -208,10 +268,10 @@ async fn build_engine(config: &Config, has_roles: bool) -> Result<Option<Engine>
 
 fn build_imds(
     config: &Config,
+    tokens: TokenKey,
     roles: Arc<dyn RoleResolver>,
     engine: Option<&Engine>,
 ) -> Result<Imds, Error> {
-    let tokens = TokenKey::random().map_err(|e| Error::Random(e.to_string()))?;
     let credentials: Arc<dyn CredentialSource> = match (&config.static_credentials, engine) {
         (Some(c), _) => c.clone(),
         (None, Some(e)) => Arc::new(e.clone()),
@@ -253,27 +313,44 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(Error::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(Error::Signal)?;
 
-    // Listen first: once the programs are attached, redirected connects must find a socket.
+    // A running agent (an upgrade in progress) hands its sockets over; otherwise listen
+    // first: once the programs are attached, redirected connects must find a socket.
+    let mut predecessor = find_predecessor(&config).await;
     let mut listeners = Vec::new();
     if let Some(v4) = config.listen_v4 {
-        listeners.push(bind(SocketAddr::V4(v4)).await?);
+        listeners.push(listen(SocketAddr::V4(v4), predecessor.as_mut()).await?);
     }
     if let Some(v6) = config.listen_v6 {
-        listeners.push(bind(SocketAddr::V6(v6)).await?);
+        listeners.push(listen(SocketAddr::V6(v6), predecessor.as_mut()).await?);
     }
-    let admin_listener = bind(config.admin_listen).await?;
+    let admin_listener = listen(config.admin_listen, predecessor.as_mut()).await?;
+    // The predecessor's token key keeps the tokens SDKs cache valid.
+    let tokens = match &predecessor {
+        Some(p) => TokenKey::from_bytes(p.token_key()),
+        None => TokenKey::random().map_err(|e| Error::Random(e.to_string()))?,
+    };
+    let mut offer = Offer {
+        listeners: Vec::new(),
+        cgroup_id: 0,
+        token_key: tokens.to_bytes(),
+    };
+    for listener in listeners.iter().chain([&admin_listener]) {
+        offer.listeners.push(offered(listener)?);
+    }
 
     let index = Arc::new(CgroupIndex::new(
         config.cgroup_root.clone(),
         config.cgroup.clone(),
     )?);
-    let exempt_cgroup_id = own_exemption(&config)?;
-    let datapath = Arc::new(Datapath::start(&DatapathConfig {
+    offer.cgroup_id = own_exemption(&config)?;
+    let predecessor_cgroup = predecessor.as_ref().map_or(0, Predecessor::cgroup_id);
+    let datapath = Arc::new(Datapath::load(&DatapathConfig {
         cgroup: config.cgroup.clone(),
         pin_dir: config.bpffs_dir.clone(),
         listen_v4: config.listen_v4,
         listen_v6: config.listen_v6,
-        exempt_cgroup_id,
+        exempt_cgroup_ids: [offer.cgroup_id, predecessor_cgroup],
+        on_exit: config.on_exit,
     })?);
 
     let bindings = resolve_bindings(&config).await?;
@@ -292,7 +369,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     ));
     let proxy = Proxy::new(
         Attributor::new(datapath.clone(), index.clone()),
-        build_imds(&config, roles, engine.as_ref())?,
+        build_imds(&config, tokens, roles, engine.as_ref())?,
         metrics.clone(),
     );
     let limits = ServerLimits {
@@ -302,6 +379,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         ..ServerLimits::default()
     };
     let (stop_tx, stop_rx) = watch::channel(false);
+    let accept = AcceptControl::default();
     let mut tasks = Vec::new();
     for listener in listeners {
         let local = listener.local_addr().ok();
@@ -311,7 +389,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
             listener,
             proxy.clone(),
             limits,
-            stop_rx.clone(),
+            accept.gate(),
         )));
     }
     tracing::info!(listen = %config.admin_listen, "admin server listening");
@@ -320,7 +398,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         admin_listener,
         admin.clone(),
         limits,
-        stop_rx.clone(),
+        accept.gate(),
     )));
     tasks.push(tokio::spawn(refresh_index(index.clone(), stop_rx.clone())));
     if let Some(k) = kube {
@@ -344,6 +422,29 @@ pub async fn run(config: Config) -> Result<(), Error> {
             )));
         }
     }
+    // Serving now: the running agent may stop accepting, and the programs switch over.
+    if let Some(p) = predecessor {
+        match p.stop_accepting().await {
+            Ok(()) => tracing::info!("the running agent stopped accepting"),
+            Err(e) => {
+                tracing::warn!(error = %e, "the running agent did not confirm it stopped accepting")
+            }
+        }
+    }
+    datapath.attach()?;
+    if let Some(path) = &config.handover_socket {
+        let socket = handover::bind(path)?;
+        let retire = AgentRetire {
+            datapath: datapath.clone(),
+            accept: accept.clone(),
+            admin: admin.clone(),
+        };
+        let stop = stop_rx.clone();
+        let path = path.clone();
+        tasks.push(tokio::spawn(async move {
+            handover::serve(path, socket, offer, retire, stop).await;
+        }));
+    }
     admin.set_ready(true);
     tracing::info!(cgroup = %config.cgroup.display(), "iamlet ready");
 
@@ -352,6 +453,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
     }
     admin.set_ready(false);
+    accept.stop();
     let _ = stop_tx.send(true);
     for task in tasks {
         let _ = task.await;

@@ -54,6 +54,21 @@ pub struct Args {
     #[arg(long, env = "IAMLET_BPFFS_DIR", default_value = "/sys/fs/bpf/iamlet")]
     pub bpffs_dir: PathBuf,
 
+    /// What stays in the kernel when the agent exits with no successor: `keep` leaves the
+    /// programs attached so pods' metadata connects are refused (fail closed) until an agent
+    /// runs again; `detach` removes them, and pods reach the real metadata service.
+    #[arg(long, env = "IAMLET_ON_EXIT", value_enum, default_value = "keep")]
+    pub on_exit: crate::datapath::OnExit,
+
+    /// Unix socket through which a new agent takes over from the running one (upgrades with
+    /// no gap); `off` disables it.
+    #[arg(
+        long,
+        env = "IAMLET_HANDOVER_SOCKET",
+        default_value = "/run/iamlet/handover.sock"
+    )]
+    pub handover_socket: PathBuf,
+
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     #[arg(long, env = "IAMLET_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -221,6 +236,8 @@ pub enum Error {
     },
     #[error("--bpffs-dir {}: must be an absolute path below a bpffs mount", path.display())]
     BpffsDir { path: PathBuf },
+    #[error("--handover-socket {}: must be an absolute path, or off", path.display())]
+    HandoverSocket { path: PathBuf },
     #[error("--log {filter:?}: {reason}")]
     LogFilter { filter: String, reason: String },
     #[error(transparent)]
@@ -260,6 +277,10 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// bpffs pin directory.
     pub bpffs_dir: PathBuf,
+    /// What to leave in the kernel on exit without a successor.
+    pub on_exit: crate::datapath::OnExit,
+    /// Handover socket, unless off.
+    pub handover_socket: Option<PathBuf>,
     /// Drain time on shutdown.
     pub shutdown_grace: Duration,
     /// Metadata API settings.
@@ -367,6 +388,11 @@ impl Args {
                 path: self.bpffs_dir.clone(),
             });
         }
+        let handover_socket = match &self.handover_socket {
+            p if p.as_os_str() == "off" => None,
+            p if p.is_absolute() && p.file_name().is_some() => Some(p.clone()),
+            p => return Err(Error::HandoverSocket { path: p.clone() }),
+        };
         if let Err(e) = self.log.parse::<tracing_subscriber::EnvFilter>() {
             return Err(Error::LogFilter {
                 filter: self.log.clone(),
@@ -480,6 +506,8 @@ impl Args {
             listen_v6: self.listen_v6,
             admin_listen: self.admin_listen,
             bpffs_dir: self.bpffs_dir.clone(),
+            on_exit: self.on_exit,
+            handover_socket,
             shutdown_grace: self.shutdown_grace,
         })
     }
@@ -557,75 +585,6 @@ impl Args {
         }
         Ok(Some(uri))
     }
-
-    fn check_limits(&self) -> Result<(), Error> {
-        let bad = |flag: &'static str, value: String, reason: &'static str| {
-            Err(Error::Limit {
-                flag,
-                value,
-                reason,
-            })
-        };
-        if !self.rate_limit.is_finite() || self.rate_limit < 0.0 {
-            return bad(
-                "rate-limit",
-                self.rate_limit.to_string(),
-                "must be 0 or more",
-            );
-        }
-        if !self.rate_burst.is_finite() || self.rate_burst < 1.0 {
-            return bad(
-                "rate-burst",
-                self.rate_burst.to_string(),
-                "must be 1 or more",
-            );
-        }
-        if self.max_connections == 0 {
-            return bad("max-connections", "0".into(), "must be at least 1");
-        }
-        if self.credentials_timeout.is_zero() {
-            return bad("credentials-timeout", "0s".into(), "must be positive");
-        }
-        if self.header_timeout.is_zero() {
-            return bad("header-timeout", "0s".into(), "must be positive");
-        }
-        let secs = self.session_duration.as_secs();
-        // AWS STS takes 15m..12h. A custom --sts-endpoint (an STS-compatible test server) may
-        // use shorter sessions, down to 10 s.
-        let min = if self.sts_endpoint.is_some() { 10 } else { 900 };
-        if !(min..=43_200).contains(&secs) {
-            return bad(
-                "session-duration",
-                format!("{secs}s"),
-                "must be between 15m and 12h (STS limits)",
-            );
-        }
-        if !(0.1..=0.9).contains(&self.refresh_fraction) {
-            return bad(
-                "refresh-fraction",
-                self.refresh_fraction.to_string(),
-                "must be between 0.1 and 0.9",
-            );
-        }
-        if self.sts_concurrency == 0 || self.sts_max_attempts == 0 {
-            return bad(
-                "sts-concurrency/--sts-max-attempts",
-                "0".into(),
-                "must be at least 1",
-            );
-        }
-        if self.sts_backoff_max < Duration::from_millis(100) {
-            return bad(
-                "sts-backoff-max",
-                format!("{:?}", self.sts_backoff_max),
-                "must be at least 100ms",
-            );
-        }
-        if self.sts_attempt_timeout.is_zero() {
-            return bad("sts-attempt-timeout", "0s".into(), "must be positive");
-        }
-        Ok(())
-    }
 }
 
 /// Loads a bindings file with the given base ARN, with session tags naming `tag_node` if set.
@@ -642,28 +601,8 @@ pub fn load_bindings(
     })
 }
 
-/// Parses `500ms`, `5s`, `2m` or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => (&s[..i], &s[i..]),
-        None => (s, "s"),
-    };
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 500ms, 5s or 2m"))?;
-    let secs = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
-    };
-    if !secs.is_finite() || !(0.0..=86_400.0 * 365.0).contains(&secs) {
-        return Err(format!("{s:?} is out of range"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
+pub use limits::parse_duration;
 
+mod limits;
 #[cfg(test)]
 mod tests;

@@ -1,35 +1,55 @@
 //! The eBPF datapath: loads the embedded object, writes the listener addresses into
-//! `CONFIG_V1`, pins the maps under the bpffs directory, attaches the three programs to the
-//! pods' cgroup, and answers "which cgroup made the connection from this peer address".
+//! `CONFIG_V1`, pins the maps under the bpffs directory, puts the three programs on the pods'
+//! cgroup through pinned links (see [`links`]), and answers "which cgroup made the connection
+//! from this peer address".
 //!
-//! Dropping a [`Datapath`] detaches every program (the links are owned by this process) and
-//! removes the pins, so nothing of iamlet stays in the kernel after the agent exits.
+//! Start-up is two steps so that an upgrade loses no connection: [`Datapath::load`] (programs
+//! and maps, nothing visible to pods yet), then, once this agent serves, [`Datapath::attach`],
+//! which swaps its programs in. Until [`PREVIOUS_WINDOW`] after that, a connection the
+//! predecessor's programs recorded is found in the predecessor's peers map.
+//!
+//! On exit ([`OnExit`]) the links either stay pinned (fail closed: pods get connection refused
+//! from the metadata address until an agent runs again) or are removed with the pins. An agent
+//! that handed over to a successor leaves everything to it.
 
 use std::fs::File;
 use std::io;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use agent_common::maps::{CONFIG_MAP, COOKIES_MAP, COUNTERS_MAP, PEERS_MAP};
 use agent_common::{
     ipv4_raw, ipv6_raw, ConfigV1, ConnInfoV1, PeerKeyV1, AF_INET, AF_INET6, CONFIG_FLAG_V4,
-    CONFIG_FLAG_V6, COUNTER_COUNT,
+    CONFIG_FLAG_V6, COUNTER_COUNT, EXEMPT_SLOTS,
 };
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, SockOps};
+use aya::programs::{CgroupSockAddr, ProgramError, SockOps};
 use aya::Ebpf;
+
+mod bpf_sys;
+mod bpffs;
+pub mod links;
 
 /// The eBPF object built by `cargo xtask build-ebpf`, embedded at compile time (see build.rs).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("IAMLET_EBPF_OBJECT"));
 
-/// Program names in the object, with what they hook.
-const PROGRAMS: [(&str, &str); 3] = [
-    ("iamlet_connect4", "cgroup/connect4"),
-    ("iamlet_connect6", "cgroup/connect6"),
-    ("iamlet_sock_ops", "sock_ops"),
-];
+/// How long after [`Datapath::attach`] the predecessor's peers map is still consulted: the
+/// connections its programs recorded are accepted within milliseconds; later, its leftover
+/// entries are stale.
+pub const PREVIOUS_WINDOW: Duration = Duration::from_secs(30);
+
+/// What an agent leaves in the kernel when it exits without a successor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnExit {
+    /// Links and maps stay pinned: pods' metadata connects are refused until an agent runs
+    /// again (fail closed). Remove the pin directory to detach.
+    Keep,
+    /// Links and pins are removed: pods reach the real metadata service again.
+    Detach,
+}
 
 /// Errors of loading, attaching and reading the datapath.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +78,14 @@ pub enum Error {
         cgroup: PathBuf,
         #[source]
         source: Box<ProgramError>,
+    },
+    #[error("could not {what} the pinned link of {name} at {}: {source}", path.display())]
+    Link {
+        name: &'static str,
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: io::Error,
     },
     #[error("could not open cgroup {}: {source}", path.display())]
     OpenCgroup {
@@ -89,34 +117,48 @@ pub enum Error {
 pub struct DatapathConfig {
     /// The cgroup directory to attach to (already validated: below the cgroup2 root).
     pub cgroup: PathBuf,
-    /// Directory on a bpffs where the maps are pinned, e.g. `/sys/fs/bpf/iamlet`.
+    /// Directory on a bpffs where the maps and links are pinned, e.g. `/sys/fs/bpf/iamlet`.
     pub pin_dir: PathBuf,
     /// IPv4 listener the metadata connects are rewritten to.
     pub listen_v4: Option<SocketAddrV4>,
     /// IPv6 listener the metadata connects are rewritten to.
     pub listen_v6: Option<SocketAddrV6>,
-    /// cgroup id whose connects are left alone (the agent's own when it runs inside the
-    /// attached cgroup); 0 for none.
-    pub exempt_cgroup_id: u64,
+    /// cgroup ids whose connects are left alone: the agent's own when it runs inside the
+    /// attached cgroup, and a predecessor's during a handover; 0 for none.
+    pub exempt_cgroup_ids: [u64; EXEMPT_SLOTS],
+    /// What to leave behind on exit.
+    pub on_exit: OnExit,
 }
 
-/// The loaded and attached programs, and the maps the agent reads.
+/// The loaded programs, the maps the agent reads, and what to leave behind on exit.
 pub struct Datapath {
-    // Field order is drop order: the maps, the programs (detaching their links), the pins.
     peers: HashMap<MapData, PeerKeyV1, ConnInfoV1>,
+    /// The predecessor's peers map (from its pin) and until when it is consulted; the deadline
+    /// is set by [`Datapath::attach`].
+    previous: Mutex<Option<Previous>>,
     counters: PerCpuArray<MapData, u64>,
-    /// Owns the programs and their cgroup links; never touched after start-up (the Mutex only
-    /// makes the datapath shareable between tasks).
-    _ebpf: Mutex<Ebpf>,
-    pins: Pins,
+    /// Owns the programs; locked only by [`Datapath::attach`].
+    ebpf: Mutex<Ebpf>,
     cgroup: PathBuf,
+    pin_dir: PathBuf,
+    on_exit: OnExit,
+    /// A successor took over: leave every pin to it.
+    handed_over: AtomicBool,
+    /// The programs are on the cgroup (so detaching on exit has something to undo).
+    attached: AtomicBool,
+}
+
+struct Previous {
+    peers: HashMap<MapData, PeerKeyV1, ConnInfoV1>,
+    until: Option<Instant>,
 }
 
 impl std::fmt::Debug for Datapath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Datapath")
             .field("cgroup", &self.cgroup)
-            .field("pin_dir", &self.pins.dir)
+            .field("pin_dir", &self.pin_dir)
+            .field("on_exit", &self.on_exit)
             .finish_non_exhaustive()
     }
 }
@@ -125,10 +167,10 @@ impl std::fmt::Debug for Datapath {
 pub fn config_value(
     listen_v4: Option<SocketAddrV4>,
     listen_v6: Option<SocketAddrV6>,
-    exempt_cgroup_id: u64,
+    exempt_cgroup_ids: [u64; EXEMPT_SLOTS],
 ) -> Result<ConfigV1, Error> {
     let mut cfg = ConfigV1 {
-        exempt_cgroup_id,
+        exempt_cgroup_ids,
         ..ConfigV1::default()
     };
     if let Some(v4) = listen_v4 {
@@ -165,85 +207,140 @@ pub fn peer_key(peer: SocketAddr) -> PeerKeyV1 {
     }
 }
 
+fn map_err(name: &'static str) -> impl Fn(MapError) -> Error {
+    move |source| Error::Map {
+        name,
+        source: Box::new(source),
+    }
+}
+
 impl Datapath {
-    /// Loads, configures, pins and attaches everything, in that order: the programs only see
-    /// connects once `CONFIG_V1` holds the listeners.
-    pub fn start(cfg: &DatapathConfig) -> Result<Self, Error> {
-        let value = config_value(cfg.listen_v4, cfg.listen_v6, cfg.exempt_cgroup_id)?;
-        ensure_bpffs(&cfg.pin_dir)?;
+    /// Loads and configures the programs and pins this agent's maps in place of a
+    /// predecessor's (whose peers map is kept open for [`Datapath::lookup`]). Pods see nothing
+    /// of it until [`Datapath::attach`].
+    pub fn load(cfg: &DatapathConfig) -> Result<Self, Error> {
+        let value = config_value(cfg.listen_v4, cfg.listen_v6, cfg.exempt_cgroup_ids)?;
+        bpffs::ensure(&cfg.pin_dir)?;
 
         let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(|e| Error::Load {
             source: Box::new(e),
         })?;
-
         {
             let map = ebpf.map_mut(CONFIG_MAP).ok_or(Error::Missing {
                 what: "map",
                 name: CONFIG_MAP,
             })?;
             let mut config: Array<&mut MapData, ConfigV1> =
-                Array::try_from(map).map_err(|source| Error::Map {
-                    name: CONFIG_MAP,
-                    source: Box::new(source),
-                })?;
-            config.set(0, value, 0).map_err(|source| Error::Map {
-                name: CONFIG_MAP,
-                source: Box::new(source),
-            })?;
+                Array::try_from(map).map_err(map_err(CONFIG_MAP))?;
+            config.set(0, value, 0).map_err(map_err(CONFIG_MAP))?;
+        }
+        for hook in links::HOOKS {
+            load_program(&mut ebpf, &hook)?;
         }
 
-        let mut pins = Pins {
-            dir: cfg.pin_dir.clone(),
-            paths: Vec::new(),
-        };
+        let previous = bpffs::open_previous_peers(&cfg.pin_dir.join(PEERS_MAP)).map(|peers| {
+            tracing::info!("found a predecessor's peers map; consulting it during the switch-over");
+            Previous { peers, until: None }
+        });
         for name in [CONFIG_MAP, COOKIES_MAP, PEERS_MAP, COUNTERS_MAP] {
             let path = cfg.pin_dir.join(name);
-            remove_stale_pin(&path);
+            bpffs::remove_pin(&path);
             let map = ebpf.map(name).ok_or(Error::Missing { what: "map", name })?;
             map.pin(&path).map_err(|source| Error::Pin {
                 name,
                 path: path.clone(),
                 source,
             })?;
-            pins.paths.push(path);
         }
 
         let peers_map = ebpf.take_map(PEERS_MAP).ok_or(Error::Missing {
             what: "map",
             name: PEERS_MAP,
         })?;
-        let peers = HashMap::try_from(peers_map).map_err(|source| Error::Map {
-            name: PEERS_MAP,
-            source: Box::new(source),
-        })?;
+        let peers = HashMap::try_from(peers_map).map_err(map_err(PEERS_MAP))?;
         let counters_map = ebpf.take_map(COUNTERS_MAP).ok_or(Error::Missing {
             what: "map",
             name: COUNTERS_MAP,
         })?;
-        let counters = PerCpuArray::try_from(counters_map).map_err(|source| Error::Map {
-            name: COUNTERS_MAP,
-            source: Box::new(source),
-        })?;
-
-        attach_all(&mut ebpf, &cfg.cgroup)?;
+        let counters = PerCpuArray::try_from(counters_map).map_err(map_err(COUNTERS_MAP))?;
         Ok(Datapath {
             peers,
+            previous: Mutex::new(previous),
             counters,
-            _ebpf: Mutex::new(ebpf),
-            pins,
+            ebpf: Mutex::new(ebpf),
             cgroup: cfg.cgroup.clone(),
+            pin_dir: cfg.pin_dir.clone(),
+            on_exit: cfg.on_exit,
+            handed_over: AtomicBool::new(false),
+            attached: AtomicBool::new(false),
         })
+    }
+
+    /// Puts the programs on the cgroup: adopts the pinned links of a predecessor (swapping
+    /// the programs atomically) or attaches and pins new ones.
+    pub fn attach(&self) -> Result<(), Error> {
+        let cgroup = File::open(&self.cgroup).map_err(|source| Error::OpenCgroup {
+            path: self.cgroup.clone(),
+            source,
+        })?;
+        let cgroup_id = crate::cgroup::cgroup_id(&self.cgroup).map_err(|e| Error::OpenCgroup {
+            path: self.cgroup.clone(),
+            source: io::Error::other(e.to_string()),
+        })?;
+        let mut ebpf = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
+        for hook in links::HOOKS {
+            let program = ebpf.program_mut(hook.program).ok_or(Error::Missing {
+                what: "program",
+                name: hook.program,
+            })?;
+            let outcome = links::install(
+                program,
+                &hook,
+                &cgroup,
+                &self.cgroup,
+                cgroup_id,
+                &self.pin_dir,
+            )?;
+            self.attached.store(true, Ordering::SeqCst);
+            tracing::info!(program = hook.program, hook = hook.hook, cgroup = %self.cgroup.display(), ?outcome, "program in place");
+        }
+        if let Some(previous) = self
+            .previous
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            previous.until = Some(Instant::now() + PREVIOUS_WINDOW);
+        }
+        Ok(())
+    }
+
+    /// A successor has this agent's listeners and adopts its links: exit leaves every pin.
+    pub fn mark_handed_over(&self) {
+        self.handed_over.store(true, Ordering::SeqCst);
     }
 
     /// The record of the connection whose client end is `peer`, if the kernel made one.
     pub fn lookup(&self, peer: SocketAddr) -> Result<Option<ConnInfoV1>, Error> {
-        match self.peers.get(&peer_key(peer), 0) {
+        let key = peer_key(peer);
+        match self.peers.get(&key, 0) {
+            Ok(info) => return Ok(Some(info)),
+            Err(MapError::KeyNotFound) => {}
+            Err(source) => return Err(map_err(PEERS_MAP)(source)),
+        }
+        let mut previous = self.previous.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(prev) = previous.as_ref() else {
+            return Ok(None);
+        };
+        if prev.until.is_some_and(|until| Instant::now() > until) {
+            tracing::info!("the predecessor's peers map is no longer consulted");
+            *previous = None;
+            return Ok(None);
+        }
+        match prev.peers.get(&key, 0) {
             Ok(info) => Ok(Some(info)),
             Err(MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(Error::Map {
-                name: PEERS_MAP,
-                source: Box::new(source),
-            }),
+            Err(source) => Err(map_err(PEERS_MAP)(source)),
         }
     }
 
@@ -251,10 +348,10 @@ impl Datapath {
     pub fn counters(&self) -> Result<[u64; COUNTER_COUNT as usize], Error> {
         let mut out = [0u64; COUNTER_COUNT as usize];
         for (index, slot) in (0u32..).zip(out.iter_mut()) {
-            let values = self.counters.get(&index, 0).map_err(|source| Error::Map {
-                name: COUNTERS_MAP,
-                source: Box::new(source),
-            })?;
+            let values = self
+                .counters
+                .get(&index, 0)
+                .map_err(map_err(COUNTERS_MAP))?;
             *slot = values.iter().sum();
         }
         Ok(out)
@@ -265,127 +362,55 @@ impl Datapath {
         &self.cgroup
     }
 
-    /// Where the maps are pinned.
+    /// Where the maps and links are pinned.
     pub fn pin_dir(&self) -> &Path {
-        &self.pins.dir
+        &self.pin_dir
     }
 }
 
 impl Drop for Datapath {
     fn drop(&mut self) {
-        tracing::info!(cgroup = %self.cgroup.display(), "detaching eBPF programs and removing pins");
-    }
-}
-
-fn attach_all(ebpf: &mut Ebpf, cgroup_path: &Path) -> Result<(), Error> {
-    let cgroup = File::open(cgroup_path).map_err(|source| Error::OpenCgroup {
-        path: cgroup_path.to_owned(),
-        source,
-    })?;
-    for (name, hook) in PROGRAMS {
-        let program = ebpf.program_mut(name).ok_or(Error::Missing {
-            what: "program",
-            name,
-        })?;
-        let load_err = |source| Error::ProgramLoad {
-            name,
-            hook,
-            source: Box::new(source),
-        };
-        let attach_err = |source| Error::Attach {
-            name,
-            hook,
-            cgroup: cgroup_path.to_owned(),
-            source: Box::new(source),
-        };
-        if hook == "sock_ops" {
-            let prog: &mut SockOps = program.try_into().map_err(load_err)?;
-            prog.load().map_err(load_err)?;
-            prog.attach(&cgroup, CgroupAttachMode::Single)
-                .map_err(attach_err)?;
-        } else {
-            let prog: &mut CgroupSockAddr = program.try_into().map_err(load_err)?;
-            prog.load().map_err(load_err)?;
-            prog.attach(&cgroup, CgroupAttachMode::Single)
-                .map_err(attach_err)?;
+        let cgroup = self.cgroup.display();
+        if self.handed_over.load(Ordering::SeqCst) {
+            tracing::info!(%cgroup, "handed over: the successor owns the links and pins");
+            return;
         }
-        tracing::info!(program = name, hook, cgroup = %cgroup_path.display(), "attached");
-    }
-    Ok(())
-}
-
-/// The pinned maps of one run; removed (with their directory) on drop.
-struct Pins {
-    dir: PathBuf,
-    paths: Vec<PathBuf>,
-}
-
-impl Drop for Pins {
-    fn drop(&mut self) {
-        for path in &self.paths {
-            if let Err(e) = std::fs::remove_file(path) {
-                if e.kind() != io::ErrorKind::NotFound {
-                    tracing::warn!(path = %path.display(), error = %e, "could not remove pin");
-                }
+        if !self.attached.load(Ordering::SeqCst) {
+            // Never attached (start-up failed before): the pins may be a predecessor's links.
+            return;
+        }
+        match self.on_exit {
+            OnExit::Keep => tracing::warn!(
+                %cgroup,
+                pin_dir = %self.pin_dir.display(),
+                "leaving the programs attached (--on-exit keep): pods' metadata connects are refused until an agent runs again; remove the pin directory to detach"
+            ),
+            OnExit::Detach => {
+                let links = links::unpin_all(&self.pin_dir);
+                bpffs::remove_map_pins(&self.pin_dir);
+                tracing::info!(%cgroup, links, "detached the programs and removed the pins");
             }
         }
-        let _ = std::fs::remove_dir(&self.dir);
     }
 }
 
-fn remove_stale_pin(path: &Path) {
-    match std::fs::remove_file(path) {
-        Ok(()) => {
-            tracing::warn!(path = %path.display(), "removed a stale pin left by an earlier run")
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => tracing::warn!(path = %path.display(), error = %e, "could not remove stale pin"),
-    }
-}
-
-/// Makes sure `pin_dir` exists on a bpffs, mounting bpffs on its parent if that is the
-/// conventional `/sys/fs/bpf` and nothing is mounted there yet.
-fn ensure_bpffs(pin_dir: &Path) -> Result<(), Error> {
-    let parent = pin_dir.parent().ok_or_else(|| Error::Bpffs {
-        path: pin_dir.to_owned(),
-        reason: "has no parent directory".into(),
+fn load_program(ebpf: &mut Ebpf, hook: &links::Hook) -> Result<(), Error> {
+    let program = ebpf.program_mut(hook.program).ok_or(Error::Missing {
+        what: "program",
+        name: hook.program,
     })?;
-    let mounts = std::fs::read_to_string("/proc/mounts").map_err(|e| Error::Bpffs {
-        path: pin_dir.to_owned(),
-        reason: format!("cannot read /proc/mounts: {e}"),
-    })?;
-    let on_bpffs = mounts.lines().any(|line| {
-        let mut f = line.split_whitespace();
-        let (_, mnt, fstype) = (f.next(), f.next(), f.next());
-        fstype == Some("bpf") && mnt.is_some_and(|m| parent.starts_with(m))
-    });
-    if !on_bpffs {
-        if parent != Path::new("/sys/fs/bpf") {
-            return Err(Error::Bpffs {
-                path: parent.to_owned(),
-                reason: "is not on a bpf filesystem (mount one with `mount -t bpf bpf <dir>`)"
-                    .into(),
-            });
-        }
-        tracing::info!("mounting bpffs at /sys/fs/bpf");
-        let status = Command::new("mount")
-            .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
-            .status()
-            .map_err(|e| Error::Bpffs {
-                path: parent.to_owned(),
-                reason: format!("cannot run mount: {e}"),
-            })?;
-        if !status.success() {
-            return Err(Error::Bpffs {
-                path: parent.to_owned(),
-                reason: format!("`mount -t bpf bpf /sys/fs/bpf` failed with {status}"),
-            });
-        }
+    let load_err = |source| Error::ProgramLoad {
+        name: hook.program,
+        hook: hook.hook,
+        source: Box::new(source),
+    };
+    if hook.hook == "sock_ops" {
+        let prog: &mut SockOps = program.try_into().map_err(load_err)?;
+        prog.load().map_err(load_err)
+    } else {
+        let prog: &mut CgroupSockAddr = program.try_into().map_err(load_err)?;
+        prog.load().map_err(load_err)
     }
-    std::fs::create_dir_all(pin_dir).map_err(|e| Error::Bpffs {
-        path: pin_dir.to_owned(),
-        reason: format!("cannot create directory: {e}"),
-    })
 }
 
 #[cfg(test)]
@@ -396,12 +421,12 @@ mod tests {
     #[test]
     fn config_needs_a_listener() {
         assert!(matches!(
-            config_value(None, None, 0),
+            config_value(None, None, [0; 2]),
             Err(Error::NoListener)
         ));
         let v4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 8181);
-        let cfg = config_value(Some(v4), None, 9).expect("v4 config");
-        assert_eq!(cfg.exempt_cgroup_id, 9);
+        let cfg = config_value(Some(v4), None, [9, 0]).expect("v4 config");
+        assert_eq!(cfg.exempt_cgroup_ids, [9, 0]);
         assert_eq!(cfg.flags, CONFIG_FLAG_V4);
         assert_eq!(cfg.v4_port, 8181);
         assert_eq!(agent_common::ipv4_octets(cfg.v4_addr), [198, 18, 0, 1]);

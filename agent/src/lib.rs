@@ -2,12 +2,14 @@
 //! service that the kernel redirects pods to and that names pods by cgroup, never by IP.
 //!
 //! Modules, one concern each: `config` (flags), `telemetry` (logs), `metrics`, `datapath` (the
-//! eBPF loader), `cgroup` (cgroup2 discovery and the cgroup-id index), `identity` (pod UID from
+//! eBPF loader and its pinned links), `handover` (upgrades: a new agent takes the running one's
+//! sockets over), `cgroup` (cgroup2 discovery and the cgroup-id index), `identity` (pod UID from
 //! a cgroup path), `attribution` (who made a connection), `server` (HTTP accept loop), `proxy`
 //! (attribution and limits in front of the metadata API), `imds` (the metadata API: tokens, routes,
 //! passthrough), `roles` (which role a caller gets), `credentials` (where credentials come from),
 //! `timefmt` (UTC timestamps), `admin` (health and metrics routes), `app` (wiring).
-#![forbid(unsafe_code)]
+// Raw system calls live only in `datapath::bpf_sys` (the loader), which allows them.
+#![deny(unsafe_code)]
 
 pub mod admin;
 pub mod app;
@@ -17,6 +19,7 @@ pub mod config;
 pub mod credentials;
 pub mod datapath;
 pub mod engine;
+pub mod handover;
 pub mod identity;
 pub mod imds;
 pub mod k8s;

@@ -60,15 +60,68 @@ impl Default for ServerLimits {
     }
 }
 
-/// Serves `listener` until `shutdown` turns true, then drains open connections for at most
-/// `limits.shutdown_grace`.
+/// Stops the accept loops of several servers at once and tells when all have stopped (an
+/// agent handing over to its successor must not accept once the successor's programs run).
+#[derive(Clone, Debug)]
+pub struct AcceptControl {
+    stop: watch::Sender<bool>,
+    running: Arc<watch::Sender<usize>>,
+}
+
+impl Default for AcceptControl {
+    fn default() -> Self {
+        AcceptControl {
+            stop: watch::Sender::new(false),
+            running: Arc::new(watch::Sender::new(0)),
+        }
+    }
+}
+
+impl AcceptControl {
+    /// A gate for one more accept loop; counted as running from now until it is dropped.
+    pub fn gate(&self) -> AcceptGate {
+        self.running.send_modify(|n| *n += 1);
+        AcceptGate {
+            stop: self.stop.subscribe(),
+            running: self.running.clone(),
+        }
+    }
+
+    /// Tells every accept loop to stop (they then drain their connections).
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// Resolves once no accept loop runs.
+    pub async fn stopped(&self) {
+        let mut running = self.running.subscribe();
+        let _ = running.wait_for(|n| *n == 0).await;
+    }
+}
+
+/// One server's handle on an [`AcceptControl`].
+#[derive(Debug)]
+pub struct AcceptGate {
+    stop: watch::Receiver<bool>,
+    running: Arc<watch::Sender<usize>>,
+}
+
+impl Drop for AcceptGate {
+    fn drop(&mut self) {
+        self.running.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// Serves `listener` until the gate is told to stop, then drains open connections for at
+/// most `limits.shutdown_grace`.
 pub async fn serve<H: ConnHandler>(
     name: &'static str,
     listener: TcpListener,
     handler: Arc<H>,
     limits: ServerLimits,
-    mut shutdown: watch::Receiver<bool>,
+    gate: AcceptGate,
 ) {
+    let mut shutdown = gate.stop.clone();
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder
@@ -120,7 +173,8 @@ pub async fn serve<H: ConnHandler>(
         });
     }
     drop(listener);
-    tracing::info!(server = name, "draining connections");
+    drop(gate);
+    tracing::info!(server = name, "stopped accepting; draining connections");
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!(server = name, "all connections closed"),
         _ = tokio::time::sleep(limits.shutdown_grace) => {

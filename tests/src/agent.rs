@@ -1,10 +1,13 @@
 //! The real `iamlet` binary, run inside a [`TestNode`]'s network namespace and attached to its
-//! pods cgroup. Stopped with SIGTERM (and killed if it does not stop) on drop.
+//! pods cgroup. Stopped with SIGTERM (and killed if it does not stop) on drop; its pin
+//! directory (maps and links) and handover socket are removed once the last agent sharing
+//! them is gone, which detaches whatever it left attached.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -25,19 +28,47 @@ pub fn agent_bin() -> PathBuf {
     crate::process::workspace_binary("iamlet", "IAMLET_BIN")
 }
 
+/// The pin directory and handover socket of a line of agents (an agent and its successors).
+#[derive(Debug)]
+struct Shared {
+    bpffs_dir: PathBuf,
+    handover_socket: PathBuf,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Removing the pinned links detaches the programs an agent kept attached on exit.
+        if self.bpffs_dir.exists() {
+            let _ = std::fs::remove_dir_all(&self.bpffs_dir);
+        }
+        let _ = std::fs::remove_file(&self.handover_socket);
+    }
+}
+
 /// A running agent.
 #[derive(Debug)]
 pub struct Agent {
     child: Option<ChildGuard>,
     log: PathBuf,
-    bpffs_dir: PathBuf,
+    shared: Arc<Shared>,
 }
 
 impl Agent {
     /// Starts the agent in `node`'s netns, attached to its pods cgroup, with both listeners,
     /// plus `extra` flags; waits until `/ready` answers.
     pub fn start(node: &TestNode, extra: &[&str]) -> Result<Agent> {
-        Self::spawn(node, node.command(agent_bin()), extra)
+        Self::spawn(node, node.command(agent_bin()), extra, None)
+    }
+
+    /// Starts a second agent with the same pin directory and handover socket as `running`,
+    /// as a DaemonSet rollout with `maxSurge: 1` does; waits until it says it is ready.
+    pub fn start_successor(node: &TestNode, running: &Agent, extra: &[&str]) -> Result<Agent> {
+        Self::spawn(
+            node,
+            node.command(agent_bin()),
+            extra,
+            Some(running.shared.clone()),
+        )
     }
 
     /// Like [`Agent::start`], but the agent runs inside `pod`'s cgroup (below the cgroup it
@@ -46,7 +77,7 @@ impl Agent {
         if !pod.is_host_network() {
             bail!("the agent must run in a host-network pod to listen on the node's address");
         }
-        Self::spawn(node, pod.command(agent_bin()), extra)
+        Self::spawn(node, pod.command(agent_bin()), extra, None)
     }
 
     /// Like [`Agent::start_in_pod`], but in a private cgroup namespace (`unshare --cgroup`),
@@ -58,16 +89,28 @@ impl Agent {
         }
         let mut cmd = pod.command("unshare");
         cmd.arg("--cgroup").arg(agent_bin());
-        Self::spawn(node, cmd, extra)
+        Self::spawn(node, cmd, extra, None)
     }
 
-    fn spawn(node: &TestNode, mut cmd: Command, extra: &[&str]) -> Result<Agent> {
+    fn spawn(
+        node: &TestNode,
+        mut cmd: Command,
+        extra: &[&str],
+        shared: Option<Arc<Shared>>,
+    ) -> Result<Agent> {
         let tag = format!(
             "{}-{}",
             std::process::id(),
             AGENT_COUNTER.fetch_add(1, Ordering::SeqCst)
         );
-        let bpffs_dir = PathBuf::from(format!("/sys/fs/bpf/iamlet-test-{tag}"));
+        let shared = shared.unwrap_or_else(|| {
+            Arc::new(Shared {
+                bpffs_dir: PathBuf::from(format!("/sys/fs/bpf/iamlet-test-{tag}")),
+                handover_socket: std::env::temp_dir()
+                    .join(format!("iamlet-test-{tag}"))
+                    .join("handover.sock"),
+            })
+        });
         let log = std::env::temp_dir().join(format!("iamlet-test-agent-{tag}.log"));
         let log_file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let bin = agent_bin();
@@ -86,7 +129,9 @@ impl Agent {
             .arg("--admin-listen")
             .arg(ADMIN_ADDR)
             .arg("--bpffs-dir")
-            .arg(&bpffs_dir)
+            .arg(&shared.bpffs_dir)
+            .arg("--handover-socket")
+            .arg(&shared.handover_socket)
             .args(if extra.contains(&"--log") {
                 &[][..]
             } else {
@@ -105,7 +150,7 @@ impl Agent {
         let mut agent = Agent {
             child: Some(child),
             log,
-            bpffs_dir,
+            shared,
         };
         agent.wait_ready(node, Duration::from_secs(20))?;
         Ok(agent)
@@ -123,10 +168,14 @@ impl Agent {
                     );
                 }
             }
-            let out =
-                node.run_timeout(&["curl", "-sf", "-m", "1", &url], Duration::from_secs(3))?;
-            if out.success() {
-                return Ok(());
+            // The log line tells this agent's readiness apart from a predecessor's, which
+            // answers on the same (handed-over) admin socket.
+            if self.log_text().contains("iamlet ready") {
+                let out =
+                    node.run_timeout(&["curl", "-sf", "-m", "1", &url], Duration::from_secs(3))?;
+                if out.success() {
+                    return Ok(());
+                }
             }
             if Instant::now() > deadline {
                 bail!("iamlet not ready after {timeout:?}:\n{}", self.log_text());
@@ -140,14 +189,14 @@ impl Agent {
         self.child.as_ref().map(|c| c.id())
     }
 
-    /// Directory where its maps are pinned.
+    /// Directory where its maps and links are pinned.
     pub fn bpffs_dir(&self) -> &Path {
-        &self.bpffs_dir
+        &self.shared.bpffs_dir
     }
 
     /// Path of a pinned map.
     pub fn pinned_map(&self, name: &str) -> PathBuf {
-        self.bpffs_dir.join(name)
+        self.shared.bpffs_dir.join(name)
     }
 
     /// Everything the agent logged so far.
@@ -155,8 +204,9 @@ impl Agent {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Sends SIGTERM and waits (up to 15 s) for the exit status.
-    pub fn stop(mut self) -> Result<ExitStatus> {
+    /// Sends SIGTERM and waits (up to 15 s) for the exit status. The pin directory stays
+    /// until this value (and any successor) is dropped, so what the agent left can be checked.
+    pub fn stop(&mut self) -> Result<ExitStatus> {
         let Some(mut child) = self.child.take() else {
             bail!("agent already stopped");
         };
@@ -184,9 +234,6 @@ impl Drop for Agent {
             if !matches!(child.wait_timeout(Duration::from_secs(10)), Ok(Some(_))) {
                 eprintln!("iamlet {pid} ignored SIGTERM; killing it");
             }
-        }
-        if self.bpffs_dir.exists() {
-            let _ = std::fs::remove_dir_all(&self.bpffs_dir);
         }
         if std::thread::panicking() {
             eprintln!(

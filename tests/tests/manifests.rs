@@ -556,6 +556,16 @@ fn daemonset_mounts_cgroup2_and_bpffs_from_the_host() {
     // The pin directory is below the mount.
     let pins = flag(args(container), "bpffs-dir").unwrap_or("/sys/fs/bpf/iamlet");
     assert!(pins.starts_with("/sys/fs/bpf/"), "--bpffs-dir={pins}");
+
+    // The handover socket lives on the host, where the old and the new agent of an update
+    // both see it; the agent keeps its links on exit (fail closed).
+    let socket = flag(args(container), "handover-socket").expect("--handover-socket");
+    let (host, mount) = host_path_mount("/run/iamlet");
+    assert_eq!(host.type_.as_deref(), Some("DirectoryOrCreate"));
+    assert_eq!(mount.mount_path, "/run/iamlet");
+    assert_ne!(mount.read_only, Some(true), "the socket is created there");
+    assert_eq!(socket, "/run/iamlet/handover.sock");
+    assert_eq!(flag(args(container), "on-exit"), Some("keep"));
 }
 
 #[test]

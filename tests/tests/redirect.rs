@@ -332,7 +332,7 @@ fn bpftool_lists_programs_and_exit_detaches_them() -> Result<()> {
         .to_str()
         .context("utf-8 path")?
         .to_string();
-    let agent = Agent::start(&node, &[])?;
+    let mut agent = Agent::start(&node, &["--on-exit", "detach"])?;
     let pin_dir = agent.bpffs_dir().to_path_buf();
 
     let attached = bpftool_json(&["cgroup", "show", &cgroup])?;

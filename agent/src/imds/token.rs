@@ -52,9 +52,14 @@ impl TokenKey {
         Ok(TokenKey { key })
     }
 
-    /// A key from given bytes (tests).
+    /// A key from given bytes: a predecessor's (handover) or a test's.
     pub fn from_bytes(key: [u8; 32]) -> Self {
         TokenKey { key }
+    }
+
+    /// The key's bytes, handed to a successor so tokens SDKs hold stay valid across upgrades.
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.key
     }
 
     fn mac(&self, body: &[u8], subject: &[u8]) -> HmacSha256 {

@@ -105,9 +105,11 @@ fn main() -> Result<()> {
         pods.push((*name, node.add_pod(&path)?));
     }
     let endpoint = moto.endpoint();
-    let agent = Agent::start(
+    let mut agent = Agent::start(
         &node,
         &[
+            "--on-exit",
+            "detach",
             "--bindings",
             bindings_file.to_str().context("utf-8 path")?,
             "--sts-endpoint",

@@ -78,6 +78,8 @@ are left out, so the agent's own default applies.
 {{- with $a.bpffsDir }}
 - --bpffs-dir={{ . }}
 {{- end }}
+- --handover-socket={{ $a.handoverDir }}/handover.sock
+- --on-exit={{ $a.onExit }}
 {{- with $a.baseRoleArn }}
 - --base-role-arn={{ . }}
 {{- end }}

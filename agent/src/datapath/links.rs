@@ -1,0 +1,163 @@
+//! The programs' cgroup links, pinned under the bpffs directory (`link_<program>`) so that they
+//! outlive the agent: a crashed, killed or upgrading agent leaves pods redirected to its
+//! listener address (connection refused while nobody listens: fail closed), never to the real
+//! metadata service.
+//!
+//! Starting, an agent either adopts the pinned link of each hook, swapping its own program in
+//! with `BPF_LINK_UPDATE` (atomic: every connect sees the old or the new program, never
+//! neither), or, when there is none (or it targets another cgroup), attaches a new link in
+//! single mode and pins it.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use aya::programs::links::FdLink;
+use aya::programs::{CgroupAttachMode, Program};
+
+use super::bpf_sys::{self, BPF_LINK_TYPE_CGROUP};
+use super::Error;
+
+/// One hook: program name in the object, hook, kernel attach type.
+#[derive(Clone, Copy, Debug)]
+pub struct Hook {
+    /// Program name in the eBPF object.
+    pub program: &'static str,
+    /// Section / hook name, for messages.
+    pub hook: &'static str,
+    /// `enum bpf_attach_type` value of the hook.
+    pub attach_type: u32,
+}
+
+/// The three hooks, in attach order.
+pub const HOOKS: [Hook; 3] = [
+    Hook {
+        program: "iamlet_connect4",
+        hook: "cgroup/connect4",
+        attach_type: 10, // BPF_CGROUP_INET4_CONNECT
+    },
+    Hook {
+        program: "iamlet_connect6",
+        hook: "cgroup/connect6",
+        attach_type: 11, // BPF_CGROUP_INET6_CONNECT
+    },
+    Hook {
+        program: "iamlet_sock_ops",
+        hook: "sock_ops",
+        attach_type: 3, // BPF_CGROUP_SOCK_OPS
+    },
+];
+
+/// Where the link of `hook` is pinned.
+pub fn link_pin(pin_dir: &Path, hook: &Hook) -> PathBuf {
+    pin_dir.join(format!("link_{}", hook.program))
+}
+
+/// What happened to one hook's link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A new link was attached and pinned.
+    Attached,
+    /// The pinned link of an earlier agent now runs this agent's program.
+    Adopted,
+}
+
+/// Puts `program` (loaded) on `hook` of `cgroup`, adopting a pinned link if one targets it.
+pub fn install(
+    program: &mut Program,
+    hook: &Hook,
+    cgroup: &File,
+    cgroup_path: &Path,
+    cgroup_id: u64,
+    pin_dir: &Path,
+) -> Result<Outcome, Error> {
+    let pin = link_pin(pin_dir, hook);
+    let link_err = |what: &'static str, source: io::Error| Error::Link {
+        name: hook.program,
+        path: pin.clone(),
+        what,
+        source,
+    };
+    if pin.exists() {
+        match adoptable(&pin, hook, cgroup_id) {
+            Ok(Some(link)) => {
+                let prog = program.fd().map_err(|source| Error::ProgramLoad {
+                    name: hook.program,
+                    hook: hook.hook,
+                    source: Box::new(source),
+                })?;
+                bpf_sys::link_update(link.as_fd(), prog.as_fd())
+                    .map_err(|e| link_err("replace the program of", e))?;
+                return Ok(Outcome::Adopted);
+            }
+            Ok(None) => {
+                tracing::warn!(pin = %pin.display(), "pinned link targets another cgroup or a removed one; replacing it")
+            }
+            Err(e) => {
+                tracing::warn!(pin = %pin.display(), error = %e, "unusable pinned link; replacing it")
+            }
+        }
+        // Unpinning the last reference detaches the stale link.
+        std::fs::remove_file(&pin).map_err(|e| link_err("remove", e))?;
+    }
+    let attach_err = |source| Error::Attach {
+        name: hook.program,
+        hook: hook.hook,
+        cgroup: cgroup_path.to_owned(),
+        source: Box::new(source),
+    };
+    let link: FdLink = match program {
+        Program::SockOps(p) => {
+            let id = p
+                .attach(cgroup, CgroupAttachMode::Single)
+                .map_err(attach_err)?;
+            let link = p.take_link(id).map_err(attach_err)?;
+            FdLink::try_from(link).map_err(|e| link_err("own", io::Error::other(e)))?
+        }
+        Program::CgroupSockAddr(p) => {
+            let id = p
+                .attach(cgroup, CgroupAttachMode::Single)
+                .map_err(attach_err)?;
+            let link = p.take_link(id).map_err(attach_err)?;
+            FdLink::try_from(link).map_err(|e| link_err("own", io::Error::other(e)))?
+        }
+        _ => {
+            return Err(Error::Missing {
+                what: "cgroup program",
+                name: hook.program,
+            })
+        }
+    };
+    link.pin(&pin)
+        .map_err(|e| link_err("pin", io::Error::other(e)))?;
+    Ok(Outcome::Attached)
+}
+
+/// The pinned link at `pin`, if it is a live cgroup link of `hook`'s type on `cgroup_id`.
+fn adoptable(pin: &Path, hook: &Hook, cgroup_id: u64) -> io::Result<Option<std::os::fd::OwnedFd>> {
+    let fd = bpf_sys::obj_get(pin)?;
+    let info = bpf_sys::cgroup_link_info(fd.as_fd())?;
+    let ours = info.link_type == BPF_LINK_TYPE_CGROUP
+        && info.cgroup_id == cgroup_id
+        && info.attach_type == hook.attach_type;
+    Ok(ours.then_some(fd))
+}
+
+/// Removes the pinned links (detaching them); returns how many were removed.
+pub fn unpin_all(pin_dir: &Path) -> usize {
+    HOOKS
+        .iter()
+        .filter(|hook| {
+            let pin = link_pin(pin_dir, hook);
+            match std::fs::remove_file(&pin) {
+                Ok(()) => true,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+                Err(e) => {
+                    tracing::warn!(pin = %pin.display(), error = %e, "could not remove pinned link");
+                    false
+                }
+            }
+        })
+        .count()
+}

@@ -1,0 +1,341 @@
+//! Agent upgrades and exits, end to end: a DaemonSet rollout with `maxSurge: 1` runs the new
+//! agent next to the old one; the new one takes the listening sockets, token key and pinned
+//! links over, and a pod asking all the while loses no request (kiam and kube2iam dropped
+//! credentials during agent upgrades). An agent that exits or is killed with no successor
+//! leaves the programs attached: pods get connection refused, never the node's credentials
+//! (kube2iam leaked them whenever its iptables rule was missing); the next agent adopts the
+//! links. Run as root through `cargo xtask test`.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use iamlet_tests::fake_imds::{NODE_ACCESS_KEY, NODE_ACCOUNT};
+use iamlet_tests::process::ChildGuard;
+use iamlet_tests::{http_with, skip_unless_privileged, Agent, FakeImds, FakePod, Family, TestNode};
+use serde_json::Value;
+
+const UID: &str = "7a7a7a7a-1b1b-4c2c-8d3d-4e4e4e4e4e4e";
+const ROLE: &str = "arn:aws:iam::123456789012:role/upgrade-app";
+const KEY: &str = "ASIAUPGRADEEXAMPLE01";
+
+/// A pod process that fetches one IMDSv2 token, then, like an SDK that caches it, asks for
+/// its role and credentials over fresh connections for `seconds`, and prints a JSON summary.
+const ASKER: &str = r#"
+import http.client, json, sys, time
+seconds = float(sys.argv[1])
+out = {"ok": 0, "errors": [], "keys": {}, "max_ms": 0.0}
+def call(method, path, headers):
+    c = http.client.HTTPConnection("169.254.169.254", 80, timeout=5)
+    try:
+        c.request(method, path, headers=headers)
+        r = c.getresponse()
+        return r.status, r.read().decode()
+    finally:
+        c.close()
+status, token = call("PUT", "/latest/api/token", {"X-aws-ec2-metadata-token-ttl-seconds": "21600"})
+if status != 200:
+    out["errors"].append("token: %d %s" % (status, token[:100]))
+h = {"X-aws-ec2-metadata-token": token}
+end = time.time() + seconds
+while time.time() < end:
+    t = time.time()
+    try:
+        status, role = call("GET", "/latest/meta-data/iam/security-credentials/", h)
+        if status != 200:
+            raise Exception("role list: %d %s" % (status, role[:100]))
+        status, doc = call("GET", "/latest/meta-data/iam/security-credentials/" + role, h)
+        if status != 200:
+            raise Exception("credentials: %d %s" % (status, doc[:100]))
+        key = json.loads(doc)["AccessKeyId"]
+        out["keys"][key] = out["keys"].get(key, 0) + 1
+        out["ok"] += 1
+    except Exception as e:
+        out["errors"].append(repr(e)[:200])
+    out["max_ms"] = max(out["max_ms"], (time.time() - t) * 1000)
+    # About 30 requests/s: below the agent's per-pod rate limit (50/s).
+    time.sleep(0.05)
+out["error_count"] = len(out["errors"])
+out["errors"] = out["errors"][:20]
+print(json.dumps(out))
+"#;
+
+fn pod_cgroup() -> String {
+    format!(
+        "kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{:064x}.scope",
+        UID.replace('-', "_"),
+        1
+    )
+}
+
+/// Bindings and static credentials for the one pod.
+struct Files {
+    dir: PathBuf,
+}
+
+impl Files {
+    fn write() -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("iamlet-upgrade-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(
+            dir.join("bindings.yaml"),
+            format!(
+                "bindings:\n  - cgroup: \"**/kubepods-besteffort-pod{}.slice\"\n    role: {ROLE}\n",
+                UID.replace('-', "_")
+            ),
+        )?;
+        std::fs::write(
+            dir.join("creds.yaml"),
+            format!("credentials:\n  {ROLE}:\n    access_key_id: {KEY}\n    secret_access_key: s\n    session_token: t\n"),
+        )?;
+        Ok(Files { dir })
+    }
+
+    fn args<'a>(&'a self, extra: &[&'a str]) -> Vec<String> {
+        let mut args = vec![
+            "--bindings".to_string(),
+            self.dir.join("bindings.yaml").display().to_string(),
+            "--static-credentials".into(),
+            self.dir.join("creds.yaml").display().to_string(),
+            "--log".into(),
+            "info".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    }
+}
+
+impl Drop for Files {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn refs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// The credentials document the pod gets with IMDSv2 (what the real service requires too);
+/// an error when it cannot connect or is refused.
+fn fetch_credentials(pod: &FakePod) -> Result<String> {
+    const BASE: &str = "/latest/meta-data/iam/security-credentials/";
+    let token = http_with(
+        pod.command("python3"),
+        Family::V4,
+        "169.254.169.254",
+        80,
+        "PUT",
+        "/latest/api/token",
+        &[("X-aws-ec2-metadata-token-ttl-seconds", "60")],
+    )?;
+    ensure!(
+        token.status == 200,
+        "token: {} {}",
+        token.status,
+        token.body
+    );
+    let get = |path: &str| {
+        http_with(
+            pod.command("python3"),
+            Family::V4,
+            "169.254.169.254",
+            80,
+            "GET",
+            path,
+            &[("X-aws-ec2-metadata-token", token.body.trim())],
+        )
+    };
+    let roles = get(BASE)?;
+    ensure!(
+        roles.status == 200,
+        "role list: {} {}",
+        roles.status,
+        roles.body
+    );
+    let doc = get(&format!("{BASE}{}", roles.body.trim()))?;
+    ensure!(
+        doc.status == 200,
+        "credentials: {} {}",
+        doc.status,
+        doc.body
+    );
+    Ok(doc.body)
+}
+
+/// Ids of the programs attached to the node's pods cgroup.
+fn attached_programs(node: &TestNode) -> Result<Vec<u64>> {
+    let cgroup = node
+        .pods_cgroup()
+        .to_str()
+        .context("utf-8 path")?
+        .to_owned();
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "cgroup", "show", &cgroup])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let v: Value = serde_json::from_str(&text).with_context(|| format!("bpftool: {text}"))?;
+    let mut ids: Vec<u64> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["id"].as_u64())
+        .collect();
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+#[test]
+fn upgrade_hands_over_without_losing_a_request() -> Result<()> {
+    skip_unless_privileged!(Ok(()));
+    let node = TestNode::new()?;
+    let _imds = FakeImds::start(&node)?;
+    let files = Files::write()?;
+    let pod = node.add_pod(&pod_cgroup())?;
+    let mut first = Agent::start(&node, &refs(&files.args(&[])))?;
+    let programs_first = attached_programs(&node)?;
+    ensure!(programs_first.len() == 3, "attached: {programs_first:?}");
+
+    let mut cmd = pod.command("python3");
+    cmd.args(["-c", ASKER, "9"]).stdout(Stdio::piped());
+    let asker = ChildGuard::spawn(&mut cmd)?;
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // Rollout, twice: the new agent starts next to the old one, then the old one is stopped.
+    let mut second = Agent::start_successor(&node, &first, &refs(&files.args(&[])))?;
+    std::thread::sleep(Duration::from_millis(1000));
+    let status = first.stop()?;
+    ensure!(status.success(), "first agent exit: {status}");
+    let programs_second = attached_programs(&node)?;
+    ensure!(
+        programs_second.len() == 3 && programs_second != programs_first,
+        "the successor's programs were not swapped in: {programs_first:?} -> {programs_second:?}"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let third = Agent::start_successor(&node, &second, &refs(&files.args(&[])))?;
+    std::thread::sleep(Duration::from_millis(1000));
+    let status = second.stop()?;
+    ensure!(status.success(), "second agent exit: {status}");
+
+    let out = asker
+        .into_inner()
+        .wait_with_output()
+        .context("waiting for the asking pod")?;
+    let summary: Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "asker output: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    println!("pod asking through two handovers: {summary}");
+    let ok = summary["ok"].as_u64().unwrap_or(0);
+    ensure!(
+        summary["errors"].as_array().is_some_and(Vec::is_empty),
+        "requests failed during the handovers: {summary}"
+    );
+    ensure!(ok >= 50, "too few requests to mean anything: {summary}");
+    ensure!(
+        summary["keys"].as_object().is_some_and(|k| k.len() == 1)
+            && summary["keys"][KEY].as_u64() == Some(ok),
+        "wrong credentials: {summary}"
+    );
+    for (name, log) in [("first", first.log_text()), ("second", second.log_text())] {
+        ensure!(
+            log.contains("handed over to the successor"),
+            "{name} agent did not hand over:\n{log}"
+        );
+    }
+    ensure!(
+        third
+            .log_text()
+            .contains("taking over from the running agent"),
+        "third agent did not take over:\n{}",
+        third.log_text()
+    );
+    Ok(())
+}
+
+#[test]
+fn exit_or_crash_without_successor_fails_closed_and_the_next_agent_adopts() -> Result<()> {
+    skip_unless_privileged!(Ok(()));
+    let node = TestNode::new()?;
+    let _imds = FakeImds::start(&node)?;
+    let files = Files::write()?;
+    let pod = node.add_pod(&pod_cgroup())?;
+    let served = |what: &str| -> Result<()> {
+        let creds = fetch_credentials(&pod).with_context(|| format!("{what}: no credentials"))?;
+        ensure!(creds.contains(KEY), "{what}: {creds}");
+        Ok(())
+    };
+    let refused = |what: &str| -> Result<()> {
+        match fetch_credentials(&pod) {
+            Ok(answer) => anyhow::bail!("{what}: the pod was answered: {answer}"),
+            Err(e) => {
+                let text = format!("{e:#}");
+                ensure!(
+                    !text.contains(NODE_ACCESS_KEY) && !text.contains(NODE_ACCOUNT),
+                    "{what}: node credentials: {text}"
+                );
+                ensure!(
+                    text.contains("ConnectionRefused"),
+                    "{what}: expected connection refused, got: {text}"
+                );
+                Ok(())
+            }
+        }
+    };
+
+    let mut agent = Agent::start(&node, &refs(&files.args(&[])))?;
+    served("first agent")?;
+    let status = agent.stop()?;
+    ensure!(status.success(), "exit status {status}");
+    ensure!(
+        attached_programs(&node)?.len() == 3,
+        "programs detached on exit with --on-exit keep"
+    );
+    refused("after a clean exit")?;
+
+    // The next agent adopts the pinned links (no handover partner: the first one is gone).
+    let mut next = Agent::start_successor(&node, &agent, &refs(&files.args(&[])))?;
+    ensure!(
+        next.log_text().contains("Adopted"),
+        "links not adopted:\n{}",
+        next.log_text()
+    );
+    served("adopting agent")?;
+
+    // A crash (SIGKILL: no clean-up runs at all) fails closed too.
+    let pid = next.pid().context("pid")?.to_string();
+    std::process::Command::new("kill")
+        .args(["-KILL", &pid])
+        .status()?;
+    let _ = next.stop();
+    ensure!(
+        attached_programs(&node)?.len() == 3,
+        "programs gone after a crash"
+    );
+    refused("after a crash")?;
+    let mut last =
+        Agent::start_successor(&node, &next, &refs(&files.args(&["--on-exit", "detach"])))?;
+    served("agent after the crash")?;
+
+    // Control: --on-exit detach removes everything, and then the pod does reach the metadata
+    // service of the node (here the fake one with node credentials) — which is what `keep`
+    // prevents.
+    let status = last.stop()?;
+    ensure!(status.success(), "exit status {status}");
+    ensure!(
+        attached_programs(&node)?.is_empty(),
+        "programs left after --on-exit detach"
+    );
+    let leaked = fetch_credentials(&pod)?;
+    ensure!(
+        leaked.contains(NODE_ACCESS_KEY),
+        "the control did not reach the fake IMDS: {leaked}"
+    );
+    Ok(())
+}
