@@ -25,7 +25,7 @@ use agent_common::{
     ipv4_raw, ipv6_raw, ConfigV1, ConnInfoV1, PeerKeyV1, AF_INET, AF_INET6, CONFIG_FLAG_V4,
     CONFIG_FLAG_V6, COUNTER_COUNT, EXEMPT_SLOTS,
 };
-use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, HashMap, IterableMap, MapData, MapError, PerCpuArray};
 use aya::programs::{CgroupSockAddr, ProgramError, SockOps};
 use aya::Ebpf;
 
@@ -242,17 +242,6 @@ impl Datapath {
             tracing::info!("found a predecessor's peers map; consulting it during the switch-over");
             Previous { peers, until: None }
         });
-        for name in [CONFIG_MAP, COOKIES_MAP, PEERS_MAP, COUNTERS_MAP] {
-            let path = cfg.pin_dir.join(name);
-            bpffs::remove_pin(&path);
-            let map = ebpf.map(name).ok_or(Error::Missing { what: "map", name })?;
-            map.pin(&path).map_err(|source| Error::Pin {
-                name,
-                path: path.clone(),
-                source,
-            })?;
-        }
-
         let peers_map = ebpf.take_map(PEERS_MAP).ok_or(Error::Missing {
             what: "map",
             name: PEERS_MAP,
@@ -288,6 +277,24 @@ impl Datapath {
             source: io::Error::other(e.to_string()),
         })?;
         let mut ebpf = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
+        // This agent's maps replace the predecessor's pins only now that it takes over, so
+        // an agent that fails to start leaves the running one's pins alone.
+        let pins: [(&'static str, Option<&MapData>); 4] = [
+            (CONFIG_MAP, ebpf.map(CONFIG_MAP).and_then(map_data)),
+            (COOKIES_MAP, ebpf.map(COOKIES_MAP).and_then(map_data)),
+            (PEERS_MAP, Some(IterableMap::map(&self.peers))),
+            (COUNTERS_MAP, Some(IterableMap::map(&self.counters))),
+        ];
+        for (name, data) in pins {
+            let data = data.ok_or(Error::Missing { what: "map", name })?;
+            let path = self.pin_dir.join(name);
+            bpffs::remove_pin(&path);
+            data.pin(&path).map_err(|source| Error::Pin {
+                name,
+                path: path.clone(),
+                source,
+            })?;
+        }
         for hook in links::HOOKS {
             let program = ebpf.program_mut(hook.program).ok_or(Error::Missing {
                 what: "program",
@@ -391,6 +398,15 @@ impl Drop for Datapath {
                 tracing::info!(%cgroup, links, "detached the programs and removed the pins");
             }
         }
+    }
+}
+
+/// The map data behind a loaded map.
+fn map_data(map: &aya::maps::Map) -> Option<&MapData> {
+    use aya::maps::Map;
+    match map {
+        Map::Array(d) | Map::LruHashMap(d) | Map::HashMap(d) | Map::PerCpuArray(d) => Some(d),
+        _ => None,
     }
 }
 

@@ -80,6 +80,25 @@ impl Agent {
         Self::spawn(node, pod.command(agent_bin()), extra, None)
     }
 
+    /// Like [`Agent::start_successor`], but the new agent runs inside `pod`'s cgroup (a
+    /// host-network pod), as the surge pod of a DaemonSet update does.
+    pub fn start_successor_in_pod(
+        node: &TestNode,
+        pod: &FakePod,
+        running: &Agent,
+        extra: &[&str],
+    ) -> Result<Agent> {
+        if !pod.is_host_network() {
+            bail!("the agent must run in a host-network pod to listen on the node's address");
+        }
+        Self::spawn(
+            node,
+            pod.command(agent_bin()),
+            extra,
+            Some(running.shared.clone()),
+        )
+    }
+
     /// Like [`Agent::start_in_pod`], but in a private cgroup namespace (`unshare --cgroup`),
     /// as containerd and CRI-O run non-privileged containers on cgroup v2: the agent's
     /// `/proc/self/cgroup` then says only `0::/`.

@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use iamlet_tests::fake_imds::{NODE_ACCESS_KEY, NODE_ACCOUNT};
+use iamlet_tests::fake_imds::{INSTANCE_ID, NODE_ACCESS_KEY, NODE_ACCOUNT};
 use iamlet_tests::process::ChildGuard;
 use iamlet_tests::{http_with, skip_unless_privileged, Agent, FakeImds, FakePod, Family, TestNode};
 use serde_json::Value;
@@ -21,7 +21,8 @@ const ROLE: &str = "arn:aws:iam::123456789012:role/upgrade-app";
 const KEY: &str = "ASIAUPGRADEEXAMPLE01";
 
 /// A pod process that fetches one IMDSv2 token, then, like an SDK that caches it, asks for
-/// its role and credentials over fresh connections for `seconds`, and prints a JSON summary.
+/// its role, its credentials and the instance id over fresh connections for `argv[1]`
+/// seconds, and prints a JSON summary.
 const ASKER: &str = r#"
 import http.client, json, sys, time
 seconds = float(sys.argv[1])
@@ -49,6 +50,11 @@ while time.time() < end:
         if status != 200:
             raise Exception("credentials: %d %s" % (status, doc[:100]))
         key = json.loads(doc)["AccessKeyId"]
+        # Passed through to the node's metadata service by whichever agent accepted: that
+        # agent's own connect must not be redirected back to the proxy.
+        status, iid = call("GET", "/latest/meta-data/instance-id", h)
+        if status != 200 or iid != sys.argv[2]:
+            raise Exception("instance-id: %d %s" % (status, iid[:100]))
         out["keys"][key] = out["keys"].get(key, 0) + 1
         out["ok"] += 1
     except Exception as e:
@@ -195,17 +201,26 @@ fn upgrade_hands_over_without_losing_a_request() -> Result<()> {
     let _imds = FakeImds::start(&node)?;
     let files = Files::write()?;
     let pod = node.add_pod(&pod_cgroup())?;
-    let mut first = Agent::start(&node, &refs(&files.args(&[])))?;
+    // Each agent runs in its own host-network pod below the attached cgroup, as DaemonSet
+    // pods do, so each must be exempt from the redirect (and its predecessor too).
+    let agent_pods: Vec<FakePod> = (1..=3)
+        .map(|i| {
+            node.add_host_network_pod(&format!("kubepods-burstable.slice/iamlet-agent-{i}.scope"))
+        })
+        .collect::<Result<_>>()?;
+    let mut first = Agent::start_in_pod(&node, &agent_pods[0], &refs(&files.args(&[])))?;
     let programs_first = attached_programs(&node)?;
     ensure!(programs_first.len() == 3, "attached: {programs_first:?}");
 
     let mut cmd = pod.command("python3");
-    cmd.args(["-c", ASKER, "9"]).stdout(Stdio::piped());
+    cmd.args(["-c", ASKER, "9", INSTANCE_ID])
+        .stdout(Stdio::piped());
     let asker = ChildGuard::spawn(&mut cmd)?;
     std::thread::sleep(Duration::from_millis(1500));
 
     // Rollout, twice: the new agent starts next to the old one, then the old one is stopped.
-    let mut second = Agent::start_successor(&node, &first, &refs(&files.args(&[])))?;
+    let mut second =
+        Agent::start_successor_in_pod(&node, &agent_pods[1], &first, &refs(&files.args(&[])))?;
     std::thread::sleep(Duration::from_millis(1000));
     let status = first.stop()?;
     ensure!(status.success(), "first agent exit: {status}");
@@ -215,7 +230,8 @@ fn upgrade_hands_over_without_losing_a_request() -> Result<()> {
         "the successor's programs were not swapped in: {programs_first:?} -> {programs_second:?}"
     );
     std::thread::sleep(Duration::from_millis(1500));
-    let third = Agent::start_successor(&node, &second, &refs(&files.args(&[])))?;
+    let third =
+        Agent::start_successor_in_pod(&node, &agent_pods[2], &second, &refs(&files.args(&[])))?;
     std::thread::sleep(Duration::from_millis(1000));
     let status = second.stop()?;
     ensure!(status.success(), "second agent exit: {status}");
