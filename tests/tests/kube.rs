@@ -1,14 +1,19 @@
 //! Kubernetes mode end to end: the fake API server and the agent in the node's namespace, fake
 //! pods whose cgroups follow the systemd driver's layout with the pods' real UIDs. Annotated
-//! roles, namespace policy with an Event, hostNetwork pods, the pod-start race, deletion.
-//! Run as root through `cargo xtask test`.
+//! roles, namespace policy with an Event, hostNetwork pods, the pod-start race, deletion; and
+//! with moto STS behind the fault proxy: prefetch when the watch delivers a pod (before its
+//! container asks), kiam's external-id and session-name annotations, and the opt-in IRSA
+//! service account annotation. Run as root through `cargo xtask test`.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use iamlet_tests::kube_fake::{FakeApiServer, KubeControl, RemoteApiServer};
-use iamlet_tests::{http, skip_unless_privileged, Agent, FakePod, Family, TestNode};
+use iamlet_tests::{
+    fetch_credentials, http, skip_unless_privileged, sts_available, Agent, FakePod, Family,
+    FaultProxy, MotoSts, Sdk, TestNode,
+};
 use serde_json::{json, Value};
 
 const NODE: &str = "node-1";
@@ -55,12 +60,47 @@ impl Drop for Setup {
     }
 }
 
+/// Where the agent gets credentials in a test.
+enum Creds<'a> {
+    /// Static credentials for these role names.
+    Static(&'a [&'a str]),
+    /// STS at this endpoint, plus extra agent flags.
+    Sts(&'a str, &'a [&'a str]),
+}
+
 fn setup(node: &TestNode, roles: &[&str]) -> Result<(Setup, Agent)> {
+    setup_with(node, Creds::Static(roles))
+}
+
+fn setup_with(node: &TestNode, creds_from: Creds<'_>) -> Result<(Setup, Agent)> {
     let api = FakeApiServer::start_in_node(node)?;
     let dir = std::env::temp_dir().join(format!("iamlet-kube-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let kubeconfig = dir.join("kubeconfig");
     api.write_kubeconfig(&kubeconfig)?;
+    let kc = kubeconfig.display().to_string();
+    let base = format!("arn:aws:iam::{ACCOUNT}:role/");
+    let mut args = vec![
+        "--kubeconfig",
+        &kc,
+        "--node-name",
+        NODE,
+        "--base-role-arn",
+        &base,
+        "--upstream",
+        "off",
+        "--pod-wait",
+        "3s",
+    ];
+    let roles = match creds_from {
+        Creds::Static(roles) => roles,
+        Creds::Sts(endpoint, extra) => {
+            args.extend(["--sts-endpoint", endpoint, "--region", "us-east-1"]);
+            args.extend_from_slice(extra);
+            let agent = Agent::start(node, &args)?;
+            return Ok((Setup { dir, api }, agent));
+        }
+    };
     let mut creds = String::from("credentials:\n");
     for role in roles {
         creds.push_str(&format!(
@@ -69,26 +109,9 @@ fn setup(node: &TestNode, roles: &[&str]) -> Result<(Setup, Agent)> {
         ));
     }
     std::fs::write(dir.join("creds.yaml"), creds)?;
-    let kc = kubeconfig.display().to_string();
     let cr = dir.join("creds.yaml").display().to_string();
-    let base = format!("arn:aws:iam::{ACCOUNT}:role/");
-    let agent = Agent::start(
-        node,
-        &[
-            "--kubeconfig",
-            &kc,
-            "--node-name",
-            NODE,
-            "--static-credentials",
-            &cr,
-            "--base-role-arn",
-            &base,
-            "--upstream",
-            "off",
-            "--pod-wait",
-            "3s",
-        ],
-    )?;
+    args.extend(["--static-credentials", &cr]);
+    let agent = Agent::start(node, &args)?;
     Ok((Setup { dir, api }, agent))
 }
 
@@ -203,5 +226,78 @@ fn pod_start_race_annotation_change_and_deletion() -> Result<()> {
         name: "racer".into(),
     })?;
     wait_for("404 after deletion", || Ok(role_list(&pod)?.0 == 404))?;
+    Ok(())
+}
+
+#[test]
+fn watched_pods_are_prefetched_from_sts_with_kiam_and_irsa_annotations() -> Result<()> {
+    skip_unless_privileged!(Ok(()));
+    sts_available().map_err(anyhow::Error::msg)?;
+    let node = TestNode::new()?;
+    let moto = MotoSts::start(&node)?;
+    let proxy = FaultProxy::start(&node, moto.addr())?;
+    let endpoint = proxy.endpoint();
+    let (s, _agent) = setup_with(&node, Creds::Sts(&endpoint, &["--service-account-roles"]))?;
+    s.api.apply(&namespace_json("team-a", ".*"))?;
+    proxy.reset_stats()?;
+
+    // A pod with kiam's annotations: prefetched as soon as the watch delivers it, before its
+    // container exists.
+    let uid = "31313131-4242-4535-8686-979797979797";
+    let mut pod = pod_json("team-a", "annotated", uid, Some("app-sts"), NODE);
+    pod["metadata"]["annotations"]["iam.amazonaws.com/external-id"] = json!("ext-123");
+    pod["metadata"]["annotations"]["iam.amazonaws.com/session-name"] = json!("nightly-report");
+    let published = Instant::now();
+    s.api.apply(&pod)?;
+    proxy
+        .wait_assume_role_calls(1, Duration::from_secs(15))
+        .context("no prefetch after the watch delivered the pod")?;
+    let prefetched_after = published.elapsed();
+    let role_arn = format!("arn:aws:iam::{ACCOUNT}:role/app-sts");
+    let stats = proxy.stats()?;
+    let call = stats
+        .assume_role_log
+        .iter()
+        .find(|c| c.role_arn.as_deref() == Some(role_arn.as_str()))
+        .with_context(|| format!("AssumeRole for {role_arn}: {:?}", stats.assume_role_log))?;
+    ensure!(call.external_id.as_deref() == Some("ext-123"), "{call:?}");
+    ensure!(
+        call.role_session_name.as_deref() == Some("nightly-report"),
+        "{call:?}"
+    );
+    let container_a = node.add_pod(&container(uid))?;
+    let before = proxy.assume_role_calls();
+    let got = fetch_credentials(&container_a, Sdk::Boto3)?;
+    ensure!(
+        proxy.assume_role_calls() == before,
+        "the pod's first request called STS"
+    );
+    ensure!(got.access_key_id.starts_with("ASIA"), "{got:?}");
+
+    // A pod without an annotation whose service account names a role (IRSA style).
+    let sa_role = format!("arn:aws:iam::{ACCOUNT}:role/from-service-account");
+    s.api.apply(&json!({
+        "apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": "reporter", "namespace": "team-a",
+                     "annotations": {"eks.amazonaws.com/role-arn": sa_role}}
+    }))?;
+    let uid_b = "64646464-7575-4868-9797-a8a8a8a8a8a8";
+    let mut pod_b = pod_json("team-a", "irsa", uid_b, None, NODE);
+    pod_b["spec"]["serviceAccountName"] = json!("reporter");
+    s.api.apply(&pod_b)?;
+    let container_b = node.add_pod(&container(uid_b))?;
+    wait_for("the service account's role", || {
+        Ok(role_list(&container_b)? == (200, "from-service-account".into()))
+    })?;
+    let got_b = fetch_credentials(&container_b, Sdk::Boto3)?;
+    ensure!(
+        got_b.access_key_id != got.access_key_id,
+        "two roles, one key: {got_b:?}"
+    );
+    ensure!(
+        proxy.stats()?.assume_role_calls_for(&sa_role) >= 1,
+        "no AssumeRole for the service account's role"
+    );
+    eprintln!("prefetched {prefetched_after:?} after the API server published the pod");
     Ok(())
 }
