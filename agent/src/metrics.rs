@@ -108,7 +108,7 @@ impl prometheus_client::collector::Collector for EbpfCollector {
             return Ok(());
         };
         let mut family = encoder.encode_descriptor(
-            "iamlet_ebpf_events",
+            "ebpf_events",
             "Events counted by the eBPF programs",
             None,
             prometheus_client::metrics::MetricType::Counter,
@@ -137,22 +137,22 @@ impl prometheus_client::collector::Collector for EngineCollector {
         let s = self.engine.stats();
         for (name, help, value) in [
             (
-                "iamlet_sts_calls",
+                "sts_calls",
                 "AssumeRole calls made",
                 s.sts_calls.load(Relaxed),
             ),
             (
-                "iamlet_sts_failures",
+                "sts_failures",
                 "AssumeRole calls that failed",
                 s.sts_failures.load(Relaxed),
             ),
             (
-                "iamlet_credentials_hits",
+                "credentials_hits",
                 "Credential requests served from the cache",
                 s.hits.load(Relaxed),
             ),
             (
-                "iamlet_credentials_misses",
+                "credentials_misses",
                 "Credential requests that had to wait for STS or failed",
                 s.misses.load(Relaxed),
             ),
@@ -166,7 +166,7 @@ impl prometheus_client::collector::Collector for EngineCollector {
             prometheus_client::encoding::EncodeMetric::encode(&ConstCounter::new(value), metric)?;
         }
         let metric = encoder.encode_descriptor(
-            "iamlet_credentials_cache_entries",
+            "credentials_cache_entries",
             "Role sessions in the credentials cache",
             None,
             prometheus_client::metrics::MetricType::Gauge,
@@ -178,7 +178,8 @@ impl prometheus_client::collector::Collector for EngineCollector {
     }
 }
 
-/// Builds the registry: the proxy's metrics, plus the eBPF counters when a datapath runs and
+/// Builds the registry (every name gets the `iamlet_` prefix, collectors' too): the proxy's
+/// metrics, plus the eBPF counters when a datapath runs and
 /// the credentials engine's when it runs.
 pub fn registry(
     metrics: &Metrics,
@@ -225,5 +226,43 @@ mod tests {
             out.contains("iamlet_proxy_requests_total{route=\"whoami\",status=\"200\"} 1"),
             "{out}"
         );
+    }
+
+    #[derive(Debug)]
+    struct NeverAssumes;
+
+    impl crate::sts::Assumer for NeverAssumes {
+        fn assume<'a>(
+            &'a self,
+            _binding: &'a crate::roles::RoleBinding,
+        ) -> crate::roles::BoxFuture<
+            'a,
+            Result<crate::credentials::Credentials, crate::credentials::CredentialError>,
+        > {
+            Box::pin(async {
+                Err(crate::credentials::CredentialError::new(
+                    "AccessDenied",
+                    "test",
+                ))
+            })
+        }
+    }
+
+    #[test]
+    fn engine_metrics_have_the_documented_names() {
+        let engine = Engine::new(Arc::new(NeverAssumes), Default::default());
+        let reg = registry(&Metrics::default(), None, Some(engine));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &reg).expect("encode");
+        for name in [
+            "iamlet_sts_calls_total 0",
+            "iamlet_sts_failures_total 0",
+            "iamlet_credentials_hits_total 0",
+            "iamlet_credentials_misses_total 0",
+            "iamlet_credentials_cache_entries 0",
+        ] {
+            assert!(out.contains(name), "{name} missing:\n{out}");
+        }
+        assert!(!out.contains("iamlet_iamlet_"), "doubled prefix:\n{out}");
     }
 }
