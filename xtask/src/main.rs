@@ -54,6 +54,8 @@ enum Bench {
     Connect,
     /// IMDS requests/s and latency (wrk in a pod), iamlet against nginx serving the same bytes.
     Imds,
+    /// Agent memory with 250 pods / 100 roles in its index, against the same agent with none.
+    Memory,
 }
 
 fn main() -> Result<()> {
@@ -75,13 +77,18 @@ fn main() -> Result<()> {
             build_agent(&root)?;
             match which {
                 Bench::Connect => run_tests_bin(&root, "iamlet-bench", &["connect"]),
-                Bench::Imds => {
-                    // Throughput is measured on the optimised agent.
+                // Throughput and memory are measured on the optimised agent.
+                Bench::Imds | Bench::Memory => {
                     run(cargo(&root).args(["build", "--locked", "--release", "-p", "iamlet"]))?;
+                    let arg = if matches!(which, Bench::Imds) {
+                        "imds"
+                    } else {
+                        "memory"
+                    };
                     run_tests_bin_with(
                         &root,
                         "iamlet-bench",
-                        &["imds"],
+                        &[arg],
                         &root.join("target/release/iamlet"),
                     )
                 }

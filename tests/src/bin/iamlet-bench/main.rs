@@ -9,9 +9,13 @@
 //!
 //! `cargo xtask bench imds`: HTTP throughput and latency of iamlet's metadata API against
 //! nginx serving the same bytes on the same hop (see [`bench_imds`]).
+//!
+//! `cargo xtask bench memory`: the agent's memory with 250 pods / 100 roles in its index,
+//! against the same agent on an empty cluster (see [`memory`]).
 
 mod connect;
 mod imds;
+mod memory;
 mod wrk;
 
 use anyhow::{bail, Result};
@@ -23,6 +27,8 @@ fn main() -> Result<()> {
         Some("connect-client") => connect::client(&args[1..]),
         Some("sink") => connect::sink(&args[1..]),
         Some("imds") => imds::bench_imds(),
-        _ => bail!("usage: iamlet-bench <connect|imds>"),
+        Some("memory") => memory::bench_memory(),
+        Some("memory-client") => memory::client(&args[1..]),
+        _ => bail!("usage: iamlet-bench <connect|imds|memory>"),
     }
 }
