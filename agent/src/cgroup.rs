@@ -5,7 +5,7 @@
 //! it back into a path (and from there into a pod, see [`crate::identity`]) by walking the
 //! cgroup tree and remembering each directory's inode: [`CgroupIndex`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs;
 use std::io;
@@ -14,7 +14,6 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError, RwLock};
-use std::time::{Duration, Instant};
 
 /// Where the kernel lists mounted filesystems.
 pub const PROC_MOUNTS: &str = "/proc/mounts";
@@ -25,8 +24,8 @@ const PREFERRED_MOUNT: &str = "/sys/fs/cgroup";
 /// Names of the kubelet's pods cgroup, systemd driver first, then cgroupfs driver.
 const PODS_CGROUP_NAMES: [&str; 2] = ["kubepods.slice", "kubepods"];
 
-/// Default minimum time between two rescans triggered by unknown cgroup ids.
-pub const DEFAULT_MIN_RESCAN_INTERVAL: Duration = Duration::from_millis(50);
+/// Most ids remembered as missing after a rescan (they are never reused).
+const MAX_MISSING: usize = 4096;
 
 /// Errors of cgroup discovery, validation and indexing.
 #[derive(Debug, thiserror::Error)]
@@ -341,29 +340,32 @@ fn scan_tree(root: &Path, base: &Path) -> Result<HashMap<u64, String>, Error> {
 }
 
 /// Bookkeeping of rescans, guarded by the mutex that serialises them.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct ScanState {
-    /// When the last scan finished.
-    last_finished: Instant,
+    /// Ids a rescan that started after their lookup did not find: cgroups outside the
+    /// indexed subtree or already removed. Cgroup ids are never reused, so asking again
+    /// cannot find them; cleared by [`CgroupIndex::refresh`].
+    missing: HashSet<u64>,
 }
 
 /// Maps cgroup ids (directory inodes) to cgroup paths relative to the cgroup2 root, rendered
 /// like `/kubepods.slice/kubepods-besteffort.slice/...`.
 ///
-/// Only the subtree below the attached cgroup is indexed. Lookups of unknown ids trigger a
-/// rescan, which is single-flight (concurrent misses share one walk) and rate-limited (at most
-/// one per [`DEFAULT_MIN_RESCAN_INTERVAL`] unless changed with
-/// [`CgroupIndex::with_min_rescan_interval`]). Safe to share between threads.
+/// Only the subtree below the attached cgroup is indexed. A lookup of an unknown id is
+/// answered only after a walk that started after the lookup did, so a container whose cgroup
+/// was created a moment before it connected is always found. Walks are single-flight
+/// (concurrent misses share one), and an id such a walk did not find is not walked for again.
+/// Safe to share between threads.
 #[derive(Debug)]
 pub struct CgroupIndex {
     root: PathBuf,
     scan_base: PathBuf,
     map: RwLock<HashMap<u64, String>>,
     scan: Mutex<ScanState>,
-    /// Number of completed scans, including the initial one; bumped while `scan` is held.
-    generation: AtomicU64,
+    /// Number of scans started, including the initial one; bumped, with `scan` held, before
+    /// a walk begins.
+    started: AtomicU64,
     rescans: AtomicU64,
-    min_rescan_interval: Duration,
 }
 
 impl CgroupIndex {
@@ -387,19 +389,10 @@ impl CgroupIndex {
             root,
             scan_base,
             map: RwLock::new(map),
-            scan: Mutex::new(ScanState {
-                last_finished: Instant::now(),
-            }),
-            generation: AtomicU64::new(1),
+            scan: Mutex::new(ScanState::default()),
+            started: AtomicU64::new(1),
             rescans: AtomicU64::new(0),
-            min_rescan_interval: DEFAULT_MIN_RESCAN_INTERVAL,
         })
-    }
-
-    /// Sets the minimum time between two rescans triggered by unknown ids.
-    pub fn with_min_rescan_interval(mut self, interval: Duration) -> Self {
-        self.min_rescan_interval = interval;
-        self
     }
 
     fn lookup(&self, id: u64) -> Option<String> {
@@ -411,7 +404,8 @@ impl CgroupIndex {
     }
 
     /// Walks the subtree and replaces the map; must be called with `self.scan` held.
-    fn rescan_locked(&self, state: &mut ScanState) {
+    fn rescan_locked(&self, _state: &mut ScanState) {
+        self.started.fetch_add(1, Ordering::AcqRel);
         match scan_tree(&self.root, &self.scan_base) {
             Ok(map) => {
                 *self.map.write().unwrap_or_else(PoisonError::into_inner) = map;
@@ -424,41 +418,40 @@ impl CgroupIndex {
                     .clear();
             }
         }
-        state.last_finished = Instant::now();
         self.rescans.fetch_add(1, Ordering::Relaxed);
-        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// The path of cgroup `id` relative to the cgroup2 root (e.g.
     /// `/kubepods.slice/kubepods-pod<uid>.slice/cri-containerd-<id>.scope`).
     ///
-    /// On a miss the subtree is rescanned once (unless another caller's rescan completed since
-    /// this lookup began, or the last rescan is more recent than the rate limit) and the id is
-    /// looked up again. Blocks on filesystem I/O during a rescan.
+    /// On a miss, waits for (or makes) a rescan that started after this call, then looks
+    /// again; ids such a rescan did not find are answered at once afterwards. Blocks on
+    /// filesystem I/O during a rescan.
     pub fn resolve(&self, id: u64) -> Option<String> {
-        let seen_generation = self.generation.load(Ordering::Acquire);
+        let ticket = self.started.load(Ordering::Acquire);
         if let Some(path) = self.lookup(id) {
             return Some(path);
         }
         let mut state = self.scan.lock().unwrap_or_else(PoisonError::into_inner);
-        if self.generation.load(Ordering::Acquire) != seen_generation {
-            // Someone rescanned after our miss: their result is at least as fresh as ours.
-            drop(state);
-            return self.lookup(id);
+        if state.missing.contains(&id) {
+            return None;
         }
-        if state.last_finished.elapsed() < self.min_rescan_interval {
-            drop(state);
-            return self.lookup(id);
+        // With the lock held no walk runs: one that started after our ticket has finished,
+        // and it began after the caller's cgroup existed.
+        if self.started.load(Ordering::Acquire) == ticket {
+            self.rescan_locked(&mut state);
         }
-        self.rescan_locked(&mut state);
-        drop(state);
-        self.lookup(id)
+        let found = self.lookup(id);
+        if found.is_none() && state.missing.len() < MAX_MISSING {
+            state.missing.insert(id);
+        }
+        found
     }
 
-    /// Rescans the subtree now, regardless of the rate limit (e.g. from a periodic task, so
-    /// that removed cgroups are dropped).
+    /// Rescans the subtree now (from a periodic task, so that removed cgroups are dropped).
     pub fn refresh(&self) {
         let mut state = self.scan.lock().unwrap_or_else(PoisonError::into_inner);
+        state.missing.clear();
         self.rescan_locked(&mut state);
     }
 

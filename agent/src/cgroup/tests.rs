@@ -1,6 +1,7 @@
 //! Unit tests of `cgroup`.
 
 use super::*;
+use std::time::Duration;
 
 #[test]
 fn own_cgroup_from_proc() {
@@ -132,7 +133,6 @@ fn index_scans_rescans_and_forgets() {
     let id = |p: &Path| cgroup_id(p).unwrap();
 
     let index = CgroupIndex::new(t.0.join("system.slice/.."), base.clone()).unwrap();
-    let index = index.with_min_rescan_interval(Duration::ZERO);
     assert_eq!(
         index.len(),
         3,
@@ -167,21 +167,31 @@ fn index_scans_rescans_and_forgets() {
 }
 
 #[test]
-fn index_rate_limits_and_single_flights() {
-    let t = TempTree::new("ratelimit");
-    fs::create_dir_all(t.0.join("kubepods/burstable")).unwrap();
-    let new = |interval| {
-        let index = CgroupIndex::new(t.0.clone(), t.0.join("kubepods")).unwrap();
-        Arc::new(index.with_min_rescan_interval(interval))
-    };
-    // Within the window after the last scan: no rescan, just a re-check.
-    let index = new(Duration::from_secs(3600));
+fn index_finds_new_cgroups_at_once_and_single_flights() {
+    let t = TempTree::new("singleflight");
+    let base = t.0.join("kubepods");
+    fs::create_dir_all(base.join("burstable")).unwrap();
+    let new = || Arc::new(CgroupIndex::new(t.0.clone(), base.clone()).unwrap());
+
+    // An id a fresh walk did not find is not walked for again (ids are never reused).
+    let index = new();
     assert_eq!(index.resolve(u64::MAX), None);
-    assert_eq!(index.rescans(), 0);
+    assert_eq!(index.resolve(u64::MAX), None);
+    assert_eq!(index.rescans(), 1);
+    // A cgroup created right after a walk is still found by the next lookup: no rate limit
+    // turns a container that asks at once into an unknown caller.
+    for i in 0..5 {
+        let dir = base.join(format!("burstable/pod{i}"));
+        fs::create_dir(&dir).unwrap();
+        assert!(index.resolve(cgroup_id(&dir).unwrap()).is_some(), "pod{i}");
+    }
+    assert_eq!(index.rescans(), 6);
+    index.refresh();
+    assert_eq!(index.rescans(), 7);
 
     // Concurrent misses share one walk: hold the scan lock (as a running rescan would)
     // while they all miss, then release it.
-    let index = new(Duration::ZERO);
+    let index = new();
     let guard = index.scan.lock().unwrap();
     let threads: Vec<_> = (0..32)
         .map(|_| {
