@@ -117,6 +117,7 @@ impl Agent {
         extra: &[&str],
         shared: Option<Arc<Shared>>,
     ) -> Result<Agent> {
+        let successor = shared.is_some();
         let tag = format!(
             "{}-{}",
             std::process::id(),
@@ -171,11 +172,11 @@ impl Agent {
             log,
             shared,
         };
-        agent.wait_ready(node, Duration::from_secs(20))?;
+        agent.wait_ready(node, successor, Duration::from_secs(20))?;
         Ok(agent)
     }
 
-    fn wait_ready(&mut self, node: &TestNode, timeout: Duration) -> Result<()> {
+    fn wait_ready(&mut self, node: &TestNode, successor: bool, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let url = format!("http://{ADMIN_ADDR}/ready");
         loop {
@@ -187,9 +188,10 @@ impl Agent {
                     );
                 }
             }
-            // The log line tells this agent's readiness apart from a predecessor's, which
-            // answers on the same (handed-over) admin socket.
-            if self.log_text().contains("iamlet ready") {
+            // A successor's readiness is told apart from its predecessor's, which answers on
+            // the same (handed-over) admin socket, by its log line (so successors need
+            // `--log info` or more).
+            if !successor || self.log_text().contains("iamlet ready") {
                 let out =
                     node.run_timeout(&["curl", "-sf", "-m", "1", &url], Duration::from_secs(3))?;
                 if out.success() {
