@@ -125,6 +125,25 @@ pub struct FakePod {
 }
 
 impl FakePod {
+    /// One HTTP request from this pod to the metadata address `169.254.169.254:80` (IPv4),
+    /// with `headers`; redirected to the agent while its programs are attached.
+    pub fn imds(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<crate::net::HttpAnswer> {
+        crate::net::http_with(
+            self.command("python3"),
+            crate::net::Family::V4,
+            "169.254.169.254",
+            80,
+            method,
+            path,
+            headers,
+        )
+    }
+
     pub(crate) fn create(
         node: &Arc<NodeInner>,
         name: &str,

@@ -79,15 +79,7 @@ fn start(node: &TestNode, files: &Files, extra: &[&str]) -> Result<Agent> {
 }
 
 fn get(pod: &FakePod, path: &str, headers: &[(&str, &str)]) -> Result<iamlet_tests::HttpAnswer> {
-    http_with(
-        pod.command("python3"),
-        Family::V4,
-        "169.254.169.254",
-        80,
-        "GET",
-        path,
-        headers,
-    )
+    pod.imds("GET", path, headers)
 }
 
 fn put_token(pod: &FakePod, ttl: &str) -> Result<iamlet_tests::HttpAnswer> {

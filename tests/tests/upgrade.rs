@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use iamlet_tests::fake_imds::{INSTANCE_ID, NODE_ACCESS_KEY, NODE_ACCOUNT};
 use iamlet_tests::process::ChildGuard;
-use iamlet_tests::{http_with, skip_unless_privileged, Agent, FakeImds, FakePod, Family, TestNode};
+use iamlet_tests::{skip_unless_privileged, Agent, FakeImds, FakePod, TestNode};
 use serde_json::Value;
 
 const UID: &str = "7a7a7a7a-1b1b-4c2c-8d3d-4e4e4e4e4e4e";
@@ -126,11 +126,7 @@ fn refs(args: &[String]) -> Vec<&str> {
 /// an error when it cannot connect or is refused.
 fn fetch_credentials(pod: &FakePod) -> Result<String> {
     const BASE: &str = "/latest/meta-data/iam/security-credentials/";
-    let token = http_with(
-        pod.command("python3"),
-        Family::V4,
-        "169.254.169.254",
-        80,
+    let token = pod.imds(
         "PUT",
         "/latest/api/token",
         &[("X-aws-ec2-metadata-token-ttl-seconds", "60")],
@@ -141,25 +137,15 @@ fn fetch_credentials(pod: &FakePod) -> Result<String> {
         token.status,
         token.body
     );
-    let get = |path: &str| {
-        http_with(
-            pod.command("python3"),
-            Family::V4,
-            "169.254.169.254",
-            80,
-            "GET",
-            path,
-            &[("X-aws-ec2-metadata-token", token.body.trim())],
-        )
-    };
-    let roles = get(BASE)?;
+    let header = [("X-aws-ec2-metadata-token", token.body.trim())];
+    let roles = pod.imds("GET", BASE, &header)?;
     ensure!(
         roles.status == 200,
         "role list: {} {}",
         roles.status,
         roles.body
     );
-    let doc = get(&format!("{BASE}{}", roles.body.trim()))?;
+    let doc = pod.imds("GET", &format!("{BASE}{}", roles.body.trim()), &header)?;
     ensure!(
         doc.status == 200,
         "credentials: {} {}",
