@@ -33,7 +33,18 @@ pub trait CgroupResolver: Send + Sync + 'static {
 
 impl CgroupResolver for CgroupIndex {
     fn resolve(&self, id: u64) -> Option<String> {
-        CgroupIndex::resolve(self, id)
+        if let Some(path) = self.cached(id) {
+            return Some(path);
+        }
+        // A miss walks the cgroup tree (file system I/O): on the multi-threaded runtime, let
+        // the worker's other tasks move elsewhere meanwhile.
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi_thread {
+            tokio::task::block_in_place(|| CgroupIndex::resolve(self, id))
+        } else {
+            CgroupIndex::resolve(self, id)
+        }
     }
 }
 

@@ -395,6 +395,11 @@ impl CgroupIndex {
         })
     }
 
+    /// The path of `id` if the index has it already: no file system access.
+    pub fn cached(&self, id: u64) -> Option<String> {
+        self.lookup(id)
+    }
+
     fn lookup(&self, id: u64) -> Option<String> {
         self.map
             .read()
