@@ -95,7 +95,11 @@ struct AgentRetire {
 
 impl Retire for AgentRetire {
     fn offered(&self) {
-        self.datapath.mark_handed_over();
+        self.datapath.set_handed_over(true);
+    }
+
+    fn withdrawn(&self) {
+        self.datapath.set_handed_over(false);
     }
 
     async fn stop_accepting(&self) {

@@ -322,9 +322,10 @@ impl Datapath {
         Ok(())
     }
 
-    /// A successor has this agent's listeners and adopts its links: exit leaves every pin.
-    pub fn mark_handed_over(&self) {
-        self.handed_over.store(true, Ordering::SeqCst);
+    /// Whether a successor has this agent's listeners and adopts its links (exit then leaves
+    /// every pin), or went away before it touched them.
+    pub fn set_handed_over(&self, handed_over: bool) {
+        self.handed_over.store(handed_over, Ordering::SeqCst);
     }
 
     /// The record of the connection whose client end is `peer`, if the kernel made one.

@@ -307,6 +307,9 @@ async fn read_some(stream: &UnixStream, buf: &mut [u8]) -> std::io::Result<usize
 pub trait Retire: Send + Sync + 'static {
     /// The successor holds the sockets and will adopt the links: exit must leave the pins.
     fn offered(&self);
+    /// The successor went away before asking this agent to stop (it touched no link or pin
+    /// yet): this agent is on its own again.
+    fn withdrawn(&self);
     /// Stops every accept loop; resolves once none runs.
     fn stop_accepting(&self) -> impl std::future::Future<Output = ()> + Send;
 }
@@ -370,7 +373,10 @@ pub async fn serve<R: Retire>(
                 return true;
             }
             Ok(false) => return false,
-            Err(e) => tracing::warn!(error = %e, "handover to a successor failed; still serving"),
+            Err(e) => {
+                retire.withdrawn();
+                tracing::warn!(error = %e, "handover to a successor failed; still serving");
+            }
         }
     }
 }

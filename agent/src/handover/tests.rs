@@ -10,12 +10,17 @@ use super::*;
 #[derive(Clone, Default)]
 struct Recorder {
     offered: Arc<AtomicUsize>,
+    withdrawn: Arc<AtomicUsize>,
     stopped: Arc<AtomicUsize>,
 }
 
 impl Retire for Recorder {
     fn offered(&self) {
         self.offered.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn withdrawn(&self) {
+        self.withdrawn.fetch_add(1, Ordering::SeqCst);
     }
 
     async fn stop_accepting(&self) {
@@ -118,6 +123,11 @@ async fn a_successor_that_dies_midway_leaves_the_predecessor_offering() {
     let mut second = connect(&path).await.expect("connect").expect("predecessor");
     assert!(second.take_listener(a1).is_some());
     assert_eq!(retire.offered.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        retire.withdrawn.load(Ordering::SeqCst),
+        1,
+        "the first one went away"
+    );
     assert_eq!(retire.stopped.load(Ordering::SeqCst), 0);
     drop(second);
     stop_tx.send(true).expect("stop");
