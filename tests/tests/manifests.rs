@@ -5,8 +5,8 @@
 //!   agent needs on a node: host network, the downward-API environment, the listeners on the
 //!   host IP, capabilities, the cgroup2 and bpffs mounts, probes on the admin port, priority,
 //!   tolerations, the surge update strategy, resources and RBAC.
-//! * Every `--flag` the DaemonSet passes must be a flag the agent has (read from the clap
-//!   attributes in `agent/src`).
+//! * Every `--flag` the DaemonSet passes must be a flag the agent has (read from its clap
+//!   definition, `iamlet::config::Args`).
 //! * With `helm` available (`IAMLET_HELM`, `helm` on PATH, or `target/tools/helm`, which
 //!   `cargo xtask setup` installs), the chart is rendered again and must match the committed
 //!   file byte for byte; and a render with every value set must give agent flags only.
@@ -145,125 +145,15 @@ fn int_or_string(v: &IntOrString) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The agent's flags, from the clap attributes in agent/src.
+// The agent's flags, from its clap definition.
 
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let entries =
-        std::fs::read_dir(dir).unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()));
-    for entry in entries {
-        let path = entry.expect("directory entry").path();
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
-}
-
-/// The text of the attribute that starts at `start` (at `#[`), up to its closing `]`.
-fn attribute_at(text: &str, start: usize) -> &str {
-    let mut depth = 0usize;
-    let mut in_string = false;
-    let bytes = text.as_bytes();
-    let mut i = start + 1;
-    while i < bytes.len() {
-        let c = bytes[i];
-        if in_string {
-            if c == b'\\' {
-                i += 1;
-            } else if c == b'"' {
-                in_string = false;
-            }
-        } else {
-            match c {
-                b'"' => in_string = true,
-                b'[' | b'(' | b'{' => depth += 1,
-                b']' | b')' | b'}' => {
-                    depth -= 1;
-                    if depth == 0 {
-                        return &text[start..=i];
-                    }
-                }
-                _ => {}
-            }
-        }
-        i += 1;
-    }
-    &text[start..]
-}
-
-/// Whether `attr` (the inside of `#[arg(...)]`) names `long` as a word.
-fn has_long(attr: &str) -> bool {
-    attr.match_indices("long").any(|(i, _)| {
-        let before = attr[..i].chars().next_back();
-        let after = attr[i + 4..].chars().next();
-        let word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
-        !word(before) && !word(after)
-    })
-}
-
-/// `long = "name"` in `attr`, if given.
-fn explicit_long(attr: &str) -> Option<String> {
-    let i = attr.find("long")?;
-    let rest = attr[i + 4..].trim_start();
-    let rest = rest.strip_prefix('=')?.trim_start();
-    let rest = rest.strip_prefix('"')?;
-    Some(rest[..rest.find('"')?].to_owned())
-}
-
-/// The name of the field that the attribute ending at `end` belongs to: the first
-/// `[pub] name:` after it, past doc comments and other attributes.
-fn field_after(text: &str, end: usize) -> Option<String> {
-    let mut rest = &text[end..];
-    loop {
-        rest = rest.trim_start();
-        if rest.starts_with("///") || rest.starts_with("//") {
-            rest = &rest[rest.find('\n')?..];
-        } else if rest.starts_with("#[") {
-            let attr = attribute_at(rest, 0);
-            rest = &rest[attr.len()..];
-        } else {
-            break;
-        }
-    }
-    let rest = rest.strip_prefix("pub(crate) ").unwrap_or(rest);
-    let rest = rest.strip_prefix("pub ").unwrap_or(rest);
-    let rest = rest.strip_prefix("r#").unwrap_or(rest);
-    let name: String = rest
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-        .collect();
-    let after = rest[name.len()..].trim_start();
-    (!name.is_empty() && after.starts_with(':')).then_some(name)
-}
-
-/// The long flags of the agent: every `#[arg(... long ...)]` field in agent/src.
+/// The long flags of the agent.
 fn agent_flags() -> BTreeSet<String> {
-    let mut files = Vec::new();
-    rust_files(&root().join("agent/src"), &mut files);
-    let mut flags = BTreeSet::new();
-    for file in files {
-        let text = std::fs::read_to_string(&file).expect("agent source");
-        for (start, _) in text.match_indices("#[arg(") {
-            let attr = attribute_at(&text, start);
-            if !has_long(attr) {
-                continue;
-            }
-            let name = match explicit_long(attr) {
-                Some(name) => name,
-                None => field_after(&text, start + attr.len())
-                    .unwrap_or_else(|| {
-                        panic!(
-                            "{}: no field after {attr}: update this scanner",
-                            file.display()
-                        )
-                    })
-                    .replace('_', "-"),
-            };
-            flags.insert(name);
-        }
-    }
-    flags
+    use clap::CommandFactory;
+    iamlet::config::Args::command()
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(str::to_owned))
+        .collect()
 }
 
 fn assert_agent_flags(args: &[String], known: &BTreeSet<String>) {
@@ -280,7 +170,7 @@ fn assert_agent_flags(args: &[String], known: &BTreeSet<String>) {
 }
 
 #[test]
-fn flag_scanner_finds_the_agent_flags() {
+fn the_agent_flags_are_read_from_its_definition() {
     let flags = agent_flags();
     for expected in [
         "listen-v4",
