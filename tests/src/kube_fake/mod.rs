@@ -24,6 +24,7 @@
 //!   another process / network namespace ([`RemoteApiServer`], the `fake-kube-apiserver`
 //!   binary, controlled over a unix socket: `POST /control` with a [`ControlOp`] JSON body).
 
+pub mod control;
 pub mod resources;
 pub mod selector;
 pub mod server;
