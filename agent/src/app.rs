@@ -109,6 +109,36 @@ impl Retire for AgentRetire {
     }
 }
 
+/// Longest a successor waits for its caches before taking over.
+const WARM_UP_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits (at most [`WARM_UP_LIMIT`]) until the pod watch has listed this node's pods and the
+/// credentials of the pods known so far are fetched.
+async fn warm_up(pods: Option<&PodIndex>, engine: Option<&Engine>) {
+    let started = std::time::Instant::now();
+    let mut listed_at = None;
+    loop {
+        let listed = pods.is_none_or(PodIndex::is_listed);
+        if listed && listed_at.is_none() {
+            listed_at = Some(std::time::Instant::now());
+        }
+        // Prefetches start just after the list is applied (and, standalone, at the first
+        // cgroup poll): count them once that has had a moment.
+        let settled =
+            listed_at.is_some_and(|t| t.elapsed() >= std::time::Duration::from_millis(200));
+        let prefetching = engine.map_or(0, Engine::prefetching);
+        if settled && prefetching == 0 {
+            tracing::info!(took = ?started.elapsed(), "caches warm; taking over");
+            return;
+        }
+        if started.elapsed() >= WARM_UP_LIMIT {
+            tracing::warn!(listed, prefetching, limit = ?WARM_UP_LIMIT, "taking over with caches still cold");
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// Connects to a running agent's handover socket, if there is one.
 async fn find_predecessor(config: &Config) -> Option<Predecessor> {
     let path = config.handover_socket.as_ref()?;
@@ -206,6 +236,7 @@ async fn detect_base_arn(config: &Config) -> Result<String, Error> {
 /// The Kubernetes role source: the resolver requests use, and the watch to run.
 struct KubeSource {
     roles: Arc<KubeRoles>,
+    index: Arc<PodIndex>,
     client: kube::Client,
     state: ClusterState,
     node: String,
@@ -248,6 +279,7 @@ async fn kube_source(config: &Config) -> Result<Option<KubeSource>, Error> {
     let index = Arc::new(PodIndex::new());
     Ok(Some(KubeSource {
         roles: Arc::new(KubeRoles::new(index.clone(), k.pod_wait)),
+        index: index.clone(),
         client,
         state: ClusterState::new(settings, index),
         node: k.node.clone(),
@@ -385,26 +417,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let accept = AcceptControl::default();
     let mut tasks = Vec::new();
-    for listener in listeners {
-        let local = listener.local_addr().ok();
-        tracing::info!(listen = ?local, "metadata proxy listening");
-        tasks.push(tokio::spawn(server::serve(
-            "proxy",
-            listener,
-            proxy.clone(),
-            limits,
-            accept.gate(),
-        )));
-    }
-    tracing::info!(listen = %config.admin_listen, "admin server listening");
-    tasks.push(tokio::spawn(server::serve(
-        "admin",
-        admin_listener,
-        admin.clone(),
-        limits,
-        accept.gate(),
-    )));
     tasks.push(tokio::spawn(refresh_index(index.clone(), stop_rx.clone())));
+    let pods = kube.as_ref().map(|k| k.index.clone());
     if let Some(k) = kube {
         tracing::info!(node = %k.node, "watching Kubernetes for this node's pods");
         tasks.push(tokio::spawn(k8s::watch::run(
@@ -426,6 +440,30 @@ pub async fn run(config: Config) -> Result<(), Error> {
             )));
         }
     }
+    // Taking over: let the running agent serve until this one's pod list and prefetches
+    // are in, so requests after the switch find warm caches.
+    if predecessor.is_some() {
+        warm_up(pods.as_deref(), engine.as_ref()).await;
+    }
+    for listener in listeners {
+        let local = listener.local_addr().ok();
+        tracing::info!(listen = ?local, "metadata proxy listening");
+        tasks.push(tokio::spawn(server::serve(
+            "proxy",
+            listener,
+            proxy.clone(),
+            limits,
+            accept.gate(),
+        )));
+    }
+    tracing::info!(listen = %config.admin_listen, "admin server listening");
+    tasks.push(tokio::spawn(server::serve(
+        "admin",
+        admin_listener,
+        admin.clone(),
+        limits,
+        accept.gate(),
+    )));
     // Serving now: the running agent may stop accepting, and the programs switch over.
     if let Some(p) = predecessor {
         match p.stop_accepting().await {

@@ -276,6 +276,19 @@ impl Engine {
         }
     }
 
+    /// Bindings some pod uses that have no credentials yet and a fetch under way: the
+    /// prefetches still running.
+    pub fn prefetching(&self) -> usize {
+        self.inner
+            .cache
+            .iter()
+            .filter(|(_, slot)| {
+                let st = slot.lock();
+                st.users > 0 && st.current.is_none() && st.inflight.is_some()
+            })
+            .count()
+    }
+
     /// A pod bound to `binding` appeared: keep the entry and fetch credentials now.
     pub fn register(&self, binding: &RoleBinding) {
         let slot = self.slot(binding);

@@ -52,6 +52,16 @@ fn namespace_json(name: &str, permitted: &str) -> Value {
 struct Setup {
     dir: PathBuf,
     api: RemoteApiServer,
+    /// The agent's flags, for a successor.
+    args: Vec<String>,
+}
+
+impl Setup {
+    /// A second agent with the same flags, taking over from `running` (an upgrade).
+    fn successor(&self, node: &TestNode, running: &Agent) -> Result<Agent> {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        Agent::start_successor(node, running, &args)
+    }
 }
 
 impl Drop for Setup {
@@ -98,7 +108,8 @@ fn setup_with(node: &TestNode, creds_from: Creds<'_>) -> Result<(Setup, Agent)> 
             args.extend(["--sts-endpoint", endpoint, "--region", "us-east-1"]);
             args.extend_from_slice(extra);
             let agent = Agent::start(node, &args)?;
-            return Ok((Setup { dir, api }, agent));
+            let args = args.iter().map(|a| a.to_string()).collect();
+            return Ok((Setup { dir, api, args }, agent));
         }
     };
     let mut creds = String::from("credentials:\n");
@@ -112,7 +123,8 @@ fn setup_with(node: &TestNode, creds_from: Creds<'_>) -> Result<(Setup, Agent)> 
     let cr = dir.join("creds.yaml").display().to_string();
     args.extend(["--static-credentials", &cr]);
     let agent = Agent::start(node, &args)?;
-    Ok((Setup { dir, api }, agent))
+    let args = args.iter().map(|a| a.to_string()).collect();
+    Ok((Setup { dir, api, args }, agent))
 }
 
 fn role_list(pod: &FakePod) -> Result<(u16, String)> {
@@ -237,7 +249,10 @@ fn watched_pods_are_prefetched_from_sts_with_kiam_and_irsa_annotations() -> Resu
     let moto = MotoSts::start(&node)?;
     let proxy = FaultProxy::start(&node, moto.addr())?;
     let endpoint = proxy.endpoint();
-    let (s, _agent) = setup_with(&node, Creds::Sts(&endpoint, &["--service-account-roles"]))?;
+    let (s, agent) = setup_with(
+        &node,
+        Creds::Sts(&endpoint, &["--service-account-roles", "--log", "info"]),
+    )?;
     s.api.apply(&namespace_json("team-a", ".*"))?;
     proxy.reset_stats()?;
 
@@ -299,5 +314,28 @@ fn watched_pods_are_prefetched_from_sts_with_kiam_and_irsa_annotations() -> Resu
         "no AssumeRole for the service account's role"
     );
     eprintln!("prefetched {prefetched_after:?} after the API server published the pod");
+
+    // An upgrade: the successor lists the pods and fetches their credentials before it takes
+    // the sockets over, so the pods' next requests, now answered by it, call no STS.
+    let before_successor = proxy.assume_role_calls();
+    let successor = s.successor(&node, &agent)?;
+    let at_takeover = proxy.assume_role_calls();
+    ensure!(
+        at_takeover >= before_successor + 2,
+        "the successor did not prefetch both roles before taking over ({before_successor} -> {at_takeover} AssumeRole calls):\n{}",
+        successor.log_text()
+    );
+    ensure!(
+        agent.log_text().contains("handed over to the successor"),
+        "no handover:\n{}",
+        agent.log_text()
+    );
+    for pod in [&container_a, &container_b] {
+        fetch_credentials(pod, Sdk::Boto3)?;
+    }
+    ensure!(
+        proxy.assume_role_calls() == at_takeover,
+        "requests after the takeover called STS"
+    );
     Ok(())
 }

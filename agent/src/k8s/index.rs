@@ -47,6 +47,8 @@ pub enum Lookup {
 pub struct PodIndex {
     state: RwLock<State>,
     changed: Notify,
+    /// A full list has been applied at least once.
+    listed: std::sync::atomic::AtomicBool,
 }
 
 impl PodIndex {
@@ -105,8 +107,15 @@ impl PodIndex {
             std::mem::swap(&mut st.pods, &mut next);
             removed
         };
+        self.listed
+            .store(true, std::sync::atomic::Ordering::Release);
         self.changed.notify_waiters();
         removed
+    }
+
+    /// Whether a full list of this node's pods has been applied (the watch has synced once).
+    pub fn is_listed(&self) -> bool {
+        self.listed.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The entry of `uid` now.
