@@ -10,7 +10,8 @@
 //!    keeps the IMDSv2 tokens SDKs cache valid). From now on both
 //!    processes hold the same sockets: the kernel's accept queue is shared, so no connection
 //!    is refused or reset while the two overlap;
-//! 2. loads its programs and starts serving those sockets, looking connections up in its
+//! 2. loads its programs, waits (bounded) for its pod list and prefetches while the
+//!    predecessor still serves, then serves those sockets too, looking connections up in its
 //!    own peers map and in the predecessor's;
 //! 3. sends `stop`: the predecessor stops accepting, answers `stopped` once none of its
 //!    accept loops runs, and drains what it already accepted;
