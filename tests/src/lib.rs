@@ -53,7 +53,9 @@ pub use kube_fake::{FakeApiServer, KubeControl, RemoteApiServer};
 pub use net::{http, http_with, udp_probe, FakeUpstream, Family, HttpAnswer};
 pub use netns::Netns;
 pub use node::{TestNode, IMDS_V4, IMDS_V6, NODE_PROXY_V4, NODE_PROXY_V6};
-pub use pod::{FakePod, OutsideHost, PodNetwork};
+pub use pod::{
+    besteffort_container_cgroup, besteffort_pod_slice, FakePod, OutsideHost, PodNetwork,
+};
 pub use privileges::{require_privileges, SkipReason};
 pub use process::{run_with_timeout, ChildGuard, RunOutput, DEFAULT_TIMEOUT};
 pub use sts::{

@@ -124,6 +124,23 @@ pub struct FakePod {
     name: String,
 }
 
+/// The kubelet's (systemd driver) cgroup of a BestEffort pod, relative to the pods cgroup:
+/// `kubepods-besteffort.slice/kubepods-besteffort-pod<uid with _>.slice`.
+pub fn besteffort_pod_slice(uid: &str) -> String {
+    format!(
+        "kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice",
+        uid.replace('-', "_")
+    )
+}
+
+/// The cgroup of container number `container` of that pod (containerd's scope naming).
+pub fn besteffort_container_cgroup(uid: &str, container: u64) -> String {
+    format!(
+        "{}/cri-containerd-{container:064x}.scope",
+        besteffort_pod_slice(uid)
+    )
+}
+
 impl FakePod {
     /// One HTTP request from this pod to the metadata address `169.254.169.254:80` (IPv4),
     /// with `headers`; redirected to the agent while its programs are attached.

@@ -20,11 +20,8 @@ const ROLE_B: &str = "arn:aws:iam::123456789012:role/app-b";
 const KEY_A: &str = "ASIAPODAEXAMPLE00001";
 const KEY_B: &str = "ASIAPODBEXAMPLE00002";
 
-fn pod_cgroup(uid: &str, container: u32) -> String {
-    format!(
-        "kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{container:064x}.scope",
-        uid.replace('-', "_")
-    )
+fn pod_cgroup(uid: &str, container: u64) -> String {
+    iamlet_tests::besteffort_container_cgroup(uid, container)
 }
 
 /// Config files for the agent: two roles bound to two pods, static credentials for both.

@@ -19,15 +19,8 @@ use serde_json::{json, Value};
 const NODE: &str = "node-1";
 const ACCOUNT: &str = "123456789012";
 
-fn slice(uid: &str) -> String {
-    format!(
-        "kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice",
-        uid.replace('-', "_")
-    )
-}
-
 fn container(uid: &str) -> String {
-    format!("{}/cri-containerd-{:064x}.scope", slice(uid), 1)
+    iamlet_tests::besteffort_container_cgroup(uid, 1)
 }
 
 fn pod_json(ns: &str, name: &str, uid: &str, role: Option<&str>, node: &str) -> Value {

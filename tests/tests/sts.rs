@@ -17,15 +17,10 @@ const ROLE_B: &str = "arn:aws:iam::123456789012:role/app-b";
 const UID_A: &str = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
 const UID_B: &str = "5e6f7a8b-9c0d-4e1f-a2b3-c4d5e6f7a8b9";
 
-fn pod_slice(uid: &str) -> String {
-    format!(
-        "kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice",
-        uid.replace('-', "_")
-    )
-}
+use iamlet_tests::besteffort_pod_slice as pod_slice;
 
 fn pod_cgroup(uid: &str) -> String {
-    format!("{}/cri-containerd-{:064x}.scope", pod_slice(uid), 7)
+    iamlet_tests::besteffort_container_cgroup(uid, 7)
 }
 
 /// moto + fault proxy + a bindings file for two pods.

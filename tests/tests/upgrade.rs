@@ -68,11 +68,7 @@ print(json.dumps(out))
 "#;
 
 fn pod_cgroup() -> String {
-    format!(
-        "kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{:064x}.scope",
-        UID.replace('-', "_"),
-        1
-    )
+    iamlet_tests::besteffort_container_cgroup(UID, 1)
 }
 
 /// Bindings and static credentials for the one pod.

@@ -47,11 +47,7 @@ pub(crate) fn namespace(n: usize) -> String {
     format!("team-{}", n % 5)
 }
 pub(crate) fn container(n: usize) -> String {
-    format!(
-        "kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{:064x}.scope",
-        uid(n).replace('-', "_"),
-        n + 1
-    )
+    iamlet_tests::besteffort_container_cgroup(&uid(n), n as u64 + 1)
 }
 pub(crate) fn pod_json(n: usize, r: usize) -> Value {
     json!({
