@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request};
 use prometheus_client::registry::Registry;
 
+use crate::server::admission::Refusal;
 use crate::server::{self, ConnHandler, Resp};
 
 /// The admin server's state.
@@ -65,8 +66,17 @@ impl Admin {
 
 impl ConnHandler for Admin {
     type Conn = ();
+    type Key = ();
 
     fn on_connect(&self, _peer: SocketAddr) {}
+
+    fn admission_key(&self, _conn: &()) -> Option<()> {
+        None
+    }
+
+    fn on_refused(&self, peer: SocketAddr, refusal: Refusal) {
+        tracing::debug!(%peer, refusal = refusal.as_str(), "admin connection refused");
+    }
 
     async fn handle(&self, _conn: &(), req: Request<Incoming>) -> Resp {
         self.route(req.method(), req.uri().path())

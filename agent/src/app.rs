@@ -69,7 +69,22 @@ async fn listen(
         inherited.set_nonblocking(true).map_err(listen_err)?;
         return TcpListener::from_std(inherited).map_err(listen_err);
     }
-    TcpListener::bind(addr).await.map_err(listen_err)
+    bind_listener(addr).map_err(listen_err)
+}
+
+/// Backlog of the listening sockets: room for bursts of pods starting at once while the
+/// accept loop (which never waits for anything but the kernel) drains it. The kernel caps
+/// it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// A copy of a listening socket, to hand over to a successor.
@@ -217,7 +232,7 @@ async fn detect_base_arn(config: &Config) -> Result<String, Error> {
         .ok_or_else(|| err("passthrough is off".into()))?;
     let upstream = Upstream::new(uri, config.upstream_timeout);
     let answer = upstream
-        .get("/latest/meta-data/iam/info")
+        .get_for_agent("/latest/meta-data/iam/info")
         .await
         .map_err(|e| err(e.to_string()))?;
     if answer.status != 200 {
@@ -411,6 +426,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let limits = ServerLimits {
         shutdown_grace: config.shutdown_grace,
         max_connections: config.max_connections,
+        max_connections_per_client: config.max_connections_per_pod,
         header_read_timeout: config.header_timeout,
         ..ServerLimits::default()
     };
@@ -431,7 +447,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     }
     if let Some(engine) = &engine {
         tasks.push(tokio::spawn(engine.clone().run(stop_rx.clone())));
-        if let (Some(bindings), true) = (&bindings, config.sts.prefetch) {
+        if let (Some(bindings), true) = (&bindings, config.sts.engine.prefetch) {
             tasks.push(tokio::spawn(prefetch::run(
                 bindings.clone(),
                 index.clone(),

@@ -115,6 +115,11 @@ pub struct Args {
     #[arg(long = "allow-path", value_name = "REGEX")]
     pub allow_paths: Vec<String>,
 
+    /// Forward `user-data` to pods. Off by default (user data often carries bootstrap
+    /// secrets); no --allow-path pattern ever matches it.
+    #[arg(long, env = "IAMLET_ALLOW_USER_DATA")]
+    pub allow_user_data: bool,
+
     /// Requests per second each pod may make (0: unlimited).
     #[arg(long, env = "IAMLET_RATE_LIMIT", default_value_t = 50.0)]
     pub rate_limit: f64,
@@ -208,9 +213,16 @@ pub struct Args {
     #[arg(long, env = "IAMLET_POD_WAIT", default_value = "3s", value_parser = parse_duration)]
     pub pod_wait: Duration,
 
-    /// Connections the proxy serves at once.
+    /// Connections the proxy holds at once, over all pods (served and waiting); beyond it, a
+    /// new connection is closed at once.
     #[arg(long, env = "IAMLET_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
+
+    /// Connections one pod is served on at once. As many more wait their turn (accepted,
+    /// nothing read) until one of the pod's connections closes; beyond that a new
+    /// connection of that pod is closed at once. Other pods are never held up by it.
+    #[arg(long, env = "IAMLET_MAX_CONNECTIONS_PER_POD", default_value_t = 64)]
+    pub max_connections_per_pod: usize,
 
     /// Time a client has to send a request's headers; also closes idle keep-alive connections.
     #[arg(long, env = "IAMLET_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
@@ -254,7 +266,7 @@ pub enum Error {
     Limit {
         flag: &'static str,
         value: String,
-        reason: &'static str,
+        reason: String,
     },
     #[error(transparent)]
     Bindings(#[from] roles::ConfigError),
@@ -301,8 +313,10 @@ pub struct Config {
     pub kubernetes: Option<KubeConfig>,
     /// Static credentials, if given.
     pub static_credentials: Option<Arc<StaticCredentials>>,
-    /// Proxy connection limits.
+    /// Proxy connection limits: all pods.
     pub max_connections: usize,
+    /// Proxy connection limits: one pod.
+    pub max_connections_per_pod: usize,
     /// Header read timeout.
     pub header_timeout: Duration,
     /// STS and engine settings.
@@ -343,10 +357,8 @@ pub struct StsConfig {
     pub attempt_timeout: Duration,
     /// Attempts per call.
     pub max_attempts: u32,
-    /// Engine tuning.
+    /// Engine tuning (including whether to prefetch).
     pub engine: EngineSettings,
-    /// Fetch when a binding appears, before the first request.
-    pub prefetch: bool,
 }
 
 impl Args {
@@ -383,6 +395,8 @@ impl Args {
                 });
             }
         }
+        // Pure checks first: a bad number is reported before anything is read from the system.
+        self.check_limits()?;
         if !self.bpffs_dir.is_absolute() || self.bpffs_dir.parent().is_none() {
             return Err(Error::BpffsDir {
                 path: self.bpffs_dir.clone(),
@@ -413,7 +427,8 @@ impl Args {
         } else {
             AllowList::new(&self.allow_paths)
         }
-        .map_err(Error::AllowPath)?;
+        .map_err(Error::AllowPath)?
+        .with_user_data(self.allow_user_data);
         if let Some(base) = &self.base_role_arn {
             let probe = format!("{}{}x", base, if base.ends_with('/') { "" } else { "/" });
             if roles::validate_role_arn(&probe).is_err() {
@@ -422,7 +437,6 @@ impl Args {
                 });
             }
         }
-        self.check_limits()?;
         let attached_rel = cgroup
             .strip_prefix(&cgroup_root)
             .map(|p| p.to_string_lossy().into_owned())
@@ -455,7 +469,7 @@ impl Args {
                 return Err(Error::Limit {
                     flag: "sts-endpoint",
                     value: ep.clone(),
-                    reason: "must be an http(s):// URL",
+                    reason: "must be an http(s):// URL".into(),
                 });
             }
         }
@@ -480,6 +494,7 @@ impl Args {
             kubernetes: self.kubernetes()?,
             static_credentials,
             max_connections: self.max_connections,
+            max_connections_per_pod: self.max_connections_per_pod,
             header_timeout: self.header_timeout,
             sts: StsConfig {
                 region: self.region.clone(),
@@ -496,9 +511,9 @@ impl Args {
                     min_remaining: Duration::from_secs(300).min(self.session_duration / 5),
                     retry_base: Duration::from_secs(1).min(self.sts_backoff_max),
                     retry_max: self.sts_backoff_max,
+                    prefetch: !self.no_prefetch,
                     ..EngineSettings::default()
                 },
-                prefetch: !self.no_prefetch,
             },
             cgroup_root,
             cgroup,
@@ -527,7 +542,7 @@ impl Args {
                 return Err(Error::Limit {
                     flag: "kubeconfig",
                     value: path.display().to_string(),
-                    reason: "no such file",
+                    reason: "no such file".into(),
                 });
             }
         }
@@ -535,16 +550,10 @@ impl Args {
             return Err(Error::Limit {
                 flag: "node-name",
                 value: "(unset)".into(),
-                reason: "the pod watch needs this node's name (NODE_NAME from the downward API)",
+                reason: "the pod watch needs this node's name (NODE_NAME from the downward API)"
+                    .into(),
             });
         };
-        if self.pod_wait > Duration::from_secs(30) {
-            return Err(Error::Limit {
-                flag: "pod-wait",
-                value: format!("{:?}", self.pod_wait),
-                reason: "must be at most 30s (SDKs time out long before)",
-            });
-        }
         Ok(Some(KubeConfig {
             kubeconfig: self.kubeconfig.clone(),
             node,

@@ -169,9 +169,9 @@ impl StaticCredentials {
                 ));
             }
             let expiration = match &e.expiration {
-                Some(t) => Some(timefmt::parse_utc(t).ok_or_else(|| {
-                    err(format!("expiration {t:?} is not like 2026-11-22T12:00:00Z"))
-                })?),
+                Some(t) => {
+                    Some(timefmt::parse_utc(t).map_err(|e| err(format!("expiration: {e}")))?)
+                }
                 None => None,
             };
             by_role.insert(

@@ -42,6 +42,9 @@ pub struct EngineSettings {
     pub retry_max: Duration,
     /// How often the background sweep looks for refreshes, retries and evictions.
     pub tick: Duration,
+    /// Fetch as soon as a pod is registered (off: `--no-prefetch`, only when a pod asks;
+    /// credentials once fetched are still refreshed ahead).
+    pub prefetch: bool,
 }
 
 impl Default for EngineSettings {
@@ -55,6 +58,7 @@ impl Default for EngineSettings {
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
             tick: Duration::from_secs(1),
+            prefetch: true,
         }
     }
 }
@@ -289,13 +293,15 @@ impl Engine {
             .count()
     }
 
-    /// A pod bound to `binding` appeared: keep the entry and fetch credentials now.
+    /// A pod bound to `binding` appeared: keep the entry and, unless prefetch is off, fetch
+    /// credentials now.
     pub fn register(&self, binding: &RoleBinding) {
         let slot = self.slot(binding);
         let mut st = slot.lock();
         st.users += 1;
         st.last_used = Instant::now();
-        if st.current.is_none() && Instant::now() >= st.next_attempt {
+        if self.inner.settings.prefetch && st.current.is_none() && Instant::now() >= st.next_attempt
+        {
             self.start_fetch(&slot, &mut st);
         }
     }
@@ -326,7 +332,7 @@ impl Engine {
             }
             let wanted = match &st.current {
                 Some(c) => self.due_for_refresh(c, wall),
-                None => st.users > 0,
+                None => st.users > 0 && self.inner.settings.prefetch,
             };
             if wanted {
                 self.start_fetch(&slot, &mut st);

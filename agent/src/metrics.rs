@@ -2,7 +2,7 @@
 //!
 //! | metric | type | labels |
 //! |---|---|---|
-//! | `iamlet_proxy_connections_total` | counter | `result` = `attributed` / `unattributed` |
+//! | `iamlet_proxy_connections_total` | counter | `result` = `attributed` / `unattributed` / `over_pod_limit` / `over_total_limit` / `wait_timed_out` (the last three closed unserved) |
 //! | `iamlet_proxy_requests_total` | counter | `route`, `status` |
 //! | `iamlet_ebpf_events_total` | counter (read from `COUNTERS_V1` at scrape) | `event` |
 //! | `iamlet_sts_calls_total`, `iamlet_sts_failures_total` | counter (engine) | |
@@ -26,6 +26,12 @@ pub enum ConnResult {
     Attributed,
     /// It came from outside the attached cgroup (answered 403).
     Unattributed,
+    /// Closed unserved: its pod had its limit of connections served and waiting.
+    OverPodLimit,
+    /// Closed unserved: the proxy held `--max-connections` already.
+    OverTotalLimit,
+    /// Closed unserved: it waited `--header-timeout` for its pod's turn.
+    WaitTimedOut,
 }
 
 impl EncodeLabelValue for ConnResult {
@@ -36,6 +42,9 @@ impl EncodeLabelValue for ConnResult {
         let text = match self {
             ConnResult::Attributed => "attributed",
             ConnResult::Unattributed => "unattributed",
+            ConnResult::OverPodLimit => "over_pod_limit",
+            ConnResult::OverTotalLimit => "over_total_limit",
+            ConnResult::WaitTimedOut => "wait_timed_out",
         };
         EncodeLabelValue::encode(&text, encoder)
     }

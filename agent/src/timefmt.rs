@@ -40,26 +40,104 @@ pub fn format_utc(t: SystemTime) -> String {
     )
 }
 
-/// Parses `2026-11-22T12:00:00Z` (also with fractional seconds or `+00:00`).
-pub fn parse_utc(s: &str) -> Option<SystemTime> {
-    let s = s.trim();
-    let s = s.strip_suffix('Z').or_else(|| s.strip_suffix("+00:00"))?;
-    let (date, time) = s.split_once('T')?;
-    let mut d = date.splitn(3, '-');
-    let year: i64 = d.next()?.parse().ok()?;
-    let month: u32 = d.next()?.parse().ok()?;
-    let day: u32 = d.next()?.parse().ok()?;
-    let time = time.split('.').next()?;
-    let mut t = time.splitn(3, ':');
-    let h: i64 = t.next()?.parse().ok()?;
-    let mi: i64 = t.next()?.parse().ok()?;
-    let se: i64 = t.next()?.parse().ok()?;
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || h > 23 || mi > 59 || se > 60 {
-        return None;
+/// Why a timestamp was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TimeError {
+    /// Not of the shape `2026-11-22T12:00:00Z`.
+    #[error("{0:?} is not a UTC time like 2026-11-22T12:00:00Z")]
+    Shape(String),
+    /// A field out of its range (month 13, February 30, hour 24, ...).
+    #[error("{text:?}: {field} {value} is out of range")]
+    Range {
+        /// The text parsed.
+        text: String,
+        /// Which field.
+        field: &'static str,
+        /// Its value.
+        value: u32,
+    },
+}
+
+/// Largest year accepted (four digits).
+const MAX_YEAR: u32 = 9999;
+
+fn is_leap(year: u32) -> bool {
+    (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400)
+}
+
+fn days_in_month(year: u32, month: u32) -> u32 {
+    match month {
+        2 if is_leap(year) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
     }
-    let secs = days_from_civil(year, month, day) * 86_400 + h * 3600 + mi * 60 + se;
-    let secs = u64::try_from(secs).ok()?;
-    Some(UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+/// Parses exactly `digits` ASCII digits.
+fn fixed(s: &str, digits: usize) -> Option<u32> {
+    (s.len() == digits && s.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| s.parse().ok())
+        .flatten()
+}
+
+/// Parses `2026-11-22T12:00:00Z` (also with fractional seconds, or `+00:00` for `Z`): four-digit
+/// years from 1970, real calendar dates, hours 00-23, minutes and seconds 00-59.
+pub fn parse_utc(text: &str) -> Result<SystemTime, TimeError> {
+    let shape = || TimeError::Shape(text.to_owned());
+    let s = text.trim();
+    let s = s
+        .strip_suffix('Z')
+        .or_else(|| s.strip_suffix("+00:00"))
+        .ok_or_else(shape)?;
+    let (date, time) = s.split_once('T').ok_or_else(shape)?;
+    let mut d = date.split('-');
+    let (Some(y), Some(mo), Some(da), None) = (d.next(), d.next(), d.next(), d.next()) else {
+        return Err(shape());
+    };
+    let (clock, fraction) = match time.split_once('.') {
+        Some((clock, fraction)) => (clock, Some(fraction)),
+        None => (time, None),
+    };
+    if fraction
+        .is_some_and(|f| f.is_empty() || f.len() > 9 || !f.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(shape());
+    }
+    let mut t = clock.split(':');
+    let (Some(h), Some(mi), Some(se), None) = (t.next(), t.next(), t.next(), t.next()) else {
+        return Err(shape());
+    };
+    let field = |s: &str, digits| fixed(s, digits).ok_or_else(shape);
+    let (year, month, day) = (field(y, 4)?, field(mo, 2)?, field(da, 2)?);
+    let (hour, minute, second) = (field(h, 2)?, field(mi, 2)?, field(se, 2)?);
+    let range = |field: &'static str, value: u32| TimeError::Range {
+        text: text.to_owned(),
+        field,
+        value,
+    };
+    if !(1970..=MAX_YEAR).contains(&year) {
+        return Err(range("year", year));
+    }
+    if !(1..=12).contains(&month) {
+        return Err(range("month", month));
+    }
+    if !(1..=days_in_month(year, month)).contains(&day) {
+        return Err(range("day", day));
+    }
+    if hour > 23 {
+        return Err(range("hour", hour));
+    }
+    if minute > 59 {
+        return Err(range("minute", minute));
+    }
+    if second > 59 {
+        return Err(range("second", second));
+    }
+    let days = days_from_civil(i64::from(year), month, day);
+    let secs = days * 86_400 + i64::from(hour * 3600 + minute * 60 + second);
+    let secs = u64::try_from(secs).map_err(|_| shape())?;
+    Ok(UNIX_EPOCH + Duration::from_secs(secs))
 }
 
 #[cfg(test)]
@@ -79,14 +157,61 @@ mod tests {
     fn round_trips() {
         for secs in [0u64, 59, 86_399, 951_782_400, 1_700_000_000, 4_102_444_800] {
             let t = UNIX_EPOCH + Duration::from_secs(secs);
-            assert_eq!(parse_utc(&format_utc(t)), Some(t), "{secs}");
+            assert_eq!(parse_utc(&format_utc(t)), Ok(t), "{secs}");
         }
         assert_eq!(
             parse_utc("2023-11-14T22:13:20.123+00:00"),
-            Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+            Ok(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
         );
-        assert_eq!(parse_utc("2023-13-14T22:13:20Z"), None);
-        assert_eq!(parse_utc("yesterday"), None);
-        assert_eq!(parse_utc("2023-11-14T22:13:20"), None);
+        assert_eq!(
+            parse_utc("9999-12-31T23:59:59Z"),
+            Ok(UNIX_EPOCH + Duration::from_secs(253_402_300_799))
+        );
+    }
+
+    #[test]
+    fn impossible_times_are_refused() {
+        for bad in [
+            "yesterday",
+            "2023-11-14T22:13:20",
+            "2021388888888888-01-01T00:00:00Z",
+            "-2021-01-01T00:00:00Z",
+            "2026-1-01T00:00:00Z",
+            "2026-01-01T-1:00:00Z",
+            "2026-01-01T+1:00:00Z",
+            "2026-01-01T00:00:00.Z",
+            "2026-01-01T00:00:00.12a Z",
+            "2026-01-01T00:00Z",
+            "2026-01-01-01T00:00:00Z",
+            "2026-01-01T00:00:00:00Z",
+            "２０２６-01-01T00:00:00Z",
+        ] {
+            assert!(matches!(parse_utc(bad), Err(TimeError::Shape(_))), "{bad}");
+        }
+        for (bad, field) in [
+            ("2023-13-14T22:13:20Z", "month"),
+            ("2023-00-14T22:13:20Z", "month"),
+            ("2026-02-30T00:00:00Z", "day"),
+            ("2025-02-29T00:00:00Z", "day"),
+            ("2026-04-31T00:00:00Z", "day"),
+            ("2026-01-00T00:00:00Z", "day"),
+            ("2026-01-01T24:00:00Z", "hour"),
+            ("2026-01-01T00:60:00Z", "minute"),
+            ("2026-01-01T00:00:60Z", "second"),
+            ("1969-12-31T23:59:59Z", "year"),
+        ] {
+            match parse_utc(bad) {
+                Err(TimeError::Range { field: f, .. }) => assert_eq!(f, field, "{bad}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        assert!(parse_utc("2024-02-29T00:00:00Z").is_ok());
+        assert!(parse_utc("2000-02-29T00:00:00Z").is_ok());
+        assert!(parse_utc("1900-02-29T00:00:00Z").is_err());
+        let e = parse_utc("2026-02-30T00:00:00Z").expect_err("refused");
+        assert_eq!(
+            e.to_string(),
+            "\"2026-02-30T00:00:00Z\": day 30 is out of range"
+        );
     }
 }

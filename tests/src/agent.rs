@@ -205,6 +205,20 @@ impl Agent {
         }
     }
 
+    /// The agent's `/metrics` text, scraped from inside `node`.
+    pub fn metrics(&self, node: &TestNode) -> Result<String> {
+        let url = format!("http://{ADMIN_ADDR}/metrics");
+        let out = node.run_timeout(&["curl", "-sf", "-m", "5", &url], Duration::from_secs(8))?;
+        Ok(out.ensure_success()?.stdout)
+    }
+
+    /// The value of one sample (`name{labels}` exactly as exposed) of the agent's metrics;
+    /// 0 when the sample is absent.
+    pub fn metric(&self, node: &TestNode, sample: &str) -> Result<f64> {
+        let text = self.metrics(node)?;
+        Ok(metric_value(&text, sample).unwrap_or(0.0))
+    }
+
     /// The agent's pid.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
@@ -241,6 +255,18 @@ impl Agent {
             ),
         }
     }
+}
+
+/// The value of the sample `sample` (`name{labels}` as exposed) in Prometheus text.
+pub fn metric_value(text: &str, sample: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(sample)?;
+        rest.strip_prefix(' ')?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    })
 }
 
 impl Drop for Agent {

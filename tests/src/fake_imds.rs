@@ -2,6 +2,10 @@
 //! leak tests: IMDSv2 only (GETs without its token get 401), the instance identity basics, and
 //! the *node's* credentials on every path that could carry credentials, so a test can prove
 //! they never reach a pod.
+//!
+//! It is as lenient as a careless upstream can be: it percent-decodes paths twice, turns
+//! backslashes into slashes, drops `;` parameters, resolves dot segments and ignores letter
+//! case, so a path that means one thing to iamlet and another upstream shows up as a leak.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -21,7 +25,7 @@ pub const NODE_ACCOUNT: &str = "111122223333";
 pub const INSTANCE_ID: &str = "i-0fake0000000node1";
 
 const SCRIPT: &str = r#"
-import json, socket, sys, threading
+import json, posixpath, re, socket, sys, threading, urllib.parse
 from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
 
 TOKEN = "node-upstream-token"
@@ -49,7 +53,9 @@ class H(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.headers.get("X-aws-ec2-metadata-token") != TOKEN:
             return self.reply(401, "")
-        p = self.path
+        p = urllib.parse.unquote(urllib.parse.unquote(self.path.split("?")[0]))
+        p = re.sub(r";[^/]*", "", p.replace("\\", "/"))
+        p = posixpath.normpath(p).lower() + ("/" if p.endswith("/") else "")
         if p.endswith("/meta-data/iam/info"):
             return self.reply(200, json.dumps({"Code": "Success", "LastUpdated": "2026-01-01T00:00:00Z",
                 "InstanceProfileArn": "arn:aws:iam::" + NODE_ACCOUNT + ":instance-profile/node-role",

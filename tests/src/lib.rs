@@ -34,6 +34,7 @@ pub mod cgroup;
 pub mod cleanup;
 pub mod clients;
 pub mod fake_imds;
+pub mod fixtures;
 pub mod kube_fake;
 pub mod net;
 pub mod netns;
@@ -49,6 +50,7 @@ pub use clients::{
     fetch_credentials, fetch_credentials_timed, sdk_available, ClientCreds, Sdk, CLIENT_TIMEOUT,
 };
 pub use fake_imds::FakeImds;
+pub use fixtures::{PodRole, StaticRoles};
 pub use kube_fake::{FakeApiServer, KubeControl, RemoteApiServer};
 pub use net::{http, http_with, udp_probe, FakeUpstream, Family, HttpAnswer};
 pub use netns::Netns;

@@ -9,7 +9,7 @@ use anyhow::{ensure, Context, Result};
 use iamlet_tests::fake_imds::{INSTANCE_ID, NODE_ACCESS_KEY, NODE_ACCOUNT, NODE_SECRET};
 use iamlet_tests::{
     fetch_credentials, http, http_with, sdk_available, skip_unless_privileged, Agent, FakeImds,
-    FakePod, Family, Sdk, TestNode, NODE_PROXY_V4, PROXY_PORT,
+    FakePod, Family, Sdk, TestNode,
 };
 
 const UID_A: &str = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
@@ -216,6 +216,19 @@ const LEAK_PATHS: &[&str] = &[
     "/latest/user-data",
     "/latest/dynamic/../meta-data/iam/security-credentials/node-role",
     "/latest/meta-data/iam/security-credentials/node-role?x=1",
+    // Paths whose meaning depends on who decodes them (the stand-in decodes once more,
+    // turns backslashes into slashes, drops `;` parameters and ignores letter case).
+    "/latest/meta-data/placement/%252e%252e/%2569am/info",
+    "/latest/meta-data/placement/%252e%252e/%2569am/security-credentials/",
+    "/latest/meta-data/placement/..\\iam/info",
+    "/latest/meta-data/placement/..%5ciam/security-credentials/node-role",
+    "/latest/meta-data/placement/..%2fiam/info",
+    "/latest/meta-data/%49AM/info",
+    "/latest/meta-data/IAM/security-credentials/",
+    "/latest/meta-data/iam;/info",
+    "/latest/meta-data/placement;/../iam/info",
+    "/latest/meta-data/placement/node-role",
+    "/latest/USER-DATA",
 ];
 
 fn assert_no_leak(pod: &FakePod, agent: &Agent) -> Result<()> {
@@ -230,6 +243,12 @@ fn assert_no_leak(pod: &FakePod, agent: &Agent) -> Result<()> {
             ensure!(
                 !answer.body.contains(NODE_SECRET) && !answer.body.contains(NODE_ACCESS_KEY),
                 "{} got the node's credentials from {path} ({family:?}): {answer:?}",
+                pod.name()
+            );
+            ensure!(
+                !answer.body.contains("instance-profile/node-role")
+                    && answer.body.trim() != "node-role",
+                "{} got the node's role from {path} ({family:?}): {answer:?}",
                 pod.name()
             );
         }
@@ -372,112 +391,5 @@ fn bare_role_names_use_the_nodes_account() -> Result<()> {
         out.status.code() == Some(64) && err.contains("bare name"),
         "{err}"
     );
-    Ok(())
-}
-
-#[test]
-fn connections_beyond_the_limit_wait_their_turn() -> Result<()> {
-    skip_unless_privileged!(Ok(()));
-    let node = TestNode::new()?;
-    let a = node.add_pod(&pod_cgroup(UID_A, 1))?;
-    let files = Files::write()?;
-    let _agent = start(
-        &node,
-        &files,
-        &["--upstream", "off", "--max-connections", "2"],
-    )?;
-    // Two idle connections take both slots; a third request is not served until one closes.
-    let script = r#"
-import socket, time
-req = b"GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-held = [socket.create_connection(("169.254.169.254", 80)) for _ in range(2)]
-time.sleep(0.3)
-third = socket.create_connection(("169.254.169.254", 80))
-third.sendall(req)
-third.settimeout(1.0)
-try:
-    third.recv(100)
-    print("served-early")
-except socket.timeout:
-    print("waiting")
-held[0].close()
-third.settimeout(5.0)
-print("served" if b" 200 " in third.recv(1000) else "not-served")
-"#;
-    let out = a.run(&["python3", "-c", script])?.ensure_success()?;
-    ensure!(
-        out.stdout.split_whitespace().collect::<Vec<_>>() == ["waiting", "served"],
-        "{}",
-        out.stdout
-    );
-    Ok(())
-}
-
-#[test]
-fn limits_header_size_slow_clients_and_rate() -> Result<()> {
-    skip_unless_privileged!(Ok(()));
-    let node = TestNode::new()?;
-    let a = node.add_pod(&pod_cgroup(UID_A, 1))?;
-    let b = node.add_pod(&pod_cgroup(UID_B, 2))?;
-    let files = Files::write()?;
-    let _agent = start(
-        &node,
-        &files,
-        &[
-            "--upstream",
-            "off",
-            "--header-timeout",
-            "1s",
-            "--rate-limit",
-            "1",
-            "--rate-burst",
-            "5",
-        ],
-    )?;
-    let huge = "x".repeat(20_000);
-    let answer = get(&a, "/iamlet/whoami", &[("X-Padding", &huge)])?;
-    ensure!(answer.status == 431, "oversized headers: {}", answer.status);
-
-    // A client that never finishes its headers is cut off after --header-timeout.
-    let slow = a
-        .run(&[
-            "python3",
-            "-c",
-            "import socket,time\ns=socket.create_connection(('169.254.169.254',80))\ns.sendall(b'GET /iamlet/whoami HTTP/1.1\\r\\nHost: x\\r\\n')\nt=time.time()\ns.settimeout(10)\nd=s.recv(100)\nprint(round(time.time()-t,1), len(d))",
-        ])?
-        .ensure_success()?;
-    let waited: f64 = slow
-        .stdout
-        .split_whitespace()
-        .next()
-        .context("slow client output")?
-        .parse()?;
-    ensure!(
-        waited < 5.0,
-        "slow client held its connection for {waited} s"
-    );
-
-    // Rate limit per pod: the burst passes, then 429; the other pod is unaffected.
-    let mut statuses = Vec::new();
-    for _ in 0..8 {
-        statuses.push(get(&a, "/latest/meta-data/iam/security-credentials/", &[])?.status);
-    }
-    ensure!(statuses.contains(&429), "no 429 in {statuses:?}");
-    ensure!(
-        statuses.iter().filter(|s| **s == 200).count() >= 5,
-        "{statuses:?}"
-    );
-    ensure!(get(&b, "/latest/meta-data/iam/security-credentials/", &[])?.status == 200);
-    // A direct connect from outside the cgroup is still refused.
-    let outside = node.add_outside_netns("outside")?;
-    let answer = http(
-        outside.command("python3"),
-        Family::V4,
-        &NODE_PROXY_V4.to_string(),
-        PROXY_PORT,
-        "GET",
-        "/latest/meta-data/iam/security-credentials/",
-    )?;
-    ensure!(answer.status == 403, "{answer:?}");
     Ok(())
 }

@@ -4,73 +4,136 @@ use std::time::Duration;
 
 use super::{Args, Error};
 
+/// Bounds of the numeric flags: a value outside them is refused at start (exit 64).
+pub mod bounds {
+    use std::time::Duration;
+
+    /// `--max-connections`.
+    pub const MAX_CONNECTIONS: usize = 65_536;
+    /// `--rate-limit` (requests per second per pod).
+    pub const RATE_LIMIT: f64 = 1_000_000.0;
+    /// `--rate-burst`.
+    pub const RATE_BURST: f64 = 1_000_000.0;
+    /// `--sts-concurrency`.
+    pub const STS_CONCURRENCY: usize = 1024;
+    /// `--sts-max-attempts`.
+    pub const STS_MAX_ATTEMPTS: u32 = 10;
+    /// `--credentials-timeout`, `--upstream-timeout`, `--sts-attempt-timeout`.
+    pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+    /// `--header-timeout`.
+    pub const HEADER_TIMEOUT: Duration = Duration::from_secs(300);
+    /// `--shutdown-grace`.
+    pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(600);
+    /// `--sts-backoff-max`.
+    pub const STS_BACKOFF_MAX: Duration = Duration::from_secs(3600);
+    /// `--unused-grace`.
+    pub const UNUSED_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
+    /// `--pod-wait`.
+    pub const POD_WAIT: Duration = Duration::from_secs(30);
+}
+
+/// `Err(Error::Limit)` unless `low <= value <= high`.
+fn within<T: PartialOrd + std::fmt::Debug>(
+    flag: &'static str,
+    value: T,
+    low: T,
+    high: T,
+) -> Result<(), Error> {
+    // `!(a <= b)` rather than `a > b` so that NaN is refused too.
+    #[allow(clippy::neg_cmp_op_on_partial_ord)]
+    let outside = !(low <= value) || !(value <= high);
+    if outside {
+        return Err(Error::Limit {
+            flag,
+            value: format!("{value:?}"),
+            reason: format!("must be between {low:?} and {high:?}"),
+        });
+    }
+    Ok(())
+}
+
 impl Args {
     pub(super) fn check_limits(&self) -> Result<(), Error> {
-        let bad = |flag: &'static str, value: String, reason: &'static str| {
-            Err(Error::Limit {
-                flag,
-                value,
-                reason,
-            })
-        };
-        if !self.rate_limit.is_finite() || self.rate_limit < 0.0 {
-            return bad(
-                "rate-limit",
-                self.rate_limit.to_string(),
-                "must be 0 or more",
-            );
-        }
-        if !self.rate_burst.is_finite() || self.rate_burst < 1.0 {
-            return bad(
-                "rate-burst",
-                self.rate_burst.to_string(),
-                "must be 1 or more",
-            );
-        }
-        if self.max_connections == 0 {
-            return bad("max-connections", "0".into(), "must be at least 1");
-        }
-        if self.credentials_timeout.is_zero() {
-            return bad("credentials-timeout", "0s".into(), "must be positive");
-        }
-        if self.header_timeout.is_zero() {
-            return bad("header-timeout", "0s".into(), "must be positive");
-        }
-        let secs = self.session_duration.as_secs();
+        let ms = Duration::from_millis;
+        within("rate-limit", self.rate_limit, 0.0, bounds::RATE_LIMIT)?;
+        within("rate-burst", self.rate_burst, 1.0, bounds::RATE_BURST)?;
+        within(
+            "max-connections",
+            self.max_connections,
+            1,
+            bounds::MAX_CONNECTIONS,
+        )?;
+        within(
+            "max-connections-per-pod",
+            self.max_connections_per_pod,
+            1,
+            self.max_connections.min(bounds::MAX_CONNECTIONS),
+        )?;
+        within(
+            "credentials-timeout",
+            self.credentials_timeout,
+            ms(1),
+            bounds::REQUEST_TIMEOUT,
+        )?;
+        within(
+            "upstream-timeout",
+            self.upstream_timeout,
+            ms(1),
+            bounds::REQUEST_TIMEOUT,
+        )?;
+        within(
+            "header-timeout",
+            self.header_timeout,
+            ms(1),
+            bounds::HEADER_TIMEOUT,
+        )?;
+        within(
+            "shutdown-grace",
+            self.shutdown_grace,
+            Duration::ZERO,
+            bounds::SHUTDOWN_GRACE,
+        )?;
         // AWS STS takes 15m..12h. A custom --sts-endpoint (an STS-compatible test server) may
         // use shorter sessions, down to 10 s.
         let min = if self.sts_endpoint.is_some() { 10 } else { 900 };
-        if !(min..=43_200).contains(&secs) {
-            return bad(
-                "session-duration",
-                format!("{secs}s"),
-                "must be between 15m and 12h (STS limits)",
-            );
-        }
-        if !(0.1..=0.9).contains(&self.refresh_fraction) {
-            return bad(
-                "refresh-fraction",
-                self.refresh_fraction.to_string(),
-                "must be between 0.1 and 0.9",
-            );
-        }
-        if self.sts_concurrency == 0 || self.sts_max_attempts == 0 {
-            return bad(
-                "sts-concurrency/--sts-max-attempts",
-                "0".into(),
-                "must be at least 1",
-            );
-        }
-        if self.sts_backoff_max < Duration::from_millis(100) {
-            return bad(
-                "sts-backoff-max",
-                format!("{:?}", self.sts_backoff_max),
-                "must be at least 100ms",
-            );
-        }
-        if self.sts_attempt_timeout.is_zero() {
-            return bad("sts-attempt-timeout", "0s".into(), "must be positive");
-        }
+        within(
+            "session-duration",
+            self.session_duration,
+            Duration::from_secs(min),
+            Duration::from_secs(43_200),
+        )?;
+        within("refresh-fraction", self.refresh_fraction, 0.1, 0.9)?;
+        within(
+            "sts-concurrency",
+            self.sts_concurrency,
+            1,
+            bounds::STS_CONCURRENCY,
+        )?;
+        within(
+            "sts-max-attempts",
+            self.sts_max_attempts,
+            1,
+            bounds::STS_MAX_ATTEMPTS,
+        )?;
+        within(
+            "sts-backoff-max",
+            self.sts_backoff_max,
+            ms(100),
+            bounds::STS_BACKOFF_MAX,
+        )?;
+        within(
+            "sts-attempt-timeout",
+            self.sts_attempt_timeout,
+            ms(1),
+            bounds::REQUEST_TIMEOUT,
+        )?;
+        within(
+            "unused-grace",
+            self.unused_grace,
+            Duration::from_secs(1),
+            bounds::UNUSED_GRACE,
+        )?;
+        within("pod-wait", self.pod_wait, Duration::ZERO, bounds::POD_WAIT)?;
         Ok(())
     }
 }

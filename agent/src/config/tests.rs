@@ -71,6 +71,68 @@ fn upstream_and_limits() {
 }
 
 #[test]
+fn every_numeric_flag_is_bounded() {
+    let with = |extra: &[&str]| {
+        let mut v = vec!["--listen-v4", "127.0.0.1:8181"];
+        v.extend_from_slice(extra);
+        args(&v).expect("parses")
+    };
+    for (flag, value) in [
+        ("--max-connections", "2305843009213693952"),
+        ("--max-connections", "65537"),
+        ("--max-connections-per-pod", "0"),
+        ("--max-connections-per-pod", "5000"),
+        ("--rate-limit", "1e300"),
+        ("--rate-limit", "NaN"),
+        ("--rate-limit", "inf"),
+        ("--rate-burst", "1e12"),
+        ("--sts-concurrency", "100000"),
+        ("--sts-max-attempts", "1000"),
+        ("--credentials-timeout", "1h"),
+        ("--upstream-timeout", "0s"),
+        ("--header-timeout", "1d"),
+        ("--header-timeout", "301s"),
+        ("--shutdown-grace", "11m"),
+        ("--sts-backoff-max", "2h"),
+        ("--sts-attempt-timeout", "61s"),
+        ("--unused-grace", "0s"),
+        ("--pod-wait", "31s"),
+        ("--refresh-fraction", "NaN"),
+    ] {
+        let Ok(a) = args(&["--listen-v4", "127.0.0.1:8181", flag, value]) else {
+            // Refused by the parser itself, which also exits 64.
+            continue;
+        };
+        match a.check_limits() {
+            Err(Error::Limit { flag: f, .. }) => {
+                assert_eq!(format!("--{f}"), flag, "{flag} {value}")
+            }
+            other => panic!("{flag} {value}: {other:?}"),
+        }
+    }
+    let e = with(&["--max-connections", "2305843009213693952"])
+        .check_limits()
+        .expect_err("refused");
+    assert_eq!(
+        e.to_string(),
+        "--max-connections 2305843009213693952: must be between 1 and 65536"
+    );
+    assert!(with(&[
+        "--max-connections",
+        "65536",
+        "--max-connections-per-pod",
+        "65536"
+    ])
+    .check_limits()
+    .is_ok());
+    assert!(
+        with(&["--max-connections", "10", "--max-connections-per-pod", "11"])
+            .check_limits()
+            .is_err()
+    );
+}
+
+#[test]
 fn bad_log_filter_and_bpffs_dir() {
     let a = args(&["--listen-v4", "127.0.0.1:8181", "--log", "iamlet=loud"]).expect("parses");
     assert!(matches!(a.validate(), Err(Error::LogFilter { .. })));

@@ -128,6 +128,30 @@ async fn registration_prefetches() {
     assert_eq!(engine.stats().hits.load(Ordering::Relaxed), 1);
 }
 
+#[tokio::test]
+async fn without_prefetch_registration_only_keeps_the_entry() {
+    let sts = FakeSts::new(Duration::from_millis(10), Duration::from_secs(3600));
+    let engine = Engine::new(
+        sts.clone(),
+        EngineSettings {
+            prefetch: false,
+            ..settings()
+        },
+    );
+    let b = binding("a");
+    engine.register(&b);
+    engine.sweep();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    engine.sweep();
+    assert_eq!(
+        sts.calls(),
+        0,
+        "--no-prefetch: nothing is fetched before a pod asks"
+    );
+    engine.get(&b).await.expect("creds");
+    assert_eq!(sts.calls(), 1, "the first request fetches");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_ahead_keeps_serving_fresh_credentials() {
     let lifetime = Duration::from_millis(1200);

@@ -216,8 +216,9 @@ impl Imds {
         headers: &HeaderMap,
     ) -> Answer {
         let subject = Subject::of(caller);
-        let Some(path) = paths::normalize(raw_path) else {
-            return ("bad_request", text(400, "Bad Request: undecodable path\n"));
+        let path = match paths::normalize(raw_path) {
+            Ok(path) => path,
+            Err(e) => return ("bad_request", text(400, format!("Bad Request: {e}\n"))),
         };
         let route = paths::route(&path);
         if route == Route::Token {
@@ -229,6 +230,10 @@ impl Imds {
             let mut resp = text(429, "Too Many Requests\n");
             resp.headers_mut()
                 .insert("retry-after", HeaderValue::from_static("1"));
+            // A client over its rate does not keep its connection: it reconnects, and its
+            // connections count against its pod's limit.
+            resp.headers_mut()
+                .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
             return ("rate_limited", resp);
         }
         if method != Method::GET && method != Method::HEAD {
@@ -380,9 +385,18 @@ impl Imds {
     }
 
     async fn passthrough(&self, path: &paths::NormalPath) -> Resp {
-        let (Some(upstream), true) = (&self.upstream, self.settings.allow.allows(path)) else {
+        let Some(upstream) = &self.upstream else {
             return text(404, "Not Found\n");
         };
+        if !self.settings.allow.allows(path) {
+            return text(404, "Not Found\n");
+        }
+        // Only once the path could go: is it the node's own role name?
+        if let Some(role) = upstream.node_role().await {
+            if paths::names_role(path, &role) {
+                return text(404, "Not Found\n");
+            }
+        }
         let rendered = path.render();
         match upstream.get(&rendered).await {
             Ok(answer) => {

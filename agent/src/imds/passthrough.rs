@@ -20,8 +20,19 @@ use hyper_util::rt::TokioExecutor;
 const UPSTREAM_TOKEN_TTL: u64 = 21_600;
 /// Largest upstream body passed on.
 const MAX_BODY: usize = 1 << 20;
-/// Markers of a credentials document in an upstream body.
-const CREDENTIAL_MARKERS: [&str; 3] = ["SecretAccessKey", "\"Token\"", "AccessKeyId"];
+/// Markers of a credentials document, or of the node's instance profile (`iam/info`), in an
+/// upstream body.
+const CREDENTIAL_MARKERS: [&str; 5] = [
+    "SecretAccessKey",
+    "\"Token\"",
+    "AccessKeyId",
+    "InstanceProfileArn",
+    ":instance-profile/",
+];
+/// How long the node's role name is kept before it is asked for again.
+const NODE_ROLE_TTL: Duration = Duration::from_secs(600);
+/// How long a failed lookup of the node's role name is kept.
+const NODE_ROLE_RETRY: Duration = Duration::from_secs(30);
 
 /// Why an upstream request failed (answered 502/504).
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +41,7 @@ pub enum PassthroughError {
     Timeout { upstream: String, timeout: Duration },
     #[error("upstream metadata service at {upstream}: {reason}")]
     Upstream { upstream: String, reason: String },
-    #[error("upstream answer for {path} looks like credentials; refused")]
+    #[error("upstream answer for {path} looks like credentials or the node's role; refused")]
     LooksLikeCredentials { path: String },
 }
 
@@ -65,6 +76,8 @@ pub struct Upstream {
     client: Client<HttpConnector, Full<Bytes>>,
     timeout: Duration,
     token: Mutex<TokenState>,
+    /// The node's own role name (from the upstream's role listing) and until when it holds.
+    node_role: Mutex<Option<(Option<String>, Instant)>>,
 }
 
 impl Upstream {
@@ -81,6 +94,7 @@ impl Upstream {
             client,
             timeout,
             token: Mutex::new(TokenState::Unknown),
+            node_role: Mutex::new(None),
         }
     }
 
@@ -165,18 +179,61 @@ impl Upstream {
         Ok(token)
     }
 
-    /// GETs `path` (already normalised and allowed) from upstream.
-    pub async fn get(&self, path: &str) -> Result<UpstreamAnswer, PassthroughError> {
-        let mut answer = self.get_once(path).await?;
-        if answer.status == StatusCode::UNAUTHORIZED {
-            // Our token expired or the upstream restarted: fetch a new one, once.
-            *self.token.lock().unwrap_or_else(|p| p.into_inner()) = TokenState::Unknown;
-            answer = self.get_once(path).await?;
+    /// The node's own role name, from the upstream's role listing (kept for
+    /// [`NODE_ROLE_TTL`]); `None` when the node has none or the upstream cannot say.
+    pub async fn node_role(&self) -> Option<String> {
+        let now = Instant::now();
+        if let Some((role, until)) = &*self.node_role.lock().unwrap_or_else(|p| p.into_inner()) {
+            if *until > now {
+                return role.clone();
+            }
         }
-        if looks_like_credentials(&answer.body) {
+        let listing = self
+            .get_once("/latest/meta-data/iam/security-credentials/")
+            .await;
+        let (role, keep) = match listing {
+            Ok(answer) if answer.status == StatusCode::OK => {
+                let text = String::from_utf8_lossy(&answer.body);
+                let role = text.lines().next().map(str::trim).unwrap_or_default();
+                let role = (!role.is_empty()).then(|| role.trim_end_matches('/').to_owned());
+                (role, NODE_ROLE_TTL)
+            }
+            Ok(answer) if answer.status == StatusCode::NOT_FOUND => (None, NODE_ROLE_TTL),
+            Ok(_) | Err(_) => (None, NODE_ROLE_RETRY),
+        };
+        *self.node_role.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((role.clone(), now + keep));
+        role
+    }
+
+    /// GETs `path` for the agent itself (e.g. the node's `iam/info` at start-up): nothing of
+    /// it goes to a pod, so no body is refused.
+    pub async fn get_for_agent(&self, path: &str) -> Result<UpstreamAnswer, PassthroughError> {
+        let answer = self.get_once(path).await?;
+        if answer.status != StatusCode::UNAUTHORIZED {
+            return Ok(answer);
+        }
+        // Our token expired or the upstream restarted: fetch a new one, once.
+        *self.token.lock().unwrap_or_else(|p| p.into_inner()) = TokenState::Unknown;
+        self.get_once(path).await
+    }
+
+    /// GETs `path` (canonical and allowed) from upstream for a pod: an answer that looks like
+    /// credentials, the node's instance profile or the node's role name is refused.
+    pub async fn get(&self, path: &str) -> Result<UpstreamAnswer, PassthroughError> {
+        let answer = self.get_for_agent(path).await?;
+        let node_role = self
+            .node_role
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let is_node_role = node_role
+            .and_then(|(role, _)| role)
+            .is_some_and(|role| String::from_utf8_lossy(&answer.body).trim() == role);
+        if is_node_role || looks_like_credentials(&answer.body) {
             tracing::error!(
                 path,
-                "upstream answer looks like credentials; refusing to pass it on"
+                "upstream answer looks like credentials or the node's role; refusing to pass it on"
             );
             return Err(PassthroughError::LooksLikeCredentials {
                 path: path.to_owned(),
@@ -214,6 +271,12 @@ mod tests {
             br#"{"Code":"Success","AccessKeyId":"ASIA","SecretAccessKey":"x","Token":"y"}"#
         ));
         assert!(looks_like_credentials(b"... SecretAccessKey ..."));
+        assert!(looks_like_credentials(
+            br#"{"Code":"Success","InstanceProfileArn":"arn:aws:iam::1:instance-profile/n"}"#
+        ));
+        assert!(looks_like_credentials(
+            b"arn:aws:iam::123456789012:instance-profile/node"
+        ));
         assert!(!looks_like_credentials(b"i-0123456789abcdef0"));
         assert!(!looks_like_credentials(
             br#"{"region":"eu-west-1","instanceId":"i-1"}"#

@@ -1,25 +1,68 @@
-//! Request paths: normalisation, the routes iamlet answers itself, and the passthrough
+//! Request paths: canonical form, the routes iamlet answers itself, and the passthrough
 //! allow-list.
 //!
-//! Every path is normalised before anything looks at it (percent-decoding, empty and `.`
-//! segments dropped, `..` resolved without climbing above the root), so `//latest/meta-data/
-//! ./iam/../iam/` is the same as `/latest/meta-data/iam/`. The credential paths of the real
-//! service (`meta-data/iam/...`, `meta-data/identity-credentials/...`) are answered by iamlet
-//! or refused; they are never forwarded, whatever the allow-list says.
+//! Every path is made canonical before anything looks at it, and only the canonical form is
+//! ever forwarded (rebuilt from its segments, so no escape reaches the real service):
+//!
+//! * percent-escapes are decoded once; an escape that decodes to anything whose meaning
+//!   depends on who decodes it (`/`, `\`, `%`, `;`, `?`, `#`, a control or non-ASCII byte,
+//!   or any other byte outside the segment alphabet) is refused with 400, and so are raw
+//!   backslashes, `;` parameters and bytes outside that alphabet;
+//! * empty and `.` segments are dropped and `..` is resolved without climbing above the root.
+//!
+//! The segment alphabet is `A-Z a-z 0-9 - . _ ~ : @ = + ,`: enough for every path of the
+//! real service (MAC addresses, `public-keys/0=name`, block device names) and nothing that a
+//! server could read two ways. Because escapes of `%` are refused, a path cannot carry a
+//! second layer of encoding (`%252e%252e`) either.
+//!
+//! The credential paths of the real service (`iam/...`, `identity-credentials/...`, compared
+//! case-insensitively and at any depth) are answered by iamlet or refused; they are never
+//! forwarded, whatever the allow-list says, and neither is a path naming the node's own role.
+//! `user-data` is forwarded only with its own flag (`--allow-user-data`), never through a
+//! pattern.
 
 use regex::RegexSet;
 
-/// A request path after normalisation.
+/// A request path in canonical form.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NormalPath {
-    /// Segments, without empty ones.
+    /// Segments, none empty, `.` or `..`, each made only of the segment alphabet.
     pub segments: Vec<String>,
     /// Whether the original path ended in `/`.
     pub trailing_slash: bool,
 }
 
+/// Why a path is refused before routing (answered 400 with this text).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// The path does not start with `/`.
+    #[error("the path must start with /")]
+    NotAbsolute,
+    /// A `%` not followed by two hex digits.
+    #[error("malformed percent-escape")]
+    BadEscape,
+    /// An escape that decodes to a byte whose meaning depends on who decodes it.
+    #[error("percent-escape of {0:?} is not accepted (its meaning depends on who decodes it)")]
+    AmbiguousEscape(char),
+    /// A backslash.
+    #[error("backslashes are not accepted")]
+    Backslash,
+    /// A `;` (path parameters).
+    #[error("path parameters (;) are not accepted")]
+    Parameter,
+    /// A byte outside the segment alphabet.
+    #[error("character {0:?} is not accepted in a metadata path")]
+    Character(char),
+    /// More segments or bytes than any metadata path has.
+    #[error("path too long")]
+    TooLong,
+}
+
+/// Longest raw path accepted (the real service's longest paths are far shorter).
+pub const MAX_PATH_BYTES: usize = 2048;
+
 impl NormalPath {
-    /// The path as text, starting with `/`.
+    /// The path as text, starting with `/`; made of the segment alphabet and `/` only.
     pub fn render(&self) -> String {
         let mut s = String::from("/");
         s.push_str(&self.segments.join("/"));
@@ -39,49 +82,101 @@ impl NormalPath {
     }
 }
 
-/// Normalises a request path (without query). `None` for paths that do not decode to UTF-8
-/// or contain NUL or control characters.
-pub fn normalize(raw: &str) -> Option<NormalPath> {
-    let decoded = percent_decode(raw)?;
-    if decoded.chars().any(|c| c.is_control()) {
-        return None;
-    }
-    let mut segments: Vec<String> = Vec::new();
-    for seg in decoded.split('/') {
-        match seg {
-            "" | "." => {}
-            ".." => {
-                segments.pop();
-            }
-            s => segments.push(s.to_owned()),
-        }
-    }
-    let trailing_slash = decoded.ends_with('/') || decoded.ends_with("/.");
-    Some(NormalPath {
-        segments,
-        trailing_slash,
-    })
+/// Whether `b` may appear in a canonical segment.
+pub const fn is_segment_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.' | b'_' | b'~' | b':' | b'@' | b'=' | b'+' | b','
+        )
 }
 
-fn percent_decode(raw: &str) -> Option<String> {
-    if !raw.contains('%') {
-        return Some(raw.to_owned());
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
     }
+}
+
+/// The character a refused byte is reported as (non-ASCII bytes as U+FFFD).
+fn shown(b: u8) -> char {
+    if b.is_ascii() {
+        char::from(b)
+    } else {
+        char::REPLACEMENT_CHARACTER
+    }
+}
+
+/// Decodes the raw path once, refusing anything ambiguous; `/` separates segments only where
+/// it was written as `/`.
+fn decode(raw: &str) -> Result<Vec<u8>, PathError> {
     let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            let hex = std::str::from_utf8(hex).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
+        let b = bytes[i];
+        match b {
+            b'%' => {
+                let (Some(hi), Some(lo)) = (
+                    bytes.get(i + 1).copied().and_then(hex),
+                    bytes.get(i + 2).copied().and_then(hex),
+                ) else {
+                    return Err(PathError::BadEscape);
+                };
+                let decoded = hi << 4 | lo;
+                if !is_segment_byte(decoded) {
+                    return Err(PathError::AmbiguousEscape(shown(decoded)));
+                }
+                out.push(decoded);
+                i += 3;
+            }
+            b'/' => {
+                out.push(b);
+                i += 1;
+            }
+            b'\\' => return Err(PathError::Backslash),
+            b';' => return Err(PathError::Parameter),
+            b if is_segment_byte(b) => {
+                out.push(b);
+                i += 1;
+            }
+            other => return Err(PathError::Character(shown(other))),
         }
     }
-    String::from_utf8(out).ok()
+    Ok(out)
+}
+
+/// Makes a request path (without query) canonical, or says why it is refused.
+pub fn normalize(raw: &str) -> Result<NormalPath, PathError> {
+    if raw.len() > MAX_PATH_BYTES {
+        return Err(PathError::TooLong);
+    }
+    if !raw.starts_with('/') {
+        return Err(PathError::NotAbsolute);
+    }
+    let decoded = decode(raw)?;
+    let mut segments: Vec<String> = Vec::new();
+    let mut last_was_dir = true;
+    for seg in decoded.split(|b| *b == b'/') {
+        last_was_dir = true;
+        match seg {
+            b"" | b"." => {}
+            b".." => {
+                segments.pop();
+            }
+            s => {
+                // Only segment bytes are left: ASCII.
+                segments.push(s.iter().map(|b| char::from(*b)).collect());
+                last_was_dir = false;
+            }
+        }
+    }
+    Ok(NormalPath {
+        segments,
+        trailing_slash: last_was_dir,
+    })
 }
 
 /// Whether a first segment is an API version of the metadata service (`latest`, `1.0`,
@@ -99,7 +194,7 @@ pub fn is_version(seg: &str) -> bool {
             .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
 }
 
-/// What a normalised path asks for.
+/// What a canonical path asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Route {
     /// `/<v>/api/token`.
@@ -113,7 +208,7 @@ pub enum Route {
     RoleList { extended: bool },
     /// `/<v>/meta-data/iam/security-credentials/<role>`.
     RoleCredentials { role: String, extended: bool },
-    /// Any other credential path of the real service: never forwarded.
+    /// Any other credential path of the real service, in any letter case: never forwarded.
     Forbidden,
     /// `/iamlet/whoami`.
     Whoami,
@@ -121,7 +216,20 @@ pub enum Route {
     Other,
 }
 
-/// Classifies a normalised path.
+/// Whether a segment names a credential area of the real service, in any letter case.
+pub fn is_credential_segment(seg: &str) -> bool {
+    seg.eq_ignore_ascii_case("iam")
+        || starts_with_ignore_case(seg, "identity-credentials")
+        || starts_with_ignore_case(seg, "security-credentials")
+}
+
+fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
+    s.get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+}
+
+/// Classifies a canonical path. iamlet's own routes match in the exact letter case the SDKs
+/// use; a credential area in any other case (or at any other depth) is [`Route::Forbidden`].
 pub fn route(path: &NormalPath) -> Route {
     let s: Vec<&str> = path.segments.iter().map(String::as_str).collect();
     match s.as_slice() {
@@ -138,21 +246,25 @@ pub fn route(path: &NormalPath) -> Route {
                 extended: *kind != "security-credentials",
             }
         }
-        [v, "meta-data", "iam", ..] if is_version(v) => Route::Forbidden,
-        [v, "meta-data", "identity-credentials", ..] if is_version(v) => Route::Forbidden,
-        // Anything that names a credential path at any depth, e.g. under an unknown version.
-        segs if segs
-            .iter()
-            .any(|x| *x == "iam" || x.starts_with("identity-credentials")) =>
-        {
-            Route::Forbidden
-        }
+        segs if segs.iter().any(|x| is_credential_segment(x)) => Route::Forbidden,
         _ => Route::Other,
     }
 }
 
 fn is_creds(seg: &str) -> bool {
     seg == "security-credentials" || seg == "security-credentials-extended"
+}
+
+/// Whether the path asks for user data (`/<v>/user-data...`, any letter case).
+pub fn is_user_data(path: &NormalPath) -> bool {
+    path.segments
+        .get(1)
+        .is_some_and(|s| s.eq_ignore_ascii_case("user-data"))
+}
+
+/// Whether a segment of the path is `role` (the node's own role name), in any letter case.
+pub fn names_role(path: &NormalPath, role: &str) -> bool {
+    !role.is_empty() && path.segments.iter().any(|s| s.eq_ignore_ascii_case(role))
 }
 
 /// The default passthrough allow-list: instance identity basics. Matched against the path
@@ -168,10 +280,11 @@ pub const DEFAULT_ALLOW: &[&str] = &[
 #[derive(Clone, Debug)]
 pub struct AllowList {
     set: RegexSet,
+    user_data: bool,
 }
 
 impl AllowList {
-    /// An allow-list of regexes, each anchored at both ends.
+    /// An allow-list of regexes, each anchored at both ends. User data stays refused.
     pub fn new<S: AsRef<str>>(patterns: &[S]) -> Result<Self, regex::Error> {
         let anchored: Vec<String> = patterns
             .iter()
@@ -179,10 +292,20 @@ impl AllowList {
             .collect();
         Ok(AllowList {
             set: RegexSet::new(anchored)?,
+            user_data: false,
         })
     }
 
-    /// Whether the normalised path may be forwarded. Credential paths never may.
+    /// The same list, forwarding `user-data` too (`--allow-user-data`).
+    #[must_use]
+    pub fn with_user_data(mut self, allowed: bool) -> Self {
+        self.user_data = allowed;
+        self
+    }
+
+    /// Whether the canonical path may be forwarded, as far as the path alone says. Credential
+    /// paths never may; user data only with its own flag. The caller also refuses a path
+    /// that [`names_role`] the node's own role.
     pub fn allows(&self, path: &NormalPath) -> bool {
         let Some(first) = path.segments.first() else {
             return false;
@@ -190,121 +313,13 @@ impl AllowList {
         if !is_version(first) || route(path) != Route::Other {
             return false;
         }
+        if is_user_data(path) {
+            return self.user_data;
+        }
         self.set.is_match(&path.below_version())
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn n(p: &str) -> NormalPath {
-        normalize(p).expect("normalises")
-    }
-
-    #[test]
-    fn normalisation() {
-        assert_eq!(
-            n("//latest/meta-data/./iam/../iam/").render(),
-            "/latest/meta-data/iam/"
-        );
-        assert_eq!(
-            n("/latest/meta-data/%69am/info").render(),
-            "/latest/meta-data/iam/info"
-        );
-        assert_eq!(n("/../../latest").render(), "/latest");
-        assert_eq!(n("/").render(), "/");
-        assert_eq!(
-            n("/latest/meta-data/iam/.").render(),
-            "/latest/meta-data/iam/"
-        );
-        assert!(normalize("/latest/%ff").is_none());
-        assert!(normalize("/latest/%0a").is_none());
-        assert!(normalize("/latest/%zz").is_none());
-        assert_eq!(
-            n("/latest/meta-data/placement/").below_version(),
-            "meta-data/placement/"
-        );
-    }
-
-    #[test]
-    fn routes() {
-        let r = |p: &str| route(&n(p));
-        assert_eq!(r("/latest/api/token"), Route::Token);
-        assert_eq!(r("/2021-07-15/api/token"), Route::Token);
-        assert_eq!(r("/latest/meta-data/iam"), Route::IamListing);
-        assert_eq!(r("/latest/meta-data/iam/"), Route::IamListing);
-        assert_eq!(r("/latest/meta-data/iam/info"), Route::IamInfo);
-        assert_eq!(
-            r("/latest/meta-data/iam/security-credentials"),
-            Route::RoleList { extended: false }
-        );
-        assert_eq!(
-            r("/2016-09-02/meta-data/iam/security-credentials/"),
-            Route::RoleList { extended: false }
-        );
-        assert_eq!(
-            r("/latest/meta-data/iam/security-credentials/web"),
-            Route::RoleCredentials {
-                role: "web".into(),
-                extended: false
-            }
-        );
-        assert_eq!(
-            r("/latest/meta-data/iam/security-credentials-extended/web"),
-            Route::RoleCredentials {
-                role: "web".into(),
-                extended: true
-            }
-        );
-        assert_eq!(
-            r("/latest/meta-data/iam/security-credentials/web/extra"),
-            Route::Forbidden
-        );
-        assert_eq!(
-            r("/latest/meta-data/identity-credentials/ec2/security-credentials/ec2-instance"),
-            Route::Forbidden
-        );
-        assert_eq!(
-            r("/bogus/meta-data/iam/security-credentials/"),
-            Route::Forbidden
-        );
-        assert_eq!(r("/latest/meta-data/instance-id"), Route::Other);
-        assert_eq!(r("/iamlet/whoami"), Route::Whoami);
-    }
-
-    #[test]
-    fn allow_list() {
-        let a = AllowList::new(DEFAULT_ALLOW).expect("valid");
-        for ok in [
-            "/latest/meta-data/instance-id",
-            "/latest/meta-data/placement/region",
-            "/latest/meta-data/placement/availability-zone",
-            "/2021-07-15/meta-data/network/interfaces/macs/",
-            "/latest/dynamic/instance-identity/document",
-            "/latest//meta-data/./instance-id",
-        ] {
-            assert!(a.allows(&n(ok)), "{ok}");
-        }
-        for denied in [
-            "/latest/user-data",
-            "/latest/meta-data/iam/security-credentials/",
-            "/latest/meta-data/identity-credentials/ec2/security-credentials/ec2-instance",
-            "/latest/meta-data/spot/instance-action",
-            "/latest/meta-data/instance-idx",
-            "/latest/meta-data/",
-            "/latest/meta-data/placement/../iam/info",
-            "/meta-data/instance-id",
-            "/",
-        ] {
-            assert!(!a.allows(&n(denied)), "{denied}");
-        }
-        // Even an allow-everything list never forwards a credential path.
-        let all = AllowList::new(&[".*"]).expect("valid");
-        assert!(!all.allows(&n("/latest/meta-data/iam/security-credentials/node-role")));
-        assert!(!all.allows(&n("/latest/meta-data/iam/info")));
-        assert!(!all.allows(&n("/latest/meta-data/identity-credentials/ec2/info")));
-        assert!(all.allows(&n("/latest/user-data")));
-        assert!(AllowList::new(&["("]).is_err());
-    }
-}
+#[path = "paths_tests.rs"]
+mod tests;

@@ -4,24 +4,40 @@
 use super::*;
 
 /// A stand-in for the real metadata service on loopback: IMDSv2 required, and the node's
-/// credentials on every path that could carry them.
+/// credentials on every path that could carry them. It counts token PUTs, and counts (and
+/// answers like the real service would after decoding them once more) paths that still
+/// carry an escape, a backslash or a `;`.
 async fn fake_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    let (addr, puts, _) = fake_upstream_counting().await;
+    (addr, puts)
+}
+
+async fn fake_upstream_counting() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let puts = Arc::new(AtomicUsize::new(0));
-    let puts2 = puts.clone();
+    let raw = Arc::new(AtomicUsize::new(0));
+    let (puts2, raw2) = (puts.clone(), raw.clone());
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
-            let puts = puts2.clone();
+            let (puts, raw) = (puts2.clone(), raw2.clone());
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let puts = puts.clone();
+                let (puts, raw) = (puts.clone(), raw.clone());
                 async move {
-                    let path = req.uri().path().to_string();
+                    let mut path = req.uri().path().to_string();
+                    if path.contains(['%', '\\', ';']) {
+                        raw.fetch_add(1, Ordering::SeqCst);
+                        path = path
+                            .replace("%2e", ".")
+                            .replace("%69", "i")
+                            .replace('\\', "/");
+                    }
+                    let path = path.to_lowercase();
                     let (status, body) = if req.method() == Method::PUT {
                         puts.fetch_add(1, Ordering::SeqCst);
                         (200, "upstream-token".to_string())
@@ -29,6 +45,8 @@ async fn fake_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
                         != Some(b"upstream-token")
                     {
                         (401, String::new())
+                    } else if path.trim_end_matches('/').ends_with("security-credentials") {
+                        (200, "node-role".to_string())
                     } else if path.contains("iam") || path.contains("user-data") {
                         (200, r#"{"Code":"Success","AccessKeyId":"ASIANODE","SecretAccessKey":"NODE-SECRET","Token":"t"}"#.to_string())
                     } else {
@@ -46,7 +64,7 @@ async fn fake_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
             });
         }
     });
-    (addr, puts)
+    (addr, puts, raw)
 }
 
 #[tokio::test]
@@ -103,6 +121,66 @@ async fn passthrough_forwards_allowed_paths_with_the_agents_token() {
         .await
         .status(),
         404
+    );
+    // What goes upstream is the canonical path, with no escape left.
+    let resp = call(
+        &imds,
+        &a,
+        Method::GET,
+        "/latest/meta-data/%70lacement/%72egion",
+        &[],
+    )
+    .await;
+    assert_eq!(
+        body(resp).await,
+        "upstream says /latest/meta-data/placement/region"
+    );
+}
+
+#[tokio::test]
+async fn only_the_canonical_path_is_forwarded() {
+    let (addr, _, raw) = fake_upstream_counting().await;
+    for patterns in [paths::DEFAULT_ALLOW, &[".*"][..]] {
+        let upstream = Upstream::new(
+            format!("http://{addr}").parse().expect("uri"),
+            Duration::from_secs(2),
+        );
+        let settings = ImdsSettings {
+            allow: AllowList::new(patterns).expect("allow"),
+            ..settings()
+        };
+        let imds = imds_with(settings, Some(upstream));
+        let a = caller(NO_ROLE, Some("uid-n"));
+        for (path, want) in [
+            ("/latest/meta-data/placement/%252e%252e/%2569am/info", 400),
+            ("/latest/meta-data/placement/..\\iam/info", 400),
+            ("/latest/meta-data/placement/..%5ciam/info", 400),
+            ("/latest/meta-data/placement/..%2fiam/info", 400),
+            ("/latest/meta-data/iam;/info", 400),
+            ("/latest/meta-data/placement;x=1/region", 400),
+            ("/latest/meta-data/placement/r%c3%a9gion", 400),
+            ("/latest/meta-data/IAM/info", 404),
+            ("/latest/meta-data/%49AM/info", 404),
+            ("/latest/meta-data/Iam/security-credentials/node-role", 404),
+            ("/latest/meta-data/placement/node-role", 404),
+            ("/latest/meta-data/placement/NODE-ROLE", 404),
+            ("/latest/user-data", 404),
+            ("/latest/USER-DATA", 404),
+        ] {
+            let resp = call(&imds, &a, Method::GET, path, &[]).await;
+            let status = resp.status();
+            let text = body(resp).await;
+            assert!(
+                !text.contains("NODE-SECRET") && !text.contains("node-role"),
+                "{path}: {text}"
+            );
+            assert_eq!(status, want, "{path}: {text}");
+        }
+    }
+    assert_eq!(
+        raw.load(Ordering::SeqCst),
+        0,
+        "an escape reached the upstream"
     );
 }
 

@@ -1,5 +1,14 @@
 //! The HTTP/1.1 accept loop shared by the metadata proxy and the admin server: keep-alive,
-//! per-connection state, and graceful drain on shutdown.
+//! per-connection state, admission (no client can lock the others out: see [`admission`]),
+//! bounded request buffers (see [`io`]), and graceful drain on shutdown.
+//!
+//! The accept loop only accepts: it never waits for a free slot, so the kernel's accept
+//! queue drains for every pod whatever one of them does. Each connection is then attributed
+//! (the handler's [`ConnHandler::on_connect`], before any byte is read), admitted under its
+//! pod's limit, and served.
+
+pub mod admission;
+pub mod io;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -16,7 +25,10 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
+
+use admission::{Admission, AdmissionLimits, Refusal};
+use io::{MeteredStream, RequestBudget};
 
 /// The response type of every route.
 pub type Resp = Response<Full<Bytes>>;
@@ -25,8 +37,14 @@ pub type Resp = Response<Full<Bytes>>;
 pub trait ConnHandler: Send + Sync + 'static {
     /// State computed once per accepted connection (e.g. who the client is).
     type Conn: Send + Sync + 'static;
+    /// Whose connections a connection counts with for the per-client limit (the pod).
+    type Key: std::hash::Hash + Eq + Clone + Send + Sync + 'static;
     /// Called once when a connection is accepted, before its first request is read.
     fn on_connect(&self, peer: SocketAddr) -> Self::Conn;
+    /// The per-client limit key of a connection; `None`: only the server's total limit.
+    fn admission_key(&self, conn: &Self::Conn) -> Option<Self::Key>;
+    /// A connection was closed unserved.
+    fn on_refused(&self, peer: SocketAddr, refusal: Refusal);
     /// Answers one request of that connection.
     fn handle(
         &self,
@@ -43,10 +61,14 @@ pub struct ServerLimits {
     pub header_read_timeout: Duration,
     /// Longest drain on shutdown.
     pub shutdown_grace: Duration,
-    /// Connections served at once; further clients wait in the kernel's accept queue.
+    /// Connections held at once (served or waiting); beyond it a new one is closed at once.
     pub max_connections: usize,
+    /// Connections of one client (pod) served at once; as many more wait their turn.
+    pub max_connections_per_client: usize,
     /// Largest request head (request line and headers) in bytes; larger gets 431.
     pub max_header_bytes: usize,
+    /// Request bytes read and not yet answered, over all connections.
+    pub max_pending_bytes: usize,
 }
 
 impl Default for ServerLimits {
@@ -55,7 +77,9 @@ impl Default for ServerLimits {
             header_read_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
             max_connections: 4096,
+            max_connections_per_client: 64,
             max_header_bytes: 16 * 1024,
+            max_pending_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -130,15 +154,13 @@ pub async fn serve<H: ConnHandler>(
         .header_read_timeout(limits.header_read_timeout)
         // hyper's floor is 8 KiB; a head that does not fit gets 431.
         .max_buf_size(limits.max_header_bytes.max(8192));
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let admission: Arc<Admission<H::Key>> = Admission::new(AdmissionLimits {
+        max_total: limits.max_connections,
+        per_key: limits.max_connections_per_client,
+        wait_limit: limits.header_read_timeout,
+    });
+    let budget = RequestBudget::new(limits.max_pending_bytes);
     loop {
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = shutdown.wait_for(|stop| *stop) => break,
-        };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = shutdown.wait_for(|stop| *stop) => break,
@@ -152,21 +174,42 @@ pub async fn serve<H: ConnHandler>(
                 continue;
             }
         };
+        let held = match admission.enter_total() {
+            Ok(held) => held,
+            Err(refusal) => {
+                handler.on_refused(peer, refusal);
+                drop(stream);
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
+        let admission = admission.clone();
+        let budget = budget.clone();
         tokio::spawn(async move {
-            let _permit = permit;
-            // Per-connection setup (attribution may walk the cgroup tree on a miss) runs here,
-            // off the accept loop.
+            let _held = held;
+            // Attribution (which may walk the cgroup tree on a miss) and the wait for a turn
+            // run here, off the accept loop.
             let conn_state = Arc::new(handler.on_connect(peer));
+            let _turn = match handler.admission_key(&conn_state) {
+                Some(key) => match admission.enter_key(key).await {
+                    Ok(turn) => Some(turn),
+                    Err(refusal) => {
+                        handler.on_refused(peer, refusal);
+                        return;
+                    }
+                },
+                None => None,
+            };
             let service = service_fn(move |req| {
                 let handler = handler.clone();
                 let conn_state = conn_state.clone();
                 async move { Ok::<_, Infallible>(handler.handle(&conn_state, req).await) }
             });
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let io = TokioIo::new(MeteredStream::new(stream, budget));
+            let conn = builder.serve_connection(io, service);
             if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(server = name, %peer, error = %e, "connection ended with an error");
             }
