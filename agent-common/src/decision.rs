@@ -47,7 +47,8 @@ pub struct Connect<A> {
     pub dst_port: u16,
 }
 
-fn exempt(cfg: &ConfigV1, cgroup_id: u64) -> bool {
+/// Whether `cgroup_id` is one of the configured exemptions (the agent, its predecessor).
+pub(crate) fn exempt(cfg: &ConfigV1, cgroup_id: u64) -> bool {
     // Unrolled over the fixed slots: the verifier sees two compares, no loop.
     let [a, b] = cfg.exempt_cgroup_ids;
     cgroup_id != 0 && (a == cgroup_id || b == cgroup_id)

@@ -4,7 +4,7 @@
 //! Everything here is `no_std`, `#[repr(C)]` with explicit padding and free of `bool`, so the
 //! kernel side and user space agree on every byte. The decision logic (is a destination the
 //! instance metadata service, what does a connect get rewritten to, which key does a socket get
-//! in the peers map) lives here as pure functions so that it is unit-tested on the host, and the
+//! in the peers map, which packets the egress hook drops) lives here as pure functions so that it is unit-tested on the host, and the
 //! eBPF programs only move bytes between the kernel context and these functions.
 //!
 //! # Byte order
@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod decision;
+pub mod egress;
 pub mod maps;
 #[cfg(feature = "user")]
 mod pod;
@@ -24,10 +25,10 @@ mod pod;
 pub use decision::{
     decide_connect4, decide_connect6, peer_key_from_sock_ops, Action, Connect, AF_INET, AF_INET6,
 };
+pub use egress::{decide_egress, Destination, DropReason, EgressVerdict};
 pub use maps::{
     ConfigV1, ConnInfoV1, PeerKeyV1, CONFIG_FLAG_V4, CONFIG_FLAG_V6, CONN_KIND_DIRECT,
-    CONN_KIND_REDIRECTED, COUNTER_COUNT, COUNTER_DIRECT, COUNTER_ERRORS, COUNTER_PEERS_REMOVED,
-    COUNTER_PEERS_STORED, COUNTER_REDIRECTED, EXEMPT_SLOTS, IMDS_PORT,
+    CONN_KIND_REDIRECTED, COUNTER_COUNT, EXEMPT_SLOTS, IMDS_PORT,
 };
 
 /// The raw (network byte order in memory) form of an IPv4 address given as octets.

@@ -5,7 +5,10 @@
 //! | `CONFIG_V1` | array, 1 entry | `u32` (0) | [`ConfigV1`] | agent at start-up | connect4/connect6 |
 //! | `COOKIES_V1` | LRU hash | socket cookie `u64` | [`ConnInfoV1`] | connect4/connect6 | sock_ops (moves it to `PEERS_V1`, deletes on close) |
 //! | `PEERS_V1` | LRU hash | [`PeerKeyV1`] | [`ConnInfoV1`] | sock_ops at `TCP_CONNECT_CB`, deleted at `TCP_CLOSE` | agent, for each accepted connection |
-//! | `COUNTERS_V1` | per-CPU array | `u32` index `COUNTER_*` | `u64` | all programs | agent (metrics) |
+//! | `COUNTERS_V2` | per-CPU array | `u32` index `COUNTER_*` | `u64` | all programs | agent (metrics) |
+//!
+//! `COUNTERS_V2` replaced `COUNTERS_V1` (5 slots, one for all errors) when the egress program
+//! came and errors were split by site; an agent removes a `COUNTERS_V1` pin it finds.
 //!
 //! The programs' cgroup links are pinned next to the maps (`link_<program>`), so they outlive
 //! the agent; a new agent swaps its own programs (and so its own maps) in with
@@ -22,7 +25,9 @@ pub const COOKIES_MAP: &str = "COOKIES_V1";
 /// Name of the peers map.
 pub const PEERS_MAP: &str = "PEERS_V1";
 /// Name of the counters map.
-pub const COUNTERS_MAP: &str = "COUNTERS_V1";
+pub const COUNTERS_MAP: &str = "COUNTERS_V2";
+/// Name of the counters map before `COUNTERS_V2` (its pin is removed).
+pub const LEGACY_COUNTERS_MAP: &str = "COUNTERS_V1";
 /// Capacity of `COOKIES_V1`.
 pub const COOKIES_MAX_ENTRIES: usize = 16384;
 /// Capacity of `PEERS_V1`.
@@ -105,18 +110,35 @@ pub struct PeerKeyV1 {
     pub addr: [u32; 4],
 }
 
-/// `COUNTERS_V1` index: connects rewritten to the proxy.
+/// `COUNTERS_V2` index: connects rewritten to the proxy.
 pub const COUNTER_REDIRECTED: u32 = 0;
-/// `COUNTERS_V1` index: direct connects to the proxy address recorded.
+/// `COUNTERS_V2` index: direct connects to the proxy address recorded.
 pub const COUNTER_DIRECT: u32 = 1;
-/// `COUNTERS_V1` index: peers map entries stored at `TCP_CONNECT_CB`.
+/// `COUNTERS_V2` index: peers map entries stored at `TCP_CONNECT_CB`.
 pub const COUNTER_PEERS_STORED: u32 = 2;
-/// `COUNTERS_V1` index: peers map entries removed at close.
+/// `COUNTERS_V2` index: peers map entries removed at close.
 pub const COUNTER_PEERS_REMOVED: u32 = 3;
-/// `COUNTERS_V1` index: map updates or helper calls that failed.
-pub const COUNTER_ERRORS: u32 = 4;
-/// Number of `COUNTERS_V1` slots.
-pub const COUNTER_COUNT: u32 = 5;
+/// `COUNTERS_V2` index, error: a connect record could not be stored in `COOKIES_V1`.
+pub const COUNTER_ERROR_COOKIE_INSERT: u32 = 4;
+/// `COUNTERS_V2` index, error: a recorded socket of an unknown family reached `TCP_CONNECT_CB`.
+pub const COUNTER_ERROR_PEER_KEY: u32 = 5;
+/// `COUNTERS_V2` index, error: a connect record could not be moved to `PEERS_V1`.
+pub const COUNTER_ERROR_PEER_INSERT: u32 = 6;
+/// `COUNTERS_V2` index, error: the close callback could not be requested for a socket (its
+/// records then stay until the LRU drops them).
+pub const COUNTER_ERROR_CB_FLAGS: u32 = 7;
+/// `COUNTERS_V2` index: IPv4 packets to 169.254.169.254 dropped at egress.
+pub const COUNTER_EGRESS_DROP_V4: u32 = 8;
+/// `COUNTERS_V2` index: IPv6 packets to fd00:ec2::254 dropped at egress.
+pub const COUNTER_EGRESS_DROP_V6: u32 = 9;
+/// `COUNTERS_V2` index: IPv6 packets to 169.254.169.254 in v4-mapped, v4-compatible or NAT64
+/// form dropped at egress.
+pub const COUNTER_EGRESS_DROP_V4_IN_V6: u32 = 10;
+/// `COUNTERS_V2` index, error: the egress program could not read a packet's IP header (the
+/// packet was let through: it is too short to be an IP packet to anywhere).
+pub const COUNTER_ERROR_EGRESS_READ: u32 = 11;
+/// Number of `COUNTERS_V2` slots.
+pub const COUNTER_COUNT: u32 = 12;
 
 #[cfg(test)]
 mod tests {

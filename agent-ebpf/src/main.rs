@@ -7,6 +7,10 @@
 //! * `iamlet_sock_ops` (`sockops`): at `TCP_CONNECT_CB` the source port is bound and no SYN has
 //!   left yet, so the record moves to `PEERS_V1` under the socket's local endpoint (what the
 //!   proxy sees as its peer) before the proxy can possibly accept; at `TCP_CLOSE` it is removed.
+//! * `iamlet_egress` (`cgroup_skb/egress`): the second line. Every packet a socket of the
+//!   cgroup sends towards a metadata address (after netfilter and routing: a pod's own DNAT
+//!   rule, a raw socket, a userspace TCP stack) is dropped and counted; a redirected connect
+//!   sends none, its packets go to the listener.
 //!
 //! The decisions are made by the pure functions of `agent_common::decision`; this crate only
 //! moves bytes between the kernel's context structs and those functions. Every map is
@@ -17,11 +21,15 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 use agent_common::{
-    decide_connect4, decide_connect6,
-    maps::{COOKIES_MAX_ENTRIES, PEERS_MAX_ENTRIES},
-    peer_key_from_sock_ops, Action, ConfigV1, ConnInfoV1, Connect, PeerKeyV1, AF_INET, AF_INET6,
-    CONN_KIND_DIRECT, CONN_KIND_REDIRECTED, COUNTER_COUNT, COUNTER_DIRECT, COUNTER_ERRORS,
-    COUNTER_PEERS_REMOVED, COUNTER_PEERS_STORED, COUNTER_REDIRECTED,
+    decide_connect4, decide_connect6, decide_egress,
+    egress::{ip_version, IPV4_DADDR_OFFSET, IPV6_DADDR_OFFSET},
+    maps::{
+        COOKIES_MAX_ENTRIES, COUNTER_DIRECT, COUNTER_ERROR_CB_FLAGS, COUNTER_ERROR_COOKIE_INSERT,
+        COUNTER_ERROR_EGRESS_READ, COUNTER_ERROR_PEER_INSERT, COUNTER_ERROR_PEER_KEY,
+        COUNTER_PEERS_REMOVED, COUNTER_PEERS_STORED, COUNTER_REDIRECTED, PEERS_MAX_ENTRIES,
+    },
+    peer_key_from_sock_ops, Action, ConfigV1, ConnInfoV1, Connect, Destination, PeerKeyV1, AF_INET,
+    AF_INET6, CONN_KIND_DIRECT, CONN_KIND_REDIRECTED, COUNTER_COUNT,
 };
 use aya_ebpf::{
     bindings::{
@@ -29,9 +37,9 @@ use aya_ebpf::{
         BPF_TCP_CLOSE,
     },
     btf_maps::{Array, LruHashMap, PerCpuArray},
-    helpers::{bpf_get_current_cgroup_id, bpf_get_socket_cookie},
-    macros::{btf_map, cgroup_sock_addr, sock_ops},
-    programs::{SockAddrContext, SockOpsContext},
+    helpers::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_skb_cgroup_id},
+    macros::{btf_map, cgroup_skb, cgroup_sock_addr, sock_ops},
+    programs::{SkBuffContext, SockAddrContext, SockOpsContext},
     EbpfContext,
 };
 
@@ -49,16 +57,18 @@ static PEERS_V1: LruHashMap<PeerKeyV1, ConnInfoV1, PEERS_MAX_ENTRIES> = LruHashM
 
 /// Per-CPU event counters, indexed by `COUNTER_*`.
 #[btf_map]
-static COUNTERS_V1: PerCpuArray<u64, { COUNTER_COUNT as usize }> = PerCpuArray::new();
+static COUNTERS_V2: PerCpuArray<u64, { COUNTER_COUNT as usize }> = PerCpuArray::new();
 
 /// `bpf_sock_addr.protocol` of TCP.
 const IPPROTO_TCP: u32 = 6;
-/// The connect hooks' verdict that lets the connect proceed.
+/// The connect hooks' verdict that lets the connect proceed (and cgroup_skb's "pass").
 const ALLOW: i32 = 1;
+/// cgroup_skb's verdict that drops the packet.
+const DROP: i32 = 0;
 
 #[inline(always)]
 fn count(index: u32) {
-    if let Some(slot) = COUNTERS_V1.get_ptr_mut(index) {
+    if let Some(slot) = COUNTERS_V2.get_ptr_mut(index) {
         // SAFETY: a per-CPU slot is only touched by programs running on this CPU, which do not
         // preempt each other; the pointer comes from a successful lookup.
         unsafe { *slot += 1 };
@@ -101,7 +111,7 @@ fn record_decision(
         _pad: 0,
     };
     if COOKIES_V1.insert(cookie, info, 0).is_err() {
-        count(COUNTER_ERRORS);
+        count(COUNTER_ERROR_COOKIE_INSERT);
     }
     count(counter);
     target
@@ -227,11 +237,11 @@ fn on_connect(ctx: &SockOpsContext) {
         return;
     };
     let Some(key) = peer_key(ctx) else {
-        count(COUNTER_ERRORS);
+        count(COUNTER_ERROR_PEER_KEY);
         return;
     };
     if PEERS_V1.insert(key, info, 0).is_err() {
-        count(COUNTER_ERRORS);
+        count(COUNTER_ERROR_PEER_INSERT);
         return;
     }
     count(COUNTER_PEERS_STORED);
@@ -240,7 +250,7 @@ fn on_connect(ctx: &SockOpsContext) {
         .set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32)
         .is_err()
     {
-        count(COUNTER_ERRORS);
+        count(COUNTER_ERROR_CB_FLAGS);
     }
 }
 
@@ -253,6 +263,47 @@ fn on_close(ctx: &SockOpsContext) {
         if PEERS_V1.remove(key).is_ok() {
             count(COUNTER_PEERS_REMOVED);
         }
+    }
+}
+
+#[cgroup_skb(egress)]
+pub fn iamlet_egress(ctx: SkBuffContext) -> i32 {
+    try_egress(&ctx)
+}
+
+#[inline(always)]
+fn try_egress(ctx: &SkBuffContext) -> i32 {
+    let Some(cfg) = config() else { return ALLOW };
+    // cgroup_skb sees the packet from its network header on.
+    let Ok(first) = ctx.load::<u8>(0) else {
+        count(COUNTER_ERROR_EGRESS_READ);
+        return ALLOW;
+    };
+    let dst = match ip_version(first) {
+        4 => match ctx.load::<u32>(IPV4_DADDR_OFFSET) {
+            Ok(a) => Destination::V4(a),
+            Err(_) => {
+                count(COUNTER_ERROR_EGRESS_READ);
+                return ALLOW;
+            }
+        },
+        6 => match ctx.load::<[u32; 4]>(IPV6_DADDR_OFFSET) {
+            Ok(a) => Destination::V6(a),
+            Err(_) => {
+                count(COUNTER_ERROR_EGRESS_READ);
+                return ALLOW;
+            }
+        },
+        _ => return ALLOW,
+    };
+    // SAFETY: reads the cgroup of the socket the packet belongs to; allowed in cgroup_skb.
+    let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.as_ptr().cast()) };
+    match decide_egress(&cfg, cgroup_id, dst).counter() {
+        Some(counter) => {
+            count(counter);
+            DROP
+        }
+        None => ALLOW,
     }
 }
 

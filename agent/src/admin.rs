@@ -3,7 +3,7 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /live` | 200 `ok` while the process runs |
-//! | `GET /ready` | 200 `ready` once the eBPF programs are attached and the proxy listens; 503 while shutting down |
+//! | `GET /ready` | 200 `ready` once the eBPF programs are attached and the proxy listens; 503 while shutting down, or while the datapath is missing and cannot be put back |
 //! | `GET /metrics` | Prometheus text format (see `metrics`) |
 //! | anything else | 404 |
 
@@ -23,6 +23,7 @@ use crate::server::{self, ConnHandler, Resp};
 pub struct Admin {
     registry: Registry,
     ready: AtomicBool,
+    datapath_ok: AtomicBool,
 }
 
 impl Admin {
@@ -31,6 +32,7 @@ impl Admin {
         Arc::new(Admin {
             registry,
             ready: AtomicBool::new(false),
+            datapath_ok: AtomicBool::new(true),
         })
     }
 
@@ -39,10 +41,19 @@ impl Admin {
         self.ready.store(ready, Ordering::SeqCst);
     }
 
+    /// Whether the datapath's last check found it in place (or put it back).
+    pub fn set_datapath_ok(&self, ok: bool) {
+        self.datapath_ok.store(ok, Ordering::SeqCst);
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst) && self.datapath_ok.load(Ordering::SeqCst)
+    }
+
     fn route(&self, method: &Method, path: &str) -> Resp {
         match (method, path) {
             (&Method::GET, "/live") => server::response(200, "text/plain", "ok\n"),
-            (&Method::GET, "/ready") if self.ready.load(Ordering::SeqCst) => {
+            (&Method::GET, "/ready") if self.is_ready() => {
                 server::response(200, "text/plain", "ready\n")
             }
             (&Method::GET, "/ready") => server::response(503, "text/plain", "not ready\n"),
@@ -94,6 +105,9 @@ mod tests {
         assert_eq!(admin.route(&Method::GET, "/ready").status(), 503);
         admin.set_ready(true);
         assert_eq!(admin.route(&Method::GET, "/ready").status(), 200);
+        admin.set_datapath_ok(false);
+        assert_eq!(admin.route(&Method::GET, "/ready").status(), 503);
+        admin.set_datapath_ok(true);
         assert_eq!(admin.route(&Method::GET, "/metrics").status(), 200);
         assert_eq!(admin.route(&Method::GET, "/x").status(), 404);
     }

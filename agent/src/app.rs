@@ -56,6 +56,8 @@ pub enum Error {
     Bindings(#[from] roles::ConfigError),
     #[error("Kubernetes client: {0}")]
     Kube(String),
+    #[error("could not share the pin directory's lock for a handover: {0}")]
+    ShareLock(#[source] std::io::Error),
 }
 
 /// The listener on `addr`: the running agent's socket when it handed it over, else a new one.
@@ -358,15 +360,94 @@ async fn refresh_index(index: Arc<CgroupIndex>, mut stop: watch::Receiver<bool>)
     }
 }
 
+/// How often the datapath is checked (and repaired) while the agent runs.
+const DATAPATH_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Runs [`Datapath::check`] every [`DATAPATH_CHECK`]: repairs are logged and counted; a check
+/// that fails makes the agent not ready until one succeeds again.
+async fn watch_datapath(
+    datapath: Arc<Datapath>,
+    admin: Arc<Admin>,
+    metrics: Metrics,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(DATAPATH_CHECK) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let dp = datapath.clone();
+        let result = tokio::task::spawn_blocking(move || dp.check()).await;
+        match result {
+            Ok(Ok(repairs)) => {
+                for r in &repairs {
+                    metrics.datapath_repair(r.kind());
+                }
+                if failing {
+                    tracing::info!("the datapath is in place again");
+                }
+                failing = false;
+                admin.set_datapath_ok(true);
+            }
+            Ok(Err(e)) => {
+                if !failing {
+                    tracing::error!(error = %e, "the datapath is not in place and could not be put back; not ready");
+                }
+                failing = true;
+                metrics.datapath_repair("failed");
+                admin.set_datapath_ok(false);
+            }
+            Err(e) => tracing::error!(error = %e, "datapath check panicked"),
+        }
+    }
+}
+
+/// Raises the soft open-file limit to the hard one: every pod connection is a descriptor,
+/// and a soft limit of 1024 would make accept fail under a burst long before the
+/// connection limits apply.
+fn raise_open_file_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let from = limit.current;
+        limit.current = limit.maximum;
+        match setrlimit(Resource::Nofile, limit) {
+            Ok(()) => tracing::debug!(?from, to = ?limit.current, "raised the open-file limit"),
+            Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+        }
+    }
+}
+
 /// Runs the agent until SIGTERM or SIGINT, then drains and detaches.
 pub async fn run(config: Config) -> Result<(), Error> {
+    raise_open_file_limit();
     use tokio::signal::unix::{signal, SignalKind};
     let mut sigterm = signal(SignalKind::terminate()).map_err(Error::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(Error::Signal)?;
 
-    // A running agent (an upgrade in progress) hands its sockets over; otherwise listen
-    // first: once the programs are attached, redirected connects must find a socket.
+    // A running agent (an upgrade in progress) hands its sockets and its pin directory over;
+    // otherwise another live agent on the same pins makes this one stop here.
     let mut predecessor = find_predecessor(&config).await;
+    let index = Arc::new(CgroupIndex::new(
+        config.cgroup_root.clone(),
+        config.cgroup.clone(),
+    )?);
+    let own_cgroup = own_exemption(&config)?;
+    let predecessor_cgroup = predecessor.as_ref().map_or(0, Predecessor::cgroup_id);
+    let datapath = Arc::new(Datapath::load(
+        &DatapathConfig {
+            cgroup: config.cgroup.clone(),
+            pin_dir: config.bpffs_dir.clone(),
+            listen_v4: config.listen_v4,
+            listen_v6: config.listen_v6,
+            exempt_cgroup_ids: [own_cgroup, predecessor_cgroup],
+            on_exit: config.on_exit,
+            forward_guard: config.forward_guard,
+        },
+        predecessor.as_mut().and_then(Predecessor::take_pin_lock),
+    )?);
+    // Listen before the programs are attached: redirected connects must find a socket.
     let mut listeners = Vec::new();
     if let Some(v4) = config.listen_v4 {
         listeners.push(listen(SocketAddr::V4(v4), predecessor.as_mut()).await?);
@@ -375,34 +456,20 @@ pub async fn run(config: Config) -> Result<(), Error> {
         listeners.push(listen(SocketAddr::V6(v6), predecessor.as_mut()).await?);
     }
     let admin_listener = listen(config.admin_listen, predecessor.as_mut()).await?;
-    // The predecessor's token key keeps the tokens SDKs cache valid.
+    // The predecessor's token key keeps the tokens SDKs cached valid.
     let tokens = match &predecessor {
         Some(p) => TokenKey::from_bytes(p.token_key()),
         None => TokenKey::random().map_err(|e| Error::Random(e.to_string()))?,
     };
     let mut offer = Offer {
         listeners: Vec::new(),
-        cgroup_id: 0,
+        cgroup_id: own_cgroup,
         token_key: tokens.to_bytes(),
+        pin_lock: datapath.share_lock().map_err(Error::ShareLock)?,
     };
     for listener in listeners.iter().chain([&admin_listener]) {
         offer.listeners.push(offered(listener)?);
     }
-
-    let index = Arc::new(CgroupIndex::new(
-        config.cgroup_root.clone(),
-        config.cgroup.clone(),
-    )?);
-    offer.cgroup_id = own_exemption(&config)?;
-    let predecessor_cgroup = predecessor.as_ref().map_or(0, Predecessor::cgroup_id);
-    let datapath = Arc::new(Datapath::load(&DatapathConfig {
-        cgroup: config.cgroup.clone(),
-        pin_dir: config.bpffs_dir.clone(),
-        listen_v4: config.listen_v4,
-        listen_v6: config.listen_v6,
-        exempt_cgroup_ids: [offer.cgroup_id, predecessor_cgroup],
-        on_exit: config.on_exit,
-    })?);
 
     let bindings = resolve_bindings(&config).await?;
     let kube = kube_source(&config).await?;
@@ -413,10 +480,13 @@ pub async fn run(config: Config) -> Result<(), Error> {
         (None, None) => Arc::new(NoRoles),
     };
     let metrics = Metrics::default();
+    // Connections the proxy holds (its listeners share one count and one limit).
+    let held = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let admin = Admin::new(metrics::registry(
         &metrics,
         Some(datapath.clone()),
         engine.clone(),
+        Some(held.clone()),
     ));
     let proxy = Proxy::new(
         Attributor::new(datapath.clone(), index.clone()),
@@ -427,6 +497,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         shutdown_grace: config.shutdown_grace,
         max_connections: config.max_connections,
         max_connections_per_client: config.max_connections_per_pod,
+        max_waiting_per_client: config.max_waiting_per_pod,
         header_read_timeout: config.header_timeout,
         ..ServerLimits::default()
     };
@@ -470,8 +541,13 @@ pub async fn run(config: Config) -> Result<(), Error> {
             proxy.clone(),
             limits,
             accept.gate(),
+            held.clone(),
         )));
     }
+    tasks.push(tokio::spawn(crate::heap::run(
+        held.clone(),
+        stop_rx.clone(),
+    )));
     tracing::info!(listen = %config.admin_listen, "admin server listening");
     tasks.push(tokio::spawn(server::serve(
         "admin",
@@ -479,6 +555,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         admin.clone(),
         limits,
         accept.gate(),
+        Arc::new(std::sync::atomic::AtomicUsize::new(0)),
     )));
     // Serving now: the running agent may stop accepting, and the programs switch over.
     if let Some(p) = predecessor {
@@ -503,6 +580,12 @@ pub async fn run(config: Config) -> Result<(), Error> {
             handover::serve(path, socket, offer, retire, stop).await;
         }));
     }
+    tasks.push(tokio::spawn(watch_datapath(
+        datapath.clone(),
+        admin.clone(),
+        metrics.clone(),
+        stop_rx.clone(),
+    )));
     admin.set_ready(true);
     tracing::info!(cgroup = %config.cgroup.display(), "iamlet ready");
 

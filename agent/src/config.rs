@@ -18,6 +18,15 @@ use crate::imds::paths::{AllowList, DEFAULT_ALLOW};
 use crate::imds::ImdsSettings;
 use crate::roles::{self, StaticBindings};
 
+/// A feature switch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
+}
+
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -59,6 +68,13 @@ pub struct Args {
     /// runs again; `detach` removes them, and pods reach the real metadata service.
     #[arg(long, env = "IAMLET_ON_EXIT", value_enum, default_value = "keep")]
     pub on_exit: crate::datapath::OnExit,
+
+    /// The node's forwarding guard: policy routing rules (`ip rule`, pref 5 and 6) that route
+    /// the node's own metadata traffic as before and refuse to forward any to a metadata
+    /// address, so a pod cannot reach it below IP (an AF_PACKET socket) either. `off` leaves
+    /// the node's routing alone.
+    #[arg(long, env = "IAMLET_FORWARD_GUARD", value_enum, default_value = "on")]
+    pub forward_guard: Switch,
 
     /// Unix socket through which a new agent takes over from the running one (upgrades with
     /// no gap); `off` disables it.
@@ -215,14 +231,20 @@ pub struct Args {
 
     /// Connections the proxy holds at once, over all pods (served and waiting); beyond it, a
     /// new connection is closed at once.
-    #[arg(long, env = "IAMLET_MAX_CONNECTIONS", default_value_t = 4096)]
+    #[arg(long, env = "IAMLET_MAX_CONNECTIONS", default_value_t = 16384)]
     pub max_connections: usize,
 
-    /// Connections one pod is served on at once. As many more wait their turn (accepted,
-    /// nothing read) until one of the pod's connections closes; beyond that a new
-    /// connection of that pod is closed at once. Other pods are never held up by it.
+    /// Connections one pod is served on at once. More wait their turn (accepted, nothing
+    /// read, no buffers) until one of the pod's connections closes, up to
+    /// --max-waiting-per-pod; beyond that a new connection of that pod is closed at once.
+    /// Other pods are never held up by it.
     #[arg(long, env = "IAMLET_MAX_CONNECTIONS_PER_POD", default_value_t = 64)]
     pub max_connections_per_pod: usize,
+
+    /// Connections one pod may have waiting for their turn (see --max-connections-per-pod),
+    /// each for at most --header-timeout.
+    #[arg(long, env = "IAMLET_MAX_WAITING_PER_POD", default_value_t = 1024)]
+    pub max_waiting_per_pod: usize,
 
     /// Time a client has to send a request's headers; also closes idle keep-alive connections.
     #[arg(long, env = "IAMLET_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
@@ -291,6 +313,8 @@ pub struct Config {
     pub bpffs_dir: PathBuf,
     /// What to leave in the kernel on exit without a successor.
     pub on_exit: crate::datapath::OnExit,
+    /// Install the node's forwarding guard.
+    pub forward_guard: bool,
     /// Handover socket, unless off.
     pub handover_socket: Option<PathBuf>,
     /// Drain time on shutdown.
@@ -315,8 +339,10 @@ pub struct Config {
     pub static_credentials: Option<Arc<StaticCredentials>>,
     /// Proxy connection limits: all pods.
     pub max_connections: usize,
-    /// Proxy connection limits: one pod.
+    /// Proxy connection limits: one pod, served.
     pub max_connections_per_pod: usize,
+    /// Proxy connection limits: one pod, waiting.
+    pub max_waiting_per_pod: usize,
     /// Header read timeout.
     pub header_timeout: Duration,
     /// STS and engine settings.
@@ -495,6 +521,7 @@ impl Args {
             static_credentials,
             max_connections: self.max_connections,
             max_connections_per_pod: self.max_connections_per_pod,
+            max_waiting_per_pod: self.max_waiting_per_pod,
             header_timeout: self.header_timeout,
             sts: StsConfig {
                 region: self.region.clone(),
@@ -522,6 +549,7 @@ impl Args {
             admin_listen: self.admin_listen,
             bpffs_dir: self.bpffs_dir.clone(),
             on_exit: self.on_exit,
+            forward_guard: self.forward_guard == Switch::On,
             handover_socket,
             shutdown_grace: self.shutdown_grace,
         })

@@ -5,7 +5,8 @@
 //! The running agent serves a unix socket (`--handover-socket`, mode 0600, same user only).
 //! A starting agent connects to it and:
 //!
-//! 1. receives the running agent's listening sockets (`SCM_RIGHTS`) with a hello
+//! 1. receives the running agent's listening sockets and its locked pin directory
+//!    (`SCM_RIGHTS`, see `datapath::pin_lock`) with a hello
 //!    (`{version, pid, cgroup_id, listeners, token_key}`, length-prefixed JSON; the token key
 //!    keeps the IMDSv2 tokens SDKs cache valid). From now on both
 //!    processes hold the same sockets: the kernel's accept queue is shared, so no connection
@@ -37,10 +38,13 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Interes
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
-/// Version of the exchange; a successor refuses any other.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version of the exchange; a successor refuses any other. 2: the pin directory's lock rides
+/// after the listening sockets.
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Most listening sockets one hello carries.
 const MAX_LISTENERS: usize = 4;
+/// Descriptors one hello carries: the listening sockets and the pin directory's lock.
+const MAX_FDS: usize = MAX_LISTENERS + 1;
 /// Largest hello accepted.
 const MAX_HELLO: usize = 16 * 1024;
 /// Bound on each step of the exchange.
@@ -85,9 +89,15 @@ pub struct Predecessor {
     cgroup_id: u64,
     token_key: [u8; 32],
     listeners: Vec<(SocketAddr, std::net::TcpListener)>,
+    pin_lock: Option<OwnedFd>,
 }
 
 impl Predecessor {
+    /// Its locked pin directory (taken once).
+    pub fn take_pin_lock(&mut self) -> Option<OwnedFd> {
+        self.pin_lock.take()
+    }
+
     /// Its IMDSv2 token key.
     pub fn token_key(&self) -> [u8; 32] {
         self.token_key
@@ -189,13 +199,15 @@ pub async fn connect(path: &Path) -> Result<Option<Predecessor>, Error> {
     }
     let token_key =
         from_hex(&hello.token_key).ok_or_else(|| bad("token_key is not 32 hex bytes".into()))?;
-    if fds.len() != hello.listeners.len() {
+    if fds.len() != hello.listeners.len() + 1 {
         return Err(bad(format!(
-            "{} sockets for {} announced listeners",
+            "{} descriptors for {} announced listeners and the pin directory's lock",
             fds.len(),
             hello.listeners.len()
         )));
     }
+    let mut fds = fds;
+    let pin_lock = fds.pop();
     let mut listeners = Vec::new();
     for (addr, fd) in hello.listeners.iter().zip(fds) {
         let listener = std::net::TcpListener::from(fd);
@@ -217,6 +229,7 @@ pub async fn connect(path: &Path) -> Result<Option<Predecessor>, Error> {
         cgroup_id: hello.cgroup_id,
         token_key,
         listeners,
+        pin_lock,
     }))
 }
 
@@ -258,7 +271,7 @@ async fn read_hello(stream: &UnixStream) -> std::io::Result<(Vec<u8>, Vec<OwnedF
     let mut fds = Vec::new();
     let first = stream
         .async_io(Interest::READABLE, || {
-            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_LISTENERS))];
+            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
             let mut control = RecvAncillaryBuffer::new(&mut space);
             let msg = rustix::net::recvmsg(
                 stream,
@@ -324,6 +337,8 @@ pub struct Offer {
     pub cgroup_id: u64,
     /// The IMDSv2 token key.
     pub token_key: [u8; 32],
+    /// The locked pin directory (shared with the successor, see `datapath::pin_lock`).
+    pub pin_lock: OwnedFd,
 }
 
 /// Binds the handover socket at `path` (replacing a predecessor's or a stale one), 0600.
@@ -408,10 +423,15 @@ async fn offer_to<R: Retire>(
     })?;
     let mut message = (json.len() as u32).to_be_bytes().to_vec();
     message.extend_from_slice(&json);
-    let fds: Vec<_> = offer.listeners.iter().map(|(_, fd)| fd.as_fd()).collect();
+    let fds: Vec<_> = offer
+        .listeners
+        .iter()
+        .map(|(_, fd)| fd.as_fd())
+        .chain([offer.pin_lock.as_fd()])
+        .collect();
     let sent = stream
         .async_io(Interest::WRITABLE, || {
-            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_LISTENERS))];
+            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
             let mut control = SendAncillaryBuffer::new(&mut space);
             if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
                 return Err(std::io::Error::other("too many sockets for one message"));

@@ -19,7 +19,11 @@ pub mod config;
 pub mod credentials;
 pub mod datapath;
 pub mod engine;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handover;
+pub mod heap;
 pub mod identity;
 pub mod imds;
 pub mod k8s;

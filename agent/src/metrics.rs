@@ -4,10 +4,14 @@
 //! |---|---|---|
 //! | `iamlet_proxy_connections_total` | counter | `result` = `attributed` / `unattributed` / `over_pod_limit` / `over_total_limit` / `wait_timed_out` (the last three closed unserved) |
 //! | `iamlet_proxy_requests_total` | counter | `route`, `status` |
-//! | `iamlet_ebpf_events_total` | counter (read from `COUNTERS_V1` at scrape) | `event` |
+//! | `iamlet_datapath_repairs_total` | counter | `what` = `program` / `link_pin` / `map_pin` / `forward_guard` / `failed` |
+//! | `iamlet_ebpf_events_total` | counter (read from `COUNTERS_V2` at scrape) | `event` = `redirected` / `direct` / `peers_stored` / `peers_removed` |
+//! | `iamlet_ebpf_errors_total` | counter (`COUNTERS_V2`) | `site` = `cookie_insert` / `peer_key` / `peer_insert` / `close_callback` / `egress_read` |
+//! | `iamlet_ebpf_egress_dropped_total` | counter (`COUNTERS_V2`) | `reason` = `imds_v4` / `imds_v6` / `imds_v4_in_v6` |
 //! | `iamlet_sts_calls_total`, `iamlet_sts_failures_total` | counter (engine) | |
 //! | `iamlet_credentials_hits_total`, `iamlet_credentials_misses_total` | counter (engine) | |
 //! | `iamlet_credentials_cache_entries` | gauge (engine) | |
+//! | `iamlet_proxy_open_connections` | gauge | |
 
 use std::sync::Arc;
 
@@ -66,6 +70,13 @@ pub struct RequestLabels {
     pub status: u16,
 }
 
+/// Labels of `iamlet_datapath_repairs_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RepairLabels {
+    /// What was put back (`program`, `link_pin`, `map_pin`, `forward_guard`), or `failed`.
+    pub what: &'static str,
+}
+
 /// The proxy's metric handles.
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
@@ -73,12 +84,21 @@ pub struct Metrics {
     pub connections: Family<ConnLabels, Counter>,
     /// Requests by route and status.
     pub requests: Family<RequestLabels, Counter>,
+    /// Repairs of the datapath made by its periodic check.
+    pub datapath_repairs: Family<RepairLabels, Counter>,
 }
 
 impl Metrics {
     /// Counts a connection.
     pub fn connection(&self, result: ConnResult) {
         self.connections.get_or_create(&ConnLabels { result }).inc();
+    }
+
+    /// Counts a repair of the datapath (or a check that failed: `failed`).
+    pub fn datapath_repair(&self, what: &'static str) {
+        self.datapath_repairs
+            .get_or_create(&RepairLabels { what })
+            .inc();
     }
 
     /// Counts a request.
@@ -95,37 +115,93 @@ struct EbpfCollector {
     datapath: Arc<Datapath>,
 }
 
-const EBPF_EVENTS: [&str; agent_common::COUNTER_COUNT as usize] = [
-    "redirected",
-    "direct",
-    "peers_stored",
-    "peers_removed",
-    "errors",
+/// What each `COUNTERS_V2` slot is exposed as: metric family, label name, label value.
+const EBPF_COUNTERS: [(&str, &str, &str); agent_common::COUNTER_COUNT as usize] = [
+    ("ebpf_events", "event", "redirected"),
+    ("ebpf_events", "event", "direct"),
+    ("ebpf_events", "event", "peers_stored"),
+    ("ebpf_events", "event", "peers_removed"),
+    ("ebpf_errors", "site", "cookie_insert"),
+    ("ebpf_errors", "site", "peer_key"),
+    ("ebpf_errors", "site", "peer_insert"),
+    ("ebpf_errors", "site", "close_callback"),
+    ("ebpf_egress_dropped", "reason", "imds_v4"),
+    ("ebpf_egress_dropped", "reason", "imds_v6"),
+    ("ebpf_egress_dropped", "reason", "imds_v4_in_v6"),
+    ("ebpf_errors", "site", "egress_read"),
 ];
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct EventLabels {
-    event: &'static str,
+/// The families of [`EBPF_COUNTERS`], with their help text.
+const EBPF_FAMILIES: [(&str, &str); 3] = [
+    ("ebpf_events", "Events counted by the eBPF programs"),
+    (
+        "ebpf_errors",
+        "Map updates, helper calls or packet reads that failed in the eBPF programs, by site",
+    ),
+    (
+        "ebpf_egress_dropped",
+        "Packets from the pods' cgroup to a metadata address that did not go through the redirect (a pod's own NAT rule, a raw socket), dropped by the egress program",
+    ),
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct CounterLabel {
+    name: &'static str,
+    value: &'static str,
+}
+
+impl EncodeLabelSet for CounterLabel {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::LabelSetEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeLabelKey;
+        let mut label = encoder.encode_label();
+        let mut key = label.encode_label_key()?;
+        EncodeLabelKey::encode(&self.name, &mut key)?;
+        let mut value = key.encode_label_value()?;
+        EncodeLabelValue::encode(&self.value, &mut value)?;
+        value.finish()
+    }
 }
 
 impl prometheus_client::collector::Collector for EbpfCollector {
     fn encode(
         &self,
-        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+        encoder: prometheus_client::encoding::DescriptorEncoder,
     ) -> Result<(), std::fmt::Error> {
         let Ok(values) = self.datapath.counters() else {
             return Ok(());
         };
-        let mut family = encoder.encode_descriptor(
-            "ebpf_events",
-            "Events counted by the eBPF programs",
-            None,
-            prometheus_client::metrics::MetricType::Counter,
-        )?;
-        for (event, value) in EBPF_EVENTS.iter().zip(values) {
-            let labels = EventLabels { event };
-            let metric = family.encode_family(&labels)?;
-            prometheus_client::encoding::EncodeMetric::encode(&ConstCounter::new(value), metric)?;
+        encode_ebpf_counters(encoder, values)
+    }
+}
+
+/// Writes the eBPF counters' families (see [`EBPF_COUNTERS`]).
+fn encode_ebpf_counters(
+    mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    values: [u64; agent_common::COUNTER_COUNT as usize],
+) -> Result<(), std::fmt::Error> {
+    {
+        for (family_name, help) in EBPF_FAMILIES {
+            let mut family = encoder.encode_descriptor(
+                family_name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for ((_, name, value), count) in EBPF_COUNTERS
+                .iter()
+                .zip(values)
+                .filter(|((f, _, _), _)| *f == family_name)
+            {
+                let labels = CounterLabel { name, value };
+                let metric = family.encode_family(&labels)?;
+                prometheus_client::encoding::EncodeMetric::encode(
+                    &ConstCounter::new(count),
+                    metric,
+                )?;
+            }
         }
         Ok(())
     }
@@ -194,6 +270,7 @@ pub fn registry(
     metrics: &Metrics,
     datapath: Option<Arc<Datapath>>,
     engine: Option<Engine>,
+    open_connections: Option<Arc<std::sync::atomic::AtomicUsize>>,
 ) -> Registry {
     let mut registry = Registry::with_prefix("iamlet");
     registry.register(
@@ -206,13 +283,48 @@ pub fn registry(
         "Requests answered by the metadata proxy",
         metrics.requests.clone(),
     );
+    registry.register(
+        "datapath_repairs",
+        "Parts of the datapath found missing by the periodic check and put back (what=failed: could not be put back; the agent is then not ready)",
+        metrics.datapath_repairs.clone(),
+    );
     if let Some(datapath) = datapath {
         registry.register_collector(Box::new(EbpfCollector { datapath }));
     }
     if let Some(engine) = engine {
         registry.register_collector(Box::new(EngineCollector { engine }));
     }
+    if let Some(held) = open_connections {
+        registry.register_collector(Box::new(OpenConnections { held }));
+    }
     registry
+}
+
+/// Reads the proxy's held connections on each scrape.
+#[derive(Debug)]
+struct OpenConnections {
+    held: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl prometheus_client::collector::Collector for OpenConnections {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let held = self.held.load(std::sync::atomic::Ordering::Relaxed);
+        let metric = encoder.encode_descriptor(
+            "proxy_open_connections",
+            "Connections the metadata proxy holds now, served or waiting for their pod's turn",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        prometheus_client::encoding::EncodeMetric::encode(
+            &prometheus_client::metrics::gauge::ConstGauge::new(
+                i64::try_from(held).unwrap_or(i64::MAX),
+            ),
+            metric,
+        )
+    }
 }
 
 #[cfg(test)]
@@ -224,7 +336,8 @@ mod tests {
         let m = Metrics::default();
         m.connection(ConnResult::Attributed);
         m.request("whoami", 200);
-        let reg = registry(&m, None, None);
+        let held = Arc::new(std::sync::atomic::AtomicUsize::new(3));
+        let reg = registry(&m, None, None, Some(held));
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &reg).expect("encode");
         assert!(
@@ -235,6 +348,7 @@ mod tests {
             out.contains("iamlet_proxy_requests_total{route=\"whoami\",status=\"200\"} 1"),
             "{out}"
         );
+        assert!(out.contains("iamlet_proxy_open_connections 3"), "{out}");
     }
 
     #[derive(Debug)]
@@ -260,7 +374,7 @@ mod tests {
     #[test]
     fn engine_metrics_have_the_documented_names() {
         let engine = Engine::new(Arc::new(NeverAssumes), Default::default());
-        let reg = registry(&Metrics::default(), None, Some(engine));
+        let reg = registry(&Metrics::default(), None, Some(engine), None);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &reg).expect("encode");
         for name in [
@@ -273,5 +387,72 @@ mod tests {
             assert!(out.contains(name), "{name} missing:\n{out}");
         }
         assert!(!out.contains("iamlet_iamlet_"), "doubled prefix:\n{out}");
+    }
+
+    #[derive(Debug)]
+    struct FixedEbpf;
+
+    impl prometheus_client::collector::Collector for FixedEbpf {
+        fn encode(
+            &self,
+            encoder: prometheus_client::encoding::DescriptorEncoder,
+        ) -> Result<(), std::fmt::Error> {
+            let mut values = [0u64; agent_common::COUNTER_COUNT as usize];
+            for (slot, value) in (1u64..).zip(values.iter_mut()) {
+                *value = slot;
+            }
+            encode_ebpf_counters(encoder, values)
+        }
+    }
+
+    #[test]
+    fn every_ebpf_counter_slot_has_its_sample() {
+        let mut reg = Registry::with_prefix("iamlet");
+        reg.register_collector(Box::new(FixedEbpf));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &reg).expect("encode");
+        use agent_common::maps::*;
+        for (sample, slot) in [
+            (
+                "iamlet_ebpf_events_total{event=\"redirected\"}",
+                COUNTER_REDIRECTED,
+            ),
+            (
+                "iamlet_ebpf_events_total{event=\"peers_removed\"}",
+                COUNTER_PEERS_REMOVED,
+            ),
+            (
+                "iamlet_ebpf_errors_total{site=\"cookie_insert\"}",
+                COUNTER_ERROR_COOKIE_INSERT,
+            ),
+            (
+                "iamlet_ebpf_errors_total{site=\"close_callback\"}",
+                COUNTER_ERROR_CB_FLAGS,
+            ),
+            (
+                "iamlet_ebpf_errors_total{site=\"egress_read\"}",
+                COUNTER_ERROR_EGRESS_READ,
+            ),
+            (
+                "iamlet_ebpf_egress_dropped_total{reason=\"imds_v4\"}",
+                COUNTER_EGRESS_DROP_V4,
+            ),
+            (
+                "iamlet_ebpf_egress_dropped_total{reason=\"imds_v6\"}",
+                COUNTER_EGRESS_DROP_V6,
+            ),
+            (
+                "iamlet_ebpf_egress_dropped_total{reason=\"imds_v4_in_v6\"}",
+                COUNTER_EGRESS_DROP_V4_IN_V6,
+            ),
+        ] {
+            let want = format!("{sample} {}", slot + 1);
+            assert!(out.contains(&want), "{want} missing:\n{out}");
+        }
+        assert_eq!(
+            out.matches("# TYPE iamlet_ebpf_").count(),
+            3,
+            "one descriptor per family:\n{out}"
+        );
     }
 }

@@ -313,6 +313,11 @@ impl StaticBindings {
         })
     }
 
+    /// The role ARN of every binding, in file order.
+    pub fn role_arns(&self) -> Vec<String> {
+        self.bindings.iter().map(|b| b.role_arn.clone()).collect()
+    }
+
     /// Adds session tags (`cgroup`, `node`) to every binding.
     pub fn with_session_tags(mut self, node: &str) -> Self {
         self.tag_node = Some(node.to_owned());

@@ -60,6 +60,15 @@ impl Agent {
         Self::spawn(node, node.command(agent_bin()), extra, None)
     }
 
+    /// Like [`Agent::start`] with another agent binary (e.g. an older build, for a benchmark
+    /// side by side).
+    pub fn start_with_bin(node: &TestNode, bin: &Path, extra: &[&str]) -> Result<Agent> {
+        if !bin.is_file() {
+            bail!("agent binary {} not found", bin.display());
+        }
+        Self::spawn(node, node.command(bin), extra, None)
+    }
+
     /// Starts a second agent with the same pin directory and handover socket as `running`,
     /// as a DaemonSet rollout with `maxSurge: 1` does; waits until it says it is ready.
     pub fn start_successor(node: &TestNode, running: &Agent, extra: &[&str]) -> Result<Agent> {

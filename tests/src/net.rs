@@ -195,31 +195,49 @@ print("ready", flush=True)
 threading.Event().wait()
 "#;
 
-/// A fake server in the node namespace: HTTP on the `tcp` addresses answering
+/// Fake servers where their addresses live (the metadata addresses in the node's cloud
+/// namespace, the others in the node namespace): HTTP on the `tcp` addresses answering
 /// `upstream <addr> <port> <path>`, UDP echo (`upstream-udp <payload>`) on the `udp` ones.
 #[derive(Debug)]
 pub struct FakeUpstream {
-    _child: ChildGuard,
+    _children: Vec<ChildGuard>,
 }
 
 impl FakeUpstream {
-    /// Starts it and waits until every TCP address listens.
+    /// Starts them and waits until every TCP address listens.
     pub fn start(node: &TestNode, tcp: &[SocketAddr], udp: &[SocketAddr]) -> Result<Self> {
-        let mut cmd = node.command("python3");
-        cmd.args(["-c", FAKE_UPSTREAM]);
-        for a in tcp {
-            cmd.arg(format!("tcp:{a}"));
+        let mut children = Vec::new();
+        for cloud in [false, true] {
+            let here = |a: &&SocketAddr| crate::node::is_cloud_address(a.ip()) == cloud;
+            let (tcp_here, udp_here): (Vec<_>, Vec<_>) = (
+                tcp.iter().filter(here).collect(),
+                udp.iter().filter(here).collect(),
+            );
+            if tcp_here.is_empty() && udp_here.is_empty() {
+                continue;
+            }
+            let mut cmd = if cloud {
+                node.cloud_command("python3")
+            } else {
+                node.command("python3")
+            };
+            cmd.args(["-c", FAKE_UPSTREAM]);
+            for a in &tcp_here {
+                cmd.arg(format!("tcp:{a}"));
+            }
+            for a in &udp_here {
+                cmd.arg(format!("udp:{a}"));
+            }
+            cmd.stdout(std::process::Stdio::null());
+            children.push(ChildGuard::spawn(&mut cmd)?);
         }
-        for a in udp {
-            cmd.arg(format!("udp:{a}"));
-        }
-        cmd.stdout(std::process::Stdio::null());
-        let child = ChildGuard::spawn(&mut cmd)?;
         for a in tcp {
             node.wait_listening(*a, Duration::from_secs(10))?;
         }
         // UDP sockets are bound by then too (bound before the ready line, threads start first).
         std::thread::sleep(Duration::from_millis(100));
-        Ok(FakeUpstream { _child: child })
+        Ok(FakeUpstream {
+            _children: children,
+        })
     }
 }

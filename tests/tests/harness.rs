@@ -43,7 +43,8 @@ while True:
 /// Starts [`SERVER_PY`] in the node namespace on `addr` and waits until it listens.
 fn spawn_server(node: &TestNode, addr: SocketAddr, label: &str) -> Result<ChildGuard> {
     let server = ChildGuard::spawn(
-        node.command("python3")
+        node.netns_of(addr)
+            .command("python3")
             .args(["-c", SERVER_PY])
             .arg(addr.ip().to_string())
             .arg(addr.port().to_string())
@@ -173,13 +174,27 @@ fn topology_cgroups_and_namespaces() -> Result<()> {
     for want in [
         "lo    inet 198.18.255.1/32",
         "inet6 fd00:1a3e:ffff::1/128",
-        "inet 169.254.169.254/32",
-        "inet6 fd00:ec2::254/128",
+        "cloud0    inet 198.18.0.1/30",
         "veth1    inet 198.18.1.1/24",
         "veth2    inet6 fd00:1a3e:2::1/64",
     ] {
         assert!(ah.contains(want), "missing {want:?} in node netns:\n{ah}");
     }
+    // The metadata addresses live in the cloud namespace, routed from the node.
+    assert!(!ah.contains("169.254.169.254"), "{ah}");
+    let cloud = node
+        .cloud_command("ip")
+        .args(["-o", "addr", "show"])
+        .output()?;
+    let cloud = String::from_utf8_lossy(&cloud.stdout);
+    for want in ["inet 169.254.169.254/32", "inet6 fd00:ec2::254/128"] {
+        assert!(
+            cloud.contains(want),
+            "missing {want:?} in the cloud netns:\n{cloud}"
+        );
+    }
+    let route = host.run(&["ip", "route", "get", "169.254.169.254"])?.stdout;
+    assert!(route.contains("via 198.18.0.2 dev cloud0"), "{route}");
     let routes = pod1.run(&["ip", "-6", "route", "show", "default"])?.stdout;
     assert!(routes.contains("via fd00:1a3e:1::1 dev eth0"), "{routes}");
 
@@ -229,8 +244,15 @@ fn pods_reach_servers_in_the_node_namespace() -> Result<()> {
         curl(|a| host.run(a), proxy4)?,
         format!("proxy {NODE_PROXY_V4}")
     );
-    assert_eq!(curl(|a| host.run(a), imds6)?, format!("imds {IMDS_V6}"));
-    assert_eq!(curl(|a| node.run(a), imds4)?, format!("imds {IMDS_V4}"));
+    // The node reaches the metadata service by routing, from its end of the cloud link.
+    assert_eq!(
+        curl(|a| host.run(a), imds6)?,
+        format!("imds {}", iamlet_tests::node::CLOUD_LINK_NODE_V6)
+    );
+    assert_eq!(
+        curl(|a| node.run(a), imds4)?,
+        format!("imds {}", iamlet_tests::node::CLOUD_LINK_NODE_V4)
+    );
     assert_eq!(
         curl(|a| outside.run(a), proxy4)?,
         format!("proxy {}", outside.ipv4())
@@ -294,6 +316,7 @@ struct Footprint {
 impl Footprint {
     fn record(&mut self, node: &TestNode, pods: &[&FakePod]) {
         self.netns.push(node.netns_name().to_owned());
+        self.netns.push(node.cloud_netns_name().to_owned());
         self.cgroups.push(node.pods_cgroup().to_owned());
         for pod in pods {
             self.netns.push(pod.netns_name().to_owned());

@@ -332,3 +332,38 @@ fn watched_pods_are_prefetched_from_sts_with_kiam_and_irsa_annotations() -> Resu
     );
     Ok(())
 }
+
+#[test]
+fn no_prefetch_fetches_only_when_a_pod_asks() -> Result<()> {
+    skip_unless_privileged!(Ok(()));
+    sts_available().map_err(anyhow::Error::msg)?;
+    let node = TestNode::new()?;
+    let moto = MotoSts::start(&node)?;
+    let proxy = FaultProxy::start(&node, moto.addr())?;
+    let endpoint = proxy.endpoint();
+    let (s, _agent) = setup_with(&node, Creds::Sts(&endpoint, &["--no-prefetch"]))?;
+    s.api.apply(&namespace_json("team-a", ".*"))?;
+    proxy.reset_stats()?;
+    let uid = "52525252-6363-4747-8585-969696969696";
+    s.api
+        .apply(&pod_json("team-a", "lazy", uid, Some("app-lazy"), NODE))?;
+    let container_a = node.add_pod(&container(uid))?;
+    // The watch has delivered the pod (its role is listed) and nothing was fetched.
+    wait_for("the pod's role", || {
+        Ok(role_list(&container_a)? == (200, "app-lazy".into()))
+    })?;
+    std::thread::sleep(Duration::from_secs(2));
+    ensure!(
+        proxy.assume_role_calls() == 0,
+        "--no-prefetch: {} AssumeRole calls before the pod asked",
+        proxy.assume_role_calls()
+    );
+    let got = fetch_credentials(&container_a, Sdk::Boto3)?;
+    ensure!(got.access_key_id.starts_with("ASIA"), "{got:?}");
+    ensure!(
+        proxy.assume_role_calls() == 1,
+        "the first request fetched once: {}",
+        proxy.assume_role_calls()
+    );
+    Ok(())
+}

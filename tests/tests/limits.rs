@@ -81,7 +81,14 @@ fn a_pod_over_its_connection_limit_waits_and_other_pods_are_served() -> Result<(
     let agent = start(
         &node,
         &roles,
-        &["--upstream", "off", "--max-connections-per-pod", "2"],
+        &[
+            "--upstream",
+            "off",
+            "--max-connections-per-pod",
+            "2",
+            "--max-waiting-per-pod",
+            "2",
+        ],
     )?;
     let mut cmd = a.command("python3");
     cmd.args(["-c", OVER_THE_LIMIT]).stdout(Stdio::piped());

@@ -144,6 +144,48 @@ fn host_network_pod_is_identified_by_its_cgroup() -> Result<()> {
     Ok(())
 }
 
+/// Whether a TCP connect (and a byte back) or a UDP echo to `host:port` gets through from a
+/// process made by `cmd`: `open`, or `blocked:<error>`.
+const REACH: &str = r#"
+import socket, sys
+proto, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+s = socket.socket(socket.AF_INET, kind)
+s.settimeout(2)
+try:
+    if proto == "tcp":
+        s.connect((host, port))
+        s.sendall(b"GET /probe HTTP/1.0\r\n\r\n")
+        ok = len(s.recv(100)) > 0
+    else:
+        s.sendto(b"probe", (host, port))
+        ok = len(s.recvfrom(100)[0]) > 0
+    print("open" if ok else "blocked:empty")
+except OSError as e:
+    print("blocked:" + type(e).__name__)
+"#;
+
+fn reach_with(
+    mut cmd: std::process::Command,
+    proto: &str,
+    host: &str,
+    port: u16,
+) -> Result<String> {
+    cmd.args(["-c", REACH, proto, host, &port.to_string()]);
+    let out = iamlet_tests::run_with_timeout(&mut cmd, std::time::Duration::from_secs(10))?
+        .ensure_success()?;
+    Ok(out.stdout.trim().to_owned())
+}
+
+fn reach(pod: &FakePod, proto: &str, host: &str, port: u16) -> Result<String> {
+    reach_with(pod.command("python3"), proto, host, port)
+}
+
+/// From the node itself (outside the pods' cgroup, like the kubelet) to the metadata address.
+fn reach_from_node(node: &TestNode, proto: &str, port: u16) -> Result<String> {
+    reach_with(node.command("python3"), proto, "169.254.169.254", port)
+}
+
 #[test]
 fn other_traffic_and_outside_processes_are_untouched() -> Result<()> {
     skip_unless_privileged!(Ok(()));
@@ -154,19 +196,10 @@ fn other_traffic_and_outside_processes_are_untouched() -> Result<()> {
     let imds4_81 = SocketAddr::new(IMDS_V4.into(), 81);
     let imds6 = SocketAddr::new(IMDS_V6.into(), 80);
     let other = SocketAddr::new(NODE_PROXY_V4.into(), 9000);
-    let _upstream = FakeUpstream::start(&node, &[imds4, imds4_81, imds6, other], &[imds4])?;
+    let _upstream = FakeUpstream::start(&node, &[imds4, imds4_81, imds6, other], &[imds4, other])?;
     let agent = Agent::start(&node, &[])?;
 
-    // From the pod: other ports and addresses reach their real servers.
-    let a = http(
-        pod.command("python3"),
-        Family::V4,
-        "169.254.169.254",
-        81,
-        "GET",
-        "/x",
-    )?;
-    ensure!(a.body == "upstream 169.254.169.254 81 /x", "port 81: {a:?}");
+    // From the pod: other addresses reach their real servers, over TCP and UDP.
     let a = http(
         pod.command("python3"),
         Family::V4,
@@ -179,16 +212,33 @@ fn other_traffic_and_outside_processes_are_untouched() -> Result<()> {
         a.body == "upstream 198.18.255.1 9000 /y",
         "other address: {a:?}"
     );
-    // UDP to the metadata address and port is not redirected.
-    let reply = udp_probe(pod.command("python3"), "169.254.169.254", 80, "ping")?;
-    ensure!(reply == "upstream-udp ping", "udp: {reply:?}");
+    let reply = udp_probe(pod.command("python3"), "198.18.255.1", 9000, "ping")?;
+    ensure!(reply == "upstream-udp ping", "udp elsewhere: {reply:?}");
+    // UDP and other ports of the metadata address are not redirected, and the egress filter
+    // lets nothing of them out: whatever reaches the metadata address goes through iamlet.
+    let tcp_81 = reach(&pod, "tcp", "169.254.169.254", 81)?;
+    ensure!(tcp_81.starts_with("blocked"), "tcp port 81: {tcp_81}");
+    let udp_80 = reach(&pod, "udp", "169.254.169.254", 80)?;
+    ensure!(udp_80.starts_with("blocked"), "udp port 80: {udp_80}");
+    let dropped = agent.metric(
+        &node,
+        "iamlet_ebpf_egress_dropped_total{reason=\"imds_v4\"}",
+    )?;
+    ensure!(dropped >= 2.0, "egress drops counted: {dropped}");
+    // From outside the pods' cgroup (the node's own processes), both reach the (fake)
+    // metadata service; a host in another namespace is forwarded by the node, which the
+    // forwarding guard refuses.
+    ensure!(reach_from_node(&node, "tcp", 81)? == "open");
+    ensure!(reach_from_node(&node, "udp", 80)? == "open");
+    let forwarded = reach_with(outside.command("python3"), "tcp", "169.254.169.254", 80)?;
+    ensure!(forwarded.starts_with("blocked"), "forwarded: {forwarded}");
     // The pod itself is redirected (sanity check on the same setup).
     let who = whoami(&pod, Family::V4, "169.254.169.254")?;
     assert_is(&pod, &who, "169.254.169.254:80")?;
 
     // A process outside the attached cgroup reaches the real (here: fake) metadata service.
     let a = http(
-        outside.command("python3"),
+        node.command("python3"),
         Family::V4,
         "169.254.169.254",
         80,
@@ -200,7 +250,7 @@ fn other_traffic_and_outside_processes_are_untouched() -> Result<()> {
         "outside v4: {a:?}"
     );
     let a = http(
-        outside.command("python3"),
+        node.command("python3"),
         Family::V6,
         "fd00:ec2::254",
         80,
@@ -344,7 +394,13 @@ fn bpftool_lists_programs_and_exit_detaches_them() -> Result<()> {
         .collect();
     names.sort();
     ensure!(
-        names == ["iamlet_connect4", "iamlet_connect6", "iamlet_sock_ops"],
+        names
+            == [
+                "iamlet_connect4",
+                "iamlet_connect6",
+                "iamlet_egress",
+                "iamlet_sock_ops"
+            ],
         "attached programs: {attached}"
     );
     // The tree view shows them too, and only on the test cgroup.
@@ -352,7 +408,12 @@ fn bpftool_lists_programs_and_exit_detaches_them() -> Result<()> {
         .args(["cgroup", "tree", &cgroup])
         .output()?;
     let tree = String::from_utf8_lossy(&tree.stdout);
-    for name in ["iamlet_connect4", "iamlet_connect6", "iamlet_sock_ops"] {
+    for name in [
+        "iamlet_connect4",
+        "iamlet_connect6",
+        "iamlet_egress",
+        "iamlet_sock_ops",
+    ] {
         ensure!(
             tree.contains(name),
             "bpftool cgroup tree lacks {name}:\n{tree}"

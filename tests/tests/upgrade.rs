@@ -151,6 +151,9 @@ fn fetch_credentials(pod: &FakePod) -> Result<String> {
     Ok(doc.body)
 }
 
+/// How many programs an agent attaches (connect4, connect6, sock_ops, cgroup_skb egress).
+const PROGRAMS: usize = 4;
+
 /// Ids of the programs attached to the node's pods cgroup.
 fn attached_programs(node: &TestNode) -> Result<Vec<u64>> {
     let cgroup = node
@@ -192,7 +195,10 @@ fn upgrade_hands_over_without_losing_a_request() -> Result<()> {
         .collect::<Result<_>>()?;
     let mut first = Agent::start_in_pod(&node, &agent_pods[0], &refs(&files.args(&[])))?;
     let programs_first = attached_programs(&node)?;
-    ensure!(programs_first.len() == 3, "attached: {programs_first:?}");
+    ensure!(
+        programs_first.len() == PROGRAMS,
+        "attached: {programs_first:?}"
+    );
 
     let mut cmd = pod.command("python3");
     cmd.args(["-c", ASKER, "9", INSTANCE_ID])
@@ -208,7 +214,7 @@ fn upgrade_hands_over_without_losing_a_request() -> Result<()> {
     ensure!(status.success(), "first agent exit: {status}");
     let programs_second = attached_programs(&node)?;
     ensure!(
-        programs_second.len() == 3 && programs_second != programs_first,
+        programs_second.len() == PROGRAMS && programs_second != programs_first,
         "the successor's programs were not swapped in: {programs_first:?} -> {programs_second:?}"
     );
     std::thread::sleep(Duration::from_millis(1500));
@@ -292,7 +298,7 @@ fn exit_or_crash_without_successor_fails_closed_and_the_next_agent_adopts() -> R
     let status = agent.stop()?;
     ensure!(status.success(), "exit status {status}");
     ensure!(
-        attached_programs(&node)?.len() == 3,
+        attached_programs(&node)?.len() == PROGRAMS,
         "programs detached on exit with --on-exit keep"
     );
     refused("after a clean exit")?;
@@ -313,7 +319,7 @@ fn exit_or_crash_without_successor_fails_closed_and_the_next_agent_adopts() -> R
         .status()?;
     let _ = next.stop();
     ensure!(
-        attached_programs(&node)?.len() == 3,
+        attached_programs(&node)?.len() == PROGRAMS,
         "programs gone after a crash"
     );
     refused("after a crash")?;

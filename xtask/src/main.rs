@@ -6,7 +6,9 @@
 //!   integration tests (serially).
 //! * `demo` runs the main job locally on fake pods.
 //! * `bench` runs a benchmark, side by side with its baseline.
+//! * `fuzz` builds and runs the fuzz targets (see `fuzz`).
 
+mod fuzz;
 mod helm;
 mod setup;
 
@@ -40,11 +42,25 @@ enum Cmd {
     },
     /// Make fake pods and show what each one gets through the redirect.
     Demo,
+    /// Build and run the fuzz targets of agent/fuzz from their committed corpus.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 30, conflicts_with = "runs")]
+        seconds: u64,
+        /// Executions per target (instead of --seconds).
+        #[arg(long)]
+        runs: Option<u64>,
+        /// Only these targets.
+        targets: Vec<String>,
+    },
     /// Run a benchmark side by side with its baseline.
     Bench {
         /// Which benchmark.
         #[arg(value_enum)]
         which: Bench,
+        /// `imds` only: an older build of the agent to measure side by side (same rounds).
+        #[arg(long)]
+        baseline: Option<PathBuf>,
     },
 }
 
@@ -56,6 +72,8 @@ enum Bench {
     Imds,
     /// Agent memory with 250 pods / 100 roles in its index, against the same agent with none.
     Memory,
+    /// One pod attacks the proxy while another asks for credentials, against no attack.
+    Abuse,
 }
 
 fn main() -> Result<()> {
@@ -65,25 +83,39 @@ fn main() -> Result<()> {
         Cmd::Setup => setup::run(&root),
         Cmd::BuildEbpf => build_ebpf(&root),
         Cmd::Test { filter, no_setup } => test(&root, filter.as_deref(), no_setup),
+        Cmd::Fuzz {
+            seconds,
+            runs,
+            targets,
+        } => {
+            let budget = match runs {
+                Some(n) => fuzz::Budget::Runs(n),
+                None => fuzz::Budget::Seconds(seconds),
+            };
+            fuzz::run(&root, budget, &targets)
+        }
         Cmd::Demo => {
             setup::run(&root)?;
             build_ebpf(&root)?;
             build_agent(&root)?;
             run_tests_bin(&root, "iamlet-demo", &[])
         }
-        Cmd::Bench { which } => {
+        Cmd::Bench { which, baseline } => {
+            if let Some(b) = &baseline {
+                std::env::set_var("IAMLET_BASELINE_BIN", b);
+            }
             setup::run(&root)?;
             build_ebpf(&root)?;
             build_agent(&root)?;
             match which {
                 Bench::Connect => run_tests_bin(&root, "iamlet-bench", &["connect"]),
                 // Throughput and memory are measured on the optimised agent.
-                Bench::Imds | Bench::Memory => {
+                Bench::Imds | Bench::Memory | Bench::Abuse => {
                     run(cargo(&root).args(["build", "--locked", "--release", "-p", "iamlet"]))?;
-                    let arg = if matches!(which, Bench::Imds) {
-                        "imds"
-                    } else {
-                        "memory"
+                    let arg = match which {
+                        Bench::Imds => "imds",
+                        Bench::Memory => "memory",
+                        _ => "abuse",
                     };
                     run_tests_bin_with(
                         &root,
@@ -228,7 +260,7 @@ fn test(root: &Path, filter: Option<&str>, no_setup: bool) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    // Unit tests (host only, unprivileged).
+    // Unit tests (host only, unprivileged), with the fuzz entry points replaying their corpus.
     run(cargo(root).args([
         "test",
         "--locked",
@@ -238,6 +270,8 @@ fn test(root: &Path, filter: Option<&str>, no_setup: bool) -> Result<()> {
         "iamlet",
         "--package",
         "xtask",
+        "--features",
+        "iamlet/fuzzing",
     ]))?;
     build_agent(root)?;
     // Privileged integration tests: real programs, cgroups and namespaces, one at a time.
@@ -253,6 +287,11 @@ fn test(root: &Path, filter: Option<&str>, no_setup: bool) -> Result<()> {
         return run(&mut cmd);
     }
     run(&mut cmd)?;
+    // Every fuzz target, briefly, from its committed corpus.
+    fuzz::run(root, fuzz::Budget::Seconds(FUZZ_SECONDS_IN_CI), &[])?;
     // The README's first command must keep working: run the demo too.
     run_tests_bin(root, "iamlet-demo", &[])
 }
+
+/// Seconds each fuzz target runs in `cargo xtask test`.
+const FUZZ_SECONDS_IN_CI: u64 = 10;

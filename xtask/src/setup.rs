@@ -26,6 +26,8 @@ const APT_PACKAGES: &[&str] = &[
     "curl",
     "python3",
     "python3-venv",
+    // The bypass tests: a pod's own NAT rule (iptables-nft).
+    "iptables",
     // `cargo xtask bench imds`: load generator, and the baseline server.
     "wrk",
     "nginx-light",

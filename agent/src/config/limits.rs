@@ -70,6 +70,12 @@ impl Args {
             self.max_connections.min(bounds::MAX_CONNECTIONS),
         )?;
         within(
+            "max-waiting-per-pod",
+            self.max_waiting_per_pod,
+            0,
+            self.max_connections.min(bounds::MAX_CONNECTIONS),
+        )?;
+        within(
             "credentials-timeout",
             self.credentials_timeout,
             ms(1),

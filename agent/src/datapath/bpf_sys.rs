@@ -1,5 +1,6 @@
-//! The three `bpf(2)` commands aya 0.14 does not expose for cgroup links: open a pinned object,
-//! read a cgroup link's target, and swap the program behind a link in place.
+//! The `bpf(2)` commands aya 0.14 does not expose for cgroup links: open and pin an object by
+//! fd, read a cgroup link's target and program, swap the program behind a link in place, and
+//! list the programs attached to a cgroup.
 //!
 //! This is the only place in the agent crate that makes raw system calls.
 #![allow(unsafe_code)]
@@ -10,9 +11,13 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_PROG_QUERY: libc::c_long = 16;
 const BPF_LINK_UPDATE: libc::c_long = 29;
+/// Most program ids [`prog_query`] reads for one attach type.
+const QUERY_MAX: usize = 64;
 
 /// `bpf_link_info.type` of a cgroup link.
 pub const BPF_LINK_TYPE_CGROUP: u32 = 3;
@@ -25,6 +30,19 @@ struct ObjGetAttr {
     bpf_fd: u32,
     file_flags: u32,
     path_fd: i32,
+    _pad: u32,
+}
+
+/// `union bpf_attr` for `BPF_PROG_QUERY` (the fields up to `prog_cnt`).
+#[repr(C)]
+#[derive(Default)]
+struct QueryAttr {
+    target_fd: u32,
+    attach_type: u32,
+    query_flags: u32,
+    attach_flags: u32,
+    prog_ids: u64,
+    prog_cnt: u32,
     _pad: u32,
 }
 
@@ -97,6 +115,34 @@ pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     let fd = i32::try_from(fd).map_err(|_| io::Error::other("BPF_OBJ_GET returned a bad fd"))?;
     // SAFETY: a successful BPF_OBJ_GET returns a new file descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Pins the object `fd` (here: a link) at `path`, which must not exist.
+pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    let c_path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
+    let mut attr = ObjGetAttr {
+        pathname: c_path.as_ptr() as u64,
+        bpf_fd: fd.as_raw_fd() as u32,
+        ..ObjGetAttr::default()
+    };
+    sys_bpf(BPF_OBJ_PIN, &mut attr).map(|_| ())
+}
+
+/// Ids of the programs attached directly to the cgroup `cgroup` for `attach_type` (not the
+/// ones inherited from its ancestors).
+pub fn prog_query(cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<Vec<u32>> {
+    let mut ids = [0u32; QUERY_MAX];
+    let mut attr = QueryAttr {
+        target_fd: cgroup.as_raw_fd() as u32,
+        attach_type,
+        prog_ids: ids.as_mut_ptr() as u64,
+        prog_cnt: QUERY_MAX as u32,
+        ..QueryAttr::default()
+    };
+    sys_bpf(BPF_PROG_QUERY, &mut attr)?;
+    let n = (attr.prog_cnt as usize).min(QUERY_MAX);
+    Ok(ids[..n].to_vec())
 }
 
 /// What the kernel says about the cgroup link `link`.

@@ -4,7 +4,7 @@ use std::io;
 use std::path::Path;
 use std::process::Command;
 
-use agent_common::maps::{CONFIG_MAP, COOKIES_MAP, COUNTERS_MAP, PEERS_MAP};
+use agent_common::maps::{CONFIG_MAP, COOKIES_MAP, COUNTERS_MAP, LEGACY_COUNTERS_MAP, PEERS_MAP};
 use agent_common::{ConnInfoV1, PeerKeyV1};
 use aya::maps::{HashMap, MapData};
 
@@ -21,7 +21,13 @@ pub fn remove_pin(path: &Path) {
 
 /// Removes this agent's map pins, and the directory once it is empty.
 pub fn remove_map_pins(pin_dir: &Path) {
-    for name in [CONFIG_MAP, COOKIES_MAP, PEERS_MAP, COUNTERS_MAP] {
+    for name in [
+        CONFIG_MAP,
+        COOKIES_MAP,
+        PEERS_MAP,
+        COUNTERS_MAP,
+        LEGACY_COUNTERS_MAP,
+    ] {
         remove_pin(&pin_dir.join(name));
     }
     let _ = std::fs::remove_dir(pin_dir);

@@ -6,15 +6,16 @@
 //! Starting, an agent either adopts the pinned link of each hook, swapping its own program in
 //! with `BPF_LINK_UPDATE` (atomic: every connect sees the old or the new program, never
 //! neither), or, when there is none (or it targets another cgroup), attaches a new link in
-//! single mode and pins it.
+//! single mode and pins it. Either way the agent keeps a descriptor of the link while it runs,
+//! so removing the pin cannot detach anything behind its back (see `Datapath::check`).
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use aya::programs::links::FdLink;
-use aya::programs::{CgroupAttachMode, Program};
+use aya::programs::{CgroupAttachMode, CgroupSkbAttachType, Program};
 
 use super::bpf_sys::{self, BPF_LINK_TYPE_CGROUP};
 use super::Error;
@@ -30,8 +31,14 @@ pub struct Hook {
     pub attach_type: u32,
 }
 
-/// The three hooks, in attach order.
-pub const HOOKS: [Hook; 3] = [
+/// The four hooks, in attach order. The egress filter comes first, so that no moment exists
+/// in which a pod's connects are watched but its other packets are not.
+pub const HOOKS: [Hook; 4] = [
+    Hook {
+        program: "iamlet_egress",
+        hook: "cgroup_skb/egress",
+        attach_type: 1, // BPF_CGROUP_INET_EGRESS
+    },
     Hook {
         program: "iamlet_connect4",
         hook: "cgroup/connect4",
@@ -63,7 +70,8 @@ pub enum Outcome {
     Adopted,
 }
 
-/// Puts `program` (loaded) on `hook` of `cgroup`, adopting a pinned link if one targets it.
+/// Puts `program` (loaded) on `hook` of `cgroup`, adopting a pinned link if one targets it;
+/// returns what happened and a descriptor of the link (pinned either way).
 pub fn install(
     program: &mut Program,
     hook: &Hook,
@@ -71,7 +79,7 @@ pub fn install(
     cgroup_path: &Path,
     cgroup_id: u64,
     pin_dir: &Path,
-) -> Result<Outcome, Error> {
+) -> Result<(Outcome, OwnedFd), Error> {
     let pin = link_pin(pin_dir, hook);
     let link_err = |what: &'static str, source: io::Error| Error::Link {
         name: hook.program,
@@ -89,7 +97,7 @@ pub fn install(
                 })?;
                 bpf_sys::link_update(link.as_fd(), prog.as_fd())
                     .map_err(|e| link_err("replace the program of", e))?;
-                return Ok(Outcome::Adopted);
+                return Ok((Outcome::Adopted, link));
             }
             Ok(None) => {
                 tracing::warn!(pin = %pin.display(), "pinned link targets another cgroup or a removed one; replacing it")
@@ -122,6 +130,17 @@ pub fn install(
             let link = p.take_link(id).map_err(attach_err)?;
             FdLink::try_from(link).map_err(|e| link_err("own", io::Error::other(e)))?
         }
+        Program::CgroupSkb(p) => {
+            let id = p
+                .attach(
+                    cgroup,
+                    CgroupSkbAttachType::Egress,
+                    CgroupAttachMode::Single,
+                )
+                .map_err(attach_err)?;
+            let link = p.take_link(id).map_err(attach_err)?;
+            FdLink::try_from(link).map_err(|e| link_err("own", io::Error::other(e)))?
+        }
         _ => {
             return Err(Error::Missing {
                 what: "cgroup program",
@@ -131,11 +150,33 @@ pub fn install(
     };
     link.pin(&pin)
         .map_err(|e| link_err("pin", io::Error::other(e)))?;
-    Ok(Outcome::Attached)
+    let fd = bpf_sys::obj_get(&pin).map_err(|e| link_err("open", e))?;
+    Ok((Outcome::Attached, fd))
+}
+
+/// Pins the link `fd` at `hook`'s pin path again (a pin that is missing or names another
+/// link is replaced); returns whether anything changed.
+pub fn repin(fd: &OwnedFd, hook: &Hook, pin_dir: &Path) -> Result<bool, Error> {
+    let pin = link_pin(pin_dir, hook);
+    let link_err = |what: &'static str, source: io::Error| Error::Link {
+        name: hook.program,
+        path: pin.clone(),
+        what,
+        source,
+    };
+    let ours = bpf_sys::cgroup_link_info(fd.as_fd()).map_err(|e| link_err("read", e))?;
+    if let Ok(pinned) = bpf_sys::obj_get(&pin) {
+        if bpf_sys::cgroup_link_info(pinned.as_fd()).is_ok_and(|info| info.id == ours.id) {
+            return Ok(false);
+        }
+        std::fs::remove_file(&pin).map_err(|e| link_err("remove", e))?;
+    }
+    bpf_sys::obj_pin(fd.as_fd(), &pin).map_err(|e| link_err("pin", e))?;
+    Ok(true)
 }
 
 /// The pinned link at `pin`, if it is a live cgroup link of `hook`'s type on `cgroup_id`.
-fn adoptable(pin: &Path, hook: &Hook, cgroup_id: u64) -> io::Result<Option<std::os::fd::OwnedFd>> {
+fn adoptable(pin: &Path, hook: &Hook, cgroup_id: u64) -> io::Result<Option<OwnedFd>> {
     let fd = bpf_sys::obj_get(pin)?;
     let info = bpf_sys::cgroup_link_info(fd.as_fd())?;
     let ours = info.link_type == BPF_LINK_TYPE_CGROUP

@@ -51,6 +51,9 @@ async fn a_successor_takes_the_sockets_and_the_predecessor_stops() {
         listeners: vec![(a1, fd1), (a2, fd2)],
         cgroup_id: 4242,
         token_key: [7; 32],
+        pin_lock: std::fs::File::open(std::env::temp_dir())
+            .expect("a directory")
+            .into(),
     };
     let retire = Recorder::default();
     let socket = bind(&path).expect("bind handover socket");
@@ -66,6 +69,11 @@ async fn a_successor_takes_the_sockets_and_the_predecessor_stops() {
     assert_eq!(p.cgroup_id(), 4242);
     assert_eq!(p.token_key(), [7; 32]);
     assert_eq!(p.pid(), std::process::id());
+    let lock = p.take_pin_lock().expect("the pin directory rides along");
+    let stat = rustix::fs::fstat(&lock).expect("fstat");
+    let tmp = std::fs::metadata(std::env::temp_dir()).expect("stat");
+    assert_eq!(stat.st_ino, std::os::unix::fs::MetadataExt::ino(&tmp));
+    assert!(p.take_pin_lock().is_none(), "taken once");
     assert_eq!(retire.offered.load(Ordering::SeqCst), 1);
     let inherited = p.take_listener(a1).expect("listener 1");
     assert!(p.take_listener(a1).is_none(), "taken once");
@@ -111,6 +119,9 @@ async fn a_successor_that_dies_midway_leaves_the_predecessor_offering() {
         listeners: vec![(a1, fd1)],
         cgroup_id: 0,
         token_key: [0xab; 32],
+        pin_lock: std::fs::File::open(std::env::temp_dir())
+            .expect("a directory")
+            .into(),
     };
     let retire = Recorder::default();
     let socket = bind(&path).expect("bind");

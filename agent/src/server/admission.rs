@@ -4,9 +4,10 @@
 //!   accept loop checks this with one atomic add and closes a connection beyond it at once, so
 //!   it never stops accepting and the kernel's accept queue keeps draining for everyone.
 //! * **Per pod** (the key the handler names after attribution, before any byte is read): at
-//!   most `per_key` connections are served at once; as many more wait their turn (accepted,
-//!   nothing read, no buffers) for at most `wait_limit`; a connection beyond that is closed at
-//!   once. One pod holding thousands of connections therefore costs the others nothing.
+//!   most `per_key` connections are served at once; up to `waiting_per_key` more wait their
+//!   turn (accepted, nothing read, no buffers) for at most `wait_limit`; a connection beyond
+//!   that is closed at once. One pod holding thousands of connections therefore costs the
+//!   others nothing.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -43,8 +44,10 @@ impl Refusal {
 pub struct AdmissionLimits {
     /// Connections held at once over all keys.
     pub max_total: usize,
-    /// Connections of one key served at once (as many more may wait).
+    /// Connections of one key served at once.
     pub per_key: usize,
+    /// Connections of one key waiting for a turn.
+    pub waiting_per_key: usize,
     /// Longest a connection waits for its key's turn.
     pub wait_limit: Duration,
 }
@@ -57,7 +60,8 @@ struct KeySlots {
 /// The admission state of one server.
 pub struct Admission<K> {
     limits: AdmissionLimits,
-    total: AtomicUsize,
+    /// Connections held now (shared with whoever watches it: metrics, heap trimming).
+    total: Arc<AtomicUsize>,
     keys: Mutex<HashMap<K, Arc<KeySlots>>>,
 }
 
@@ -104,15 +108,16 @@ impl<K: Hash + Eq + Clone> Drop for KeyGuard<K> {
 }
 
 impl<K: Hash + Eq + Clone> Admission<K> {
-    /// Admission under `limits`.
-    pub fn new(limits: AdmissionLimits) -> Arc<Self> {
+    /// Admission under `limits`, counting held connections in `held`.
+    pub fn new(limits: AdmissionLimits, held: Arc<AtomicUsize>) -> Arc<Self> {
         Arc::new(Admission {
             limits: AdmissionLimits {
                 max_total: limits.max_total.max(1),
                 per_key: limits.per_key.clamp(1, Semaphore::MAX_PERMITS),
+                waiting_per_key: limits.waiting_per_key,
                 wait_limit: limits.wait_limit,
             },
-            total: AtomicUsize::new(0),
+            total: held,
             keys: Mutex::new(HashMap::new()),
         })
     }
@@ -157,7 +162,7 @@ impl<K: Hash + Eq + Clone> Admission<K> {
     }
 
     /// Waits for a turn of `key`: at once if fewer than `per_key` of its connections are
-    /// served, else in line behind them (at most `per_key` waiting, for at most
+    /// served, else in line behind them (at most `waiting_per_key` waiting, for at most
     /// `wait_limit`).
     pub async fn enter_key(self: &Arc<Self>, key: K) -> Result<KeyGuard<K>, Refusal> {
         // The guard holds the only reference besides the map's, so that dropping it (served,
@@ -173,7 +178,7 @@ impl<K: Hash + Eq + Clone> Admission<K> {
             guard.permit = Some(permit);
             return Ok(guard);
         }
-        if guard.slots.waiting.fetch_add(1, Ordering::AcqRel) >= self.limits.per_key {
+        if guard.slots.waiting.fetch_add(1, Ordering::AcqRel) >= self.limits.waiting_per_key {
             guard.slots.waiting.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::PerKey);
         }
@@ -203,11 +208,15 @@ mod tests {
     use super::*;
 
     fn admission(max_total: usize, per_key: usize) -> Arc<Admission<&'static str>> {
-        Admission::new(AdmissionLimits {
-            max_total,
-            per_key,
-            wait_limit: Duration::from_secs(10),
-        })
+        Admission::new(
+            AdmissionLimits {
+                max_total,
+                per_key,
+                waiting_per_key: per_key,
+                wait_limit: Duration::from_secs(10),
+            },
+            Arc::new(AtomicUsize::new(0)),
+        )
     }
 
     #[test]

@@ -63,8 +63,10 @@ pub struct ServerLimits {
     pub shutdown_grace: Duration,
     /// Connections held at once (served or waiting); beyond it a new one is closed at once.
     pub max_connections: usize,
-    /// Connections of one client (pod) served at once; as many more wait their turn.
+    /// Connections of one client (pod) served at once.
     pub max_connections_per_client: usize,
+    /// Connections of one client waiting for a turn (each at most `header_read_timeout`).
+    pub max_waiting_per_client: usize,
     /// Largest request head (request line and headers) in bytes; larger gets 431.
     pub max_header_bytes: usize,
     /// Request bytes read and not yet answered, over all connections.
@@ -76,8 +78,9 @@ impl Default for ServerLimits {
         ServerLimits {
             header_read_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
-            max_connections: 4096,
+            max_connections: 16384,
             max_connections_per_client: 64,
+            max_waiting_per_client: 1024,
             max_header_bytes: 16 * 1024,
             max_pending_bytes: 16 * 1024 * 1024,
         }
@@ -137,13 +140,14 @@ impl Drop for AcceptGate {
 }
 
 /// Serves `listener` until the gate is told to stop, then drains open connections for at
-/// most `limits.shutdown_grace`.
+/// most `limits.shutdown_grace`. `held` counts the connections held now.
 pub async fn serve<H: ConnHandler>(
     name: &'static str,
     listener: TcpListener,
     handler: Arc<H>,
     limits: ServerLimits,
     gate: AcceptGate,
+    held: Arc<std::sync::atomic::AtomicUsize>,
 ) {
     let mut shutdown = gate.stop.clone();
     let graceful = GracefulShutdown::new();
@@ -154,11 +158,15 @@ pub async fn serve<H: ConnHandler>(
         .header_read_timeout(limits.header_read_timeout)
         // hyper's floor is 8 KiB; a head that does not fit gets 431.
         .max_buf_size(limits.max_header_bytes.max(8192));
-    let admission: Arc<Admission<H::Key>> = Admission::new(AdmissionLimits {
-        max_total: limits.max_connections,
-        per_key: limits.max_connections_per_client,
-        wait_limit: limits.header_read_timeout,
-    });
+    let admission: Arc<Admission<H::Key>> = Admission::new(
+        AdmissionLimits {
+            max_total: limits.max_connections,
+            per_key: limits.max_connections_per_client,
+            waiting_per_key: limits.max_waiting_per_client,
+            wait_limit: limits.header_read_timeout,
+        },
+        held,
+    );
     let budget = RequestBudget::new(limits.max_pending_bytes);
     loop {
         let accepted = tokio::select! {

@@ -280,6 +280,61 @@ end
     )
 }
 
+/// An older build of the agent on a node of its own, for `IAMLET_BASELINE_BIN`.
+struct Baseline {
+    bin: PathBuf,
+    pod: FakePod,
+    server: Server,
+    token_header: String,
+    script: PathBuf,
+    // Dropped last: the agent, then the node.
+    _agent: Agent,
+    _node: TestNode,
+}
+
+impl Baseline {
+    fn start(bin: &Path, dir: &TempDir, uid: &str) -> Result<Baseline> {
+        let node = TestNode::new()?;
+        let pod = node.add_pod(&format!(
+            "kubepods-besteffort.slice/kubepods-besteffort-pod{uid}.slice/cri-containerd-{:064x}.scope",
+            1
+        ))?;
+        let bindings = dir.path("bindings.yaml").display().to_string();
+        let creds = dir.path("creds.yaml").display().to_string();
+        let agent = Agent::start_with_bin(
+            &node,
+            bin,
+            &[
+                "--bindings",
+                &bindings,
+                "--static-credentials",
+                &creds,
+                "--log",
+                "warn",
+                "--rate-limit",
+                "0",
+                "--upstream",
+                "off",
+            ],
+        )?;
+        let served = fetch_flow(&pod, &format!("http://{IMDS_V4}"), dir, "baseline")?;
+        let token = String::from_utf8(served.token)?;
+        let script = dir.path("flow-baseline.lua");
+        std::fs::write(&script, flow_script(&token))?;
+        Ok(Baseline {
+            bin: bin.to_owned(),
+            server: Server {
+                pid: agent.pid().context("baseline agent pid")?,
+            },
+            pod,
+            token_header: format!("X-aws-ec2-metadata-token: {token}"),
+            script,
+            _agent: agent,
+            _node: node,
+        })
+    }
+}
+
 /// `bench imds`: wrk inside a fake pod against iamlet (through the redirect, static
 /// credentials, no upstream, no rate limit) and against nginx serving the bytes iamlet served
 /// (same node address, same veth), rounds alternating between the two:
@@ -402,6 +457,12 @@ pub(crate) fn bench_imds() -> Result<()> {
     std::fs::write(&script, flow_script(&token))?;
     let token_header = format!("X-aws-ec2-metadata-token: {token}");
     let creds_url = |base: &str| format!("{base}{}", creds_path());
+    // An older build of the agent, side by side (IAMLET_BASELINE_BIN): its own node and pod,
+    // laid out alike.
+    let baseline = match std::env::var_os("IAMLET_BASELINE_BIN") {
+        Some(bin) => Some(Baseline::start(std::path::Path::new(&bin), &dir, &uid)?),
+        None => None,
+    };
 
     let mut keepalive = [
         Series {
@@ -423,6 +484,14 @@ pub(crate) fn bench_imds() -> Result<()> {
             runs: Vec::new(),
         },
     ];
+    let mut base_keepalive = Series {
+        name: "iamlet-baseline",
+        runs: Vec::new(),
+    };
+    let mut base_flow = Series {
+        name: "iamlet-baseline",
+        runs: Vec::new(),
+    };
     for round in 1..=IMDS_ROUNDS {
         eprintln!("round {round}/{IMDS_ROUNDS}");
         for (i, base) in [&iamlet_base, &nginx_base].into_iter().enumerate() {
@@ -433,26 +502,50 @@ pub(crate) fn bench_imds() -> Result<()> {
                 None,
                 Some(&token_header),
             )?);
+            if let (0, Some(b)) = (i, &baseline) {
+                base_keepalive.runs.push(run_wrk(
+                    &b.pod,
+                    b.server,
+                    &creds_url(&iamlet_base),
+                    None,
+                    Some(&b.token_header),
+                )?);
+            }
         }
         for (i, base) in [&iamlet_base, &nginx_base].into_iter().enumerate() {
             flow[i]
                 .runs
                 .push(run_wrk(&pod, servers[i], base, Some(&script), None)?);
+            if let (0, Some(b)) = (i, &baseline) {
+                base_flow.runs.push(run_wrk(
+                    &b.pod,
+                    b.server,
+                    &iamlet_base,
+                    Some(&b.script),
+                    None,
+                )?);
+            }
         }
     }
+    let with_baseline = |s| baseline.as_ref().map(|_| s);
     println!(
         "wrk in a fake pod over veth, {WRK_CONNECTIONS} connections, {WRK_THREADS} threads, {IMDS_ROUNDS} alternating rounds x {WRK_SECONDS} s per server; median of rounds; {} CPUs",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
+    if let Some(b) = &baseline {
+        println!("iamlet-baseline: {}", b.bin.display());
+    }
     report(
         &format!("1. keep-alive GET {} (with token)", creds_path()),
         &keepalive[0],
         &keepalive[1],
+        with_baseline(&base_keepalive),
     );
     report(
         "2. SDK flow: PUT token -> GET role list -> GET credentials (req/s counts requests)",
         &flow[0],
         &flow[1],
+        with_baseline(&base_flow),
     );
     let log = agent.log_text();
     if !log.trim().is_empty() {

@@ -4,15 +4,20 @@
 //! `cargo xtask bench connect`: connect() latency from a fake pod, with and without iamlet's
 //! programs attached, to a redirected destination (169.254.169.254:80) and a non-redirected
 //! one. "Without" runs the same client in the same network namespace but outside the attached
-//! cgroup, so no program runs for its sockets: the connect to 169.254.169.254:80 then reaches a
-//! plain listener on that address in the node namespace, the same hop the proxy is at.
+//! cgroup, so no program runs for its sockets: instead of 169.254.169.254:80 it connects to the
+//! agent's listener itself, where the redirect takes the pod's connect.
 //!
 //! `cargo xtask bench imds`: HTTP throughput and latency of iamlet's metadata API against
 //! nginx serving the same bytes on the same hop (see [`bench_imds`]).
 //!
 //! `cargo xtask bench memory`: the agent's memory with 250 pods / 100 roles in its index,
 //! against the same agent on an empty cluster (see [`memory`]).
+//!
+//! `cargo xtask bench abuse`: one pod attacks the metadata proxy while another asks for its
+//! credentials, against the same requests with no attack (see [`abuse`]).
 
+mod abuse;
+mod abuse_client;
 mod connect;
 mod imds;
 mod memory;
@@ -29,6 +34,8 @@ fn main() -> Result<()> {
         Some("imds") => imds::bench_imds(),
         Some("memory") => memory::bench_memory(),
         Some("memory-client") => memory::client(&args[1..]),
-        _ => bail!("usage: iamlet-bench <connect|imds|memory>"),
+        Some("abuse") => abuse::bench_abuse(),
+        Some("abuse-client") => abuse_client::client(&args[1..]),
+        _ => bail!("usage: iamlet-bench <connect|imds|memory|abuse>"),
     }
 }

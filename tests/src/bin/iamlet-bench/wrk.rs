@@ -168,16 +168,18 @@ impl Series {
     }
 }
 
-pub(crate) fn report(title: &str, iamlet: &Series, nginx: &Series) {
+/// Prints one scenario: iamlet, nginx and (when given) a baseline build of iamlet, measured in
+/// the same alternating rounds.
+pub(crate) fn report(title: &str, iamlet: &Series, nginx: &Series, baseline: Option<&Series>) {
     println!();
     println!("{title}");
     println!(
-        "  {:<8} {:>10} {:>9} {:>9} {:>16} {:>8}",
+        "  {:<16} {:>10} {:>9} {:>9} {:>16} {:>8}",
         "server", "req/s", "p50 µs", "p99 µs", "server CPU µs/req", "errors"
     );
-    for s in [iamlet, nginx] {
+    for s in [Some(iamlet), baseline, Some(nginx)].into_iter().flatten() {
         println!(
-            "  {:<8} {:>10.0} {:>9.0} {:>9.0} {:>16.1} {:>8}",
+            "  {:<16} {:>10.0} {:>9.0} {:>9.0} {:>16.1} {:>8}",
             s.name,
             s.rps(),
             s.p50(),
@@ -205,6 +207,17 @@ pub(crate) fn report(title: &str, iamlet: &Series, nginx: &Series) {
     let p99 = iamlet.p99();
     let met = |ok: bool| if ok { "met" } else { "NOT met" };
     println!("  iamlet/nginx throughput: {ratio:.2}x");
+    if let Some(b) = baseline {
+        println!(
+            "  {}/nginx throughput: {:.2}x; this build / {}: throughput {:.2}x, p99 {:.2}x, CPU per request {:.2}x",
+            b.name,
+            b.rps() / nginx.rps(),
+            b.name,
+            iamlet.rps() / b.rps(),
+            iamlet.p99() / b.p99(),
+            iamlet.cpu_per_req() / b.cpu_per_req()
+        );
+    }
     println!(
         "  target iamlet >= {TARGET_RATIO}x nginx throughput: {} ({ratio:.2}x)",
         met(ratio >= TARGET_RATIO)

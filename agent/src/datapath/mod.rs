@@ -11,27 +11,41 @@
 //! On exit ([`OnExit`]) the links either stay pinned (fail closed: pods get connection refused
 //! from the metadata address until an agent runs again) or are removed with the pins. An agent
 //! that handed over to a successor leaves everything to it.
+//!
+//! The agent owns its attachment while it runs:
+//! * one agent per pin directory ([`pin_lock`]): a second one refuses to start unless it
+//!   takes over through the handover;
+//! * it keeps a descriptor of each link, so removing the pins detaches nothing;
+//! * [`Datapath::check`] (run every second by the agent) puts back what was removed behind
+//!   its back: link and map pins, a program detached from the cgroup or swapped out of its
+//!   link (`bpftool link detach`, `BPF_LINK_UPDATE`), the node's forwarding guard
+//!   ([`forward_guard`]); what it cannot put back makes the agent not ready.
 
 use std::fs::File;
 use std::io;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use agent_common::maps::{CONFIG_MAP, COOKIES_MAP, COUNTERS_MAP, PEERS_MAP};
+use agent_common::maps::{CONFIG_MAP, COOKIES_MAP, COUNTERS_MAP, LEGACY_COUNTERS_MAP, PEERS_MAP};
 use agent_common::{
     ipv4_raw, ipv6_raw, ConfigV1, ConnInfoV1, PeerKeyV1, AF_INET, AF_INET6, CONFIG_FLAG_V4,
     CONFIG_FLAG_V6, COUNTER_COUNT, EXEMPT_SLOTS,
 };
 use aya::maps::{Array, HashMap, IterableMap, MapData, MapError, PerCpuArray};
-use aya::programs::{CgroupSockAddr, ProgramError, SockOps};
+use aya::programs::{CgroupSkb, CgroupSockAddr, ProgramError, SockOps};
 use aya::Ebpf;
 
 mod bpf_sys;
 mod bpffs;
+pub mod forward_guard;
 pub mod links;
+pub mod pin_lock;
+
+use pin_lock::PinLock;
 
 /// The eBPF object built by `cargo xtask build-ebpf`, embedded at compile time (see build.rs).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("IAMLET_EBPF_OBJECT"));
@@ -110,6 +124,17 @@ pub enum Error {
     Bpffs { path: PathBuf, reason: String },
     #[error("at least one listener address (IPv4 or IPv6) is required")]
     NoListener,
+    #[error(transparent)]
+    Lock(#[from] pin_lock::LockError),
+    #[error("the node's forwarding guard: {0}")]
+    ForwardGuard(#[from] forward_guard::GuardError),
+    #[error("listing the programs attached to {} ({hook}): {source}", cgroup.display())]
+    Query {
+        hook: &'static str,
+        cgroup: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// What the datapath needs to know.
@@ -128,6 +153,34 @@ pub struct DatapathConfig {
     pub exempt_cgroup_ids: [u64; EXEMPT_SLOTS],
     /// What to leave behind on exit.
     pub on_exit: OnExit,
+    /// Install (and keep) the node's forwarding guard (see [`forward_guard`]).
+    pub forward_guard: bool,
+}
+
+/// What [`Datapath::check`] had to put back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Repair {
+    /// A program was no longer attached to the cgroup (or no longer in its link): attached
+    /// or swapped back in.
+    Program(&'static str),
+    /// A link's pin was missing or named another link.
+    LinkPin(&'static str),
+    /// A map's pin was missing.
+    MapPin(&'static str),
+    /// Rules of the forwarding guard were missing.
+    ForwardGuard,
+}
+
+impl Repair {
+    /// What was repaired, for metrics (`program`, `link_pin`, `map_pin`, `forward_guard`).
+    pub fn kind(self) -> &'static str {
+        match self {
+            Repair::Program(_) => "program",
+            Repair::LinkPin(_) => "link_pin",
+            Repair::MapPin(_) => "map_pin",
+            Repair::ForwardGuard => "forward_guard",
+        }
+    }
 }
 
 /// The loaded programs, the maps the agent reads, and what to leave behind on exit.
@@ -146,6 +199,14 @@ pub struct Datapath {
     handed_over: AtomicBool,
     /// The programs are on the cgroup (so detaching on exit has something to undo).
     attached: AtomicBool,
+    /// The pin directory's lock, held for the agent's life (taken again on a re-created
+    /// directory).
+    lock: Mutex<PinLock>,
+    /// This agent's link of each of [`links::HOOKS`], once attached.
+    links: Mutex<Vec<Option<OwnedFd>>>,
+    /// Kernel ids of this agent's programs, in [`links::HOOKS`] order.
+    prog_ids: Vec<u32>,
+    forward_guard: bool,
 }
 
 struct Previous {
@@ -215,12 +276,17 @@ fn map_err(name: &'static str) -> impl Fn(MapError) -> Error {
 }
 
 impl Datapath {
-    /// Loads and configures the programs and pins this agent's maps in place of a
-    /// predecessor's (whose peers map is kept open for [`Datapath::lookup`]). Pods see nothing
-    /// of it until [`Datapath::attach`].
-    pub fn load(cfg: &DatapathConfig) -> Result<Self, Error> {
+    /// Takes the pin directory (a predecessor's lock when it handed one over, else a fresh
+    /// one: another live agent makes this fail), loads and configures the programs. Pods see
+    /// nothing of it until [`Datapath::attach`], which also pins this agent's maps in place of
+    /// a predecessor's (whose peers map is kept open for [`Datapath::lookup`]).
+    pub fn load(cfg: &DatapathConfig, inherited_lock: Option<OwnedFd>) -> Result<Self, Error> {
         let value = config_value(cfg.listen_v4, cfg.listen_v6, cfg.exempt_cgroup_ids)?;
         bpffs::ensure(&cfg.pin_dir)?;
+        let lock = match inherited_lock {
+            Some(fd) => PinLock::inherit(fd, &cfg.pin_dir)?,
+            None => PinLock::acquire(&cfg.pin_dir)?,
+        };
 
         let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(|e| Error::Load {
             source: Box::new(e),
@@ -234,8 +300,9 @@ impl Datapath {
                 Array::try_from(map).map_err(map_err(CONFIG_MAP))?;
             config.set(0, value, 0).map_err(map_err(CONFIG_MAP))?;
         }
+        let mut prog_ids = Vec::new();
         for hook in links::HOOKS {
-            load_program(&mut ebpf, &hook)?;
+            prog_ids.push(load_program(&mut ebpf, &hook)?);
         }
 
         let previous = bpffs::open_previous_peers(&cfg.pin_dir.join(PEERS_MAP)).map(|peers| {
@@ -262,7 +329,16 @@ impl Datapath {
             on_exit: cfg.on_exit,
             handed_over: AtomicBool::new(false),
             attached: AtomicBool::new(false),
+            lock: Mutex::new(lock),
+            links: Mutex::new(links::HOOKS.iter().map(|_| None).collect()),
+            prog_ids,
+            forward_guard: cfg.forward_guard,
         })
+    }
+
+    /// A copy of the pin directory's locked descriptor, for a successor.
+    pub fn share_lock(&self) -> io::Result<OwnedFd> {
+        self.lock.lock().unwrap_or_else(|p| p.into_inner()).share()
     }
 
     /// Puts the programs on the cgroup: adopts the pinned links of a predecessor (swapping
@@ -285,6 +361,7 @@ impl Datapath {
             (PEERS_MAP, Some(IterableMap::map(&self.peers))),
             (COUNTERS_MAP, Some(IterableMap::map(&self.counters))),
         ];
+        bpffs::remove_pin(&self.pin_dir.join(LEGACY_COUNTERS_MAP));
         for (name, data) in pins {
             let data = data.ok_or(Error::Missing { what: "map", name })?;
             let path = self.pin_dir.join(name);
@@ -295,12 +372,21 @@ impl Datapath {
                 source,
             })?;
         }
-        for hook in links::HOOKS {
+        if self.forward_guard {
+            let added = forward_guard::install()?;
+            tracing::info!(
+                added,
+                priority = forward_guard::GUARD_PRIORITY,
+                "forwarding guard in place: the node forwards nothing to the metadata service"
+            );
+        }
+        let mut held = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        for (slot, hook) in held.iter_mut().zip(links::HOOKS) {
             let program = ebpf.program_mut(hook.program).ok_or(Error::Missing {
                 what: "program",
                 name: hook.program,
             })?;
-            let outcome = links::install(
+            let (outcome, fd) = links::install(
                 program,
                 &hook,
                 &cgroup,
@@ -308,9 +394,11 @@ impl Datapath {
                 cgroup_id,
                 &self.pin_dir,
             )?;
+            *slot = Some(fd);
             self.attached.store(true, Ordering::SeqCst);
             tracing::info!(program = hook.program, hook = hook.hook, cgroup = %self.cgroup.display(), ?outcome, "program in place");
         }
+        drop(held);
         if let Some(previous) = self
             .previous
             .lock()
@@ -320,6 +408,95 @@ impl Datapath {
             previous.until = Some(Instant::now() + PREVIOUS_WINDOW);
         }
         Ok(())
+    }
+
+    /// Checks that this agent's programs are attached to the cgroup through its links, that
+    /// the links and maps are pinned, and that the forwarding guard is in place; puts back
+    /// whatever is missing and says what it did. Does nothing once a successor took over.
+    pub fn check(&self) -> Result<Vec<Repair>, Error> {
+        let mut repairs = Vec::new();
+        if self.handed_over.load(Ordering::SeqCst) || !self.attached.load(Ordering::SeqCst) {
+            return Ok(repairs);
+        }
+        let cgroup = File::open(&self.cgroup).map_err(|source| Error::OpenCgroup {
+            path: self.cgroup.clone(),
+            source,
+        })?;
+        let cgroup_id = crate::cgroup::cgroup_id(&self.cgroup).map_err(|e| Error::OpenCgroup {
+            path: self.cgroup.clone(),
+            source: io::Error::other(e.to_string()),
+        })?;
+        // A removed pin directory comes back, locked again (else a second agent could take
+        // the new one).
+        bpffs::ensure(&self.pin_dir)?;
+        {
+            let mut lock = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            if !lock.is_current(&self.pin_dir) {
+                *lock = PinLock::acquire(&self.pin_dir)?;
+                tracing::warn!(pin_dir = %self.pin_dir.display(), "the pin directory was re-created; locked it again");
+            }
+        }
+        let mut ebpf = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
+        let mut held = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        for ((slot, hook), prog_id) in held.iter_mut().zip(links::HOOKS).zip(&self.prog_ids) {
+            let attached =
+                bpf_sys::prog_query(cgroup.as_fd(), hook.attach_type).map_err(|source| {
+                    Error::Query {
+                        hook: hook.hook,
+                        cgroup: self.cgroup.clone(),
+                        source,
+                    }
+                })?;
+            if !attached.contains(prog_id) {
+                tracing::error!(program = hook.program, hook = hook.hook, cgroup = %self.cgroup.display(), "this agent's program is no longer attached; putting it back");
+                let program = ebpf.program_mut(hook.program).ok_or(Error::Missing {
+                    what: "program",
+                    name: hook.program,
+                })?;
+                let (outcome, fd) = links::install(
+                    program,
+                    &hook,
+                    &cgroup,
+                    &self.cgroup,
+                    cgroup_id,
+                    &self.pin_dir,
+                )?;
+                tracing::warn!(program = hook.program, ?outcome, "program back in place");
+                *slot = Some(fd);
+                repairs.push(Repair::Program(hook.program));
+            } else if let Some(fd) = slot.as_ref() {
+                if links::repin(fd, &hook, &self.pin_dir)? {
+                    tracing::warn!(program = hook.program, pin_dir = %self.pin_dir.display(), "the link's pin was removed; pinned it again (the program stayed attached)");
+                    repairs.push(Repair::LinkPin(hook.program));
+                }
+            }
+        }
+        drop(held);
+        let maps: [(&'static str, Option<&MapData>); 4] = [
+            (CONFIG_MAP, ebpf.map(CONFIG_MAP).and_then(map_data)),
+            (COOKIES_MAP, ebpf.map(COOKIES_MAP).and_then(map_data)),
+            (PEERS_MAP, Some(IterableMap::map(&self.peers))),
+            (COUNTERS_MAP, Some(IterableMap::map(&self.counters))),
+        ];
+        for (name, data) in maps {
+            let path = self.pin_dir.join(name);
+            if path.exists() {
+                continue;
+            }
+            let data = data.ok_or(Error::Missing { what: "map", name })?;
+            data.pin(&path).map_err(|source| Error::Pin {
+                name,
+                path: path.clone(),
+                source,
+            })?;
+            repairs.push(Repair::MapPin(name));
+        }
+        drop(ebpf);
+        if self.forward_guard && forward_guard::install()? > 0 {
+            tracing::warn!("rules of the forwarding guard were removed; added them again");
+            repairs.push(Repair::ForwardGuard);
+        }
+        Ok(repairs)
     }
 
     /// Whether a successor has this agent's listeners and adopts its links (exit then leaves
@@ -388,14 +565,29 @@ impl Drop for Datapath {
             return;
         }
         match self.on_exit {
-            OnExit::Keep => tracing::warn!(
-                %cgroup,
-                pin_dir = %self.pin_dir.display(),
-                "leaving the programs attached (--on-exit keep): pods' metadata connects are refused until an agent runs again; remove the pin directory to detach"
-            ),
+            OnExit::Keep => {
+                // The links outlive this process only through their pins: put back any that
+                // went missing since the last check.
+                if let Err(e) = self.check() {
+                    tracing::error!(error = %e, "could not check the pins before exiting");
+                }
+                tracing::warn!(
+                    %cgroup,
+                    pin_dir = %self.pin_dir.display(),
+                    "leaving the programs attached (--on-exit keep): pods' metadata connects are refused until an agent runs again; remove the pin directory to detach"
+                )
+            }
             OnExit::Detach => {
                 let links = links::unpin_all(&self.pin_dir);
                 bpffs::remove_map_pins(&self.pin_dir);
+                if self.forward_guard {
+                    match forward_guard::remove() {
+                        Ok(rules) => tracing::info!(rules, "removed the forwarding guard"),
+                        Err(e) => {
+                            tracing::error!(error = %e, "could not remove the forwarding guard")
+                        }
+                    }
+                }
                 tracing::info!(%cgroup, links, "detached the programs and removed the pins");
             }
         }
@@ -411,7 +603,8 @@ fn map_data(map: &aya::maps::Map) -> Option<&MapData> {
     }
 }
 
-fn load_program(ebpf: &mut Ebpf, hook: &links::Hook) -> Result<(), Error> {
+/// Loads the program of `hook` and returns its kernel id.
+fn load_program(ebpf: &mut Ebpf, hook: &links::Hook) -> Result<u32, Error> {
     let program = ebpf.program_mut(hook.program).ok_or(Error::Missing {
         what: "program",
         name: hook.program,
@@ -421,13 +614,21 @@ fn load_program(ebpf: &mut Ebpf, hook: &links::Hook) -> Result<(), Error> {
         hook: hook.hook,
         source: Box::new(source),
     };
-    if hook.hook == "sock_ops" {
-        let prog: &mut SockOps = program.try_into().map_err(load_err)?;
-        prog.load().map_err(load_err)
-    } else {
-        let prog: &mut CgroupSockAddr = program.try_into().map_err(load_err)?;
-        prog.load().map_err(load_err)
+    match hook.hook {
+        "sock_ops" => {
+            let prog: &mut SockOps = (&mut *program).try_into().map_err(load_err)?;
+            prog.load().map_err(load_err)?;
+        }
+        "cgroup_skb/egress" => {
+            let prog: &mut CgroupSkb = (&mut *program).try_into().map_err(load_err)?;
+            prog.load().map_err(load_err)?;
+        }
+        _ => {
+            let prog: &mut CgroupSockAddr = (&mut *program).try_into().map_err(load_err)?;
+            prog.load().map_err(load_err)?;
+        }
     }
+    Ok(program.info().map_err(load_err)?.id())
 }
 
 #[cfg(test)]

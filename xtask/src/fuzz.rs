@@ -1,0 +1,148 @@
+//! `cargo xtask fuzz [--seconds N | --runs N] [TARGET...]`: builds the libFuzzer targets of
+//! `agent/fuzz` on the stable toolchain (coverage through `-C passes=sancov-module`, the way
+//! cargo-fuzz does without its nightly-only sanitizer flags) and runs each from its committed
+//! corpus (`agent/fuzz/corpus/<target>`, read only: new inputs go to `target/fuzz/corpus`).
+//! Prints executions per target and a `test result:` line; a crash fails with the input
+//! saved under `target/fuzz/artifacts/<target>/`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+/// The targets, as in `agent/fuzz/Cargo.toml` and `iamlet::fuzzing::TARGETS`.
+pub const TARGETS: &[&str] = &[
+    "paths",
+    "token",
+    "bindings",
+    "role_arn",
+    "cgroup_pod",
+    "annotations",
+    "time",
+    "connect",
+    "egress",
+];
+
+/// Coverage instrumentation for libFuzzer, on stable (applied to the target only, not to
+/// build scripts and proc macros, by building for an explicit `--target`).
+const RUSTFLAGS: &str = "-Cpasses=sancov-module \
+-Cllvm-args=-sanitizer-coverage-level=4 \
+-Cllvm-args=-sanitizer-coverage-inline-8bit-counters \
+-Cllvm-args=-sanitizer-coverage-pc-table \
+-Cllvm-args=-sanitizer-coverage-trace-compares \
+--cfg fuzzing -Cdebug-assertions -Coverflow-checks";
+
+/// How long (or how many inputs) each target runs.
+#[derive(Clone, Copy, Debug)]
+pub enum Budget {
+    /// Seconds per target.
+    Seconds(u64),
+    /// Executions per target.
+    Runs(u64),
+}
+
+fn host_triple() -> Result<String> {
+    let out = Command::new("rustc").arg("-vV").output()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_owned))
+        .context("rustc -vV printed no host triple")
+}
+
+/// Builds every target; returns the directory of the binaries.
+fn build(root: &Path) -> Result<PathBuf> {
+    let triple = host_triple()?;
+    let target_dir = root.join("target/fuzz");
+    crate::run(
+        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .current_dir(root)
+            .env("RUSTFLAGS", RUSTFLAGS)
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .args([
+                "build",
+                "--locked",
+                "--profile",
+                "fuzz",
+                "-p",
+                "iamlet-fuzz",
+                "--bins",
+            ])
+            .args(["--target", &triple, "--target-dir"])
+            .arg(&target_dir),
+    )?;
+    Ok(target_dir.join(triple).join("fuzz"))
+}
+
+/// `stat::number_of_executed_units` from libFuzzer's final stats.
+fn executions(stderr: &str) -> Option<u64> {
+    stderr.lines().rev().find_map(|l| {
+        l.strip_prefix("stat::number_of_executed_units:")
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
+/// Builds and runs the targets (all when `only` is empty).
+pub fn run(root: &Path, budget: Budget, only: &[String]) -> Result<()> {
+    for name in only {
+        if !TARGETS.contains(&name.as_str()) {
+            bail!("no fuzz target {name:?} (targets: {})", TARGETS.join(", "));
+        }
+    }
+    let bins = build(root)?;
+    let mut passed = 0;
+    let mut failed = Vec::new();
+    for target in TARGETS
+        .iter()
+        .filter(|t| only.is_empty() || only.iter().any(|o| o == *t))
+    {
+        let seeds = root.join("agent/fuzz/corpus").join(target);
+        let work = root.join("target/fuzz/corpus").join(target);
+        let artifacts = root.join("target/fuzz/artifacts").join(target);
+        for dir in [&work, &artifacts] {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let mut cmd = Command::new(bins.join(target));
+        cmd.arg(&work)
+            .arg(&seeds)
+            .arg(format!("-artifact_prefix={}/", artifacts.display()))
+            .arg("-print_final_stats=1")
+            .arg("-max_len=4096");
+        match budget {
+            Budget::Seconds(s) => cmd.arg(format!("-max_total_time={s}")),
+            Budget::Runs(n) => cmd.arg(format!("-runs={n}")),
+        };
+        let started = Instant::now();
+        let out = cmd
+            .output()
+            .with_context(|| format!("running fuzz target {target}"))?;
+        let secs = started.elapsed().as_secs_f64();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let execs = executions(&stderr).unwrap_or(0);
+        if out.status.success() {
+            passed += 1;
+            println!(
+                "fuzz {target}: {execs} executions in {secs:.0} s ({:.0}/s), no crash",
+                execs as f64 / secs.max(0.001)
+            );
+        } else {
+            let tail: Vec<&str> = stderr.lines().rev().take(30).collect();
+            eprintln!(
+                "fuzz {target}: FAILED after {execs} executions ({}); the input is under {}\n{}",
+                out.status,
+                artifacts.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+            failed.push(*target);
+        }
+    }
+    println!(
+        "test result: {}. {passed} passed; {} failed; 0 ignored; 0 measured; 0 filtered out (fuzz targets)",
+        if failed.is_empty() { "ok" } else { "FAILED" },
+        failed.len()
+    );
+    if !failed.is_empty() {
+        bail!("fuzz targets failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
