@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::Admin;
@@ -28,6 +27,10 @@ use crate::proxy::Proxy;
 use crate::roles::{self, NoRoles, RoleResolver, StaticBindings};
 use crate::server::{self, AcceptControl, ServerLimits};
 use crate::sts::{Sts, StsSettings};
+
+mod sockets;
+
+use sockets::{listen, offered, raise_open_file_limit};
 
 /// Errors that stop the agent.
 #[derive(Debug, thiserror::Error)]
@@ -58,49 +61,6 @@ pub enum Error {
     Kube(String),
     #[error("could not share the pin directory's lock for a handover: {0}")]
     ShareLock(#[source] std::io::Error),
-}
-
-/// The listener on `addr`: the running agent's socket when it handed it over, else a new one.
-async fn listen(
-    addr: SocketAddr,
-    predecessor: Option<&mut Predecessor>,
-) -> Result<TcpListener, Error> {
-    let listen_err = |source| Error::Listen { addr, source };
-    if let Some(inherited) = predecessor.and_then(|p| p.take_listener(addr)) {
-        tracing::info!(%addr, "listening on the socket the running agent handed over");
-        inherited.set_nonblocking(true).map_err(listen_err)?;
-        return TcpListener::from_std(inherited).map_err(listen_err);
-    }
-    bind_listener(addr).map_err(listen_err)
-}
-
-/// Backlog of the listening sockets: room for bursts of pods starting at once while the
-/// accept loop (which never waits for anything but the kernel) drains it. The kernel caps
-/// it at `net.core.somaxconn`.
-const LISTEN_BACKLOG: u32 = 4096;
-
-fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = match addr {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
-}
-
-/// A copy of a listening socket, to hand over to a successor.
-fn offered(listener: &TcpListener) -> Result<(SocketAddr, std::os::fd::OwnedFd), Error> {
-    use std::os::fd::AsFd;
-    let addr = listener.local_addr().map_err(|source| Error::Listen {
-        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-        source,
-    })?;
-    let fd = listener
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(|source| Error::Listen { addr, source })?;
-    Ok((addr, fd))
 }
 
 /// How this agent steps aside when a successor takes over.
@@ -399,22 +359,6 @@ async fn watch_datapath(
                 admin.set_datapath_ok(false);
             }
             Err(e) => tracing::error!(error = %e, "datapath check panicked"),
-        }
-    }
-}
-
-/// Raises the soft open-file limit to the hard one: every pod connection is a descriptor,
-/// and a soft limit of 1024 would make accept fail under a burst long before the
-/// connection limits apply.
-fn raise_open_file_limit() {
-    use rustix::process::{getrlimit, setrlimit, Resource};
-    let mut limit = getrlimit(Resource::Nofile);
-    if limit.current < limit.maximum {
-        let from = limit.current;
-        limit.current = limit.maximum;
-        match setrlimit(Resource::Nofile, limit) {
-            Ok(()) => tracing::debug!(?from, to = ?limit.current, "raised the open-file limit"),
-            Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
         }
     }
 }

@@ -700,3 +700,38 @@ fn chart_with_every_option_renders_agent_flags_only() {
     assert_eq!(port.port, i32::from(ADMIN_PORT));
     assert_eq!(objects.others, ["ServiceMonitor"]);
 }
+
+/// The memory limit of the agent container, and its `--max-connections`.
+fn memory_limit_and_connections(text: &str) -> (String, usize) {
+    let objects = parse(text);
+    let container = agent_container(only(&objects.daemonsets, "DaemonSet"));
+    let limit = container
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.as_ref())
+        .and_then(|l| l.get("memory"))
+        .map(|q| q.0.clone())
+        .expect("a memory limit");
+    let conns = flag(args(container), "max-connections")
+        .expect("--max-connections")
+        .parse()
+        .expect("a number");
+    (limit, conns)
+}
+
+#[test]
+fn the_memory_limit_follows_the_connection_bound() {
+    // 128 MiB of base, 13 KiB per connection held, 16 MiB of request bytes.
+    let derived = |conns: usize| format!("{}Mi", 128 + (conns * 13).div_ceil(1024) + 16);
+    let (limit, conns) = memory_limit_and_connections(&committed().0);
+    assert_eq!((limit.as_str(), conns), (derived(4096).as_str(), 4096));
+    let Some(helm) = helm_or_skip("the_memory_limit_follows_the_connection_bound") else {
+        return;
+    };
+    let (limit, conns) =
+        memory_limit_and_connections(&render(&helm, &["--set", "agent.maxConnections=16384"]));
+    assert_eq!((limit, conns), (derived(16384), 16384));
+    let (limit, _) =
+        memory_limit_and_connections(&render(&helm, &["--set", "resources.limits.memory=1Gi"]));
+    assert_eq!(limit, "1Gi", "an explicit limit is kept");
+}

@@ -24,7 +24,7 @@
 use std::fs::File;
 use std::io;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -44,6 +44,9 @@ mod bpffs;
 pub mod forward_guard;
 pub mod links;
 pub mod pin_lock;
+mod repair;
+
+pub use repair::Repair;
 
 use pin_lock::PinLock;
 
@@ -155,32 +158,6 @@ pub struct DatapathConfig {
     pub on_exit: OnExit,
     /// Install (and keep) the node's forwarding guard (see [`forward_guard`]).
     pub forward_guard: bool,
-}
-
-/// What [`Datapath::check`] had to put back.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Repair {
-    /// A program was no longer attached to the cgroup (or no longer in its link): attached
-    /// or swapped back in.
-    Program(&'static str),
-    /// A link's pin was missing or named another link.
-    LinkPin(&'static str),
-    /// A map's pin was missing.
-    MapPin(&'static str),
-    /// Rules of the forwarding guard were missing.
-    ForwardGuard,
-}
-
-impl Repair {
-    /// What was repaired, for metrics (`program`, `link_pin`, `map_pin`, `forward_guard`).
-    pub fn kind(self) -> &'static str {
-        match self {
-            Repair::Program(_) => "program",
-            Repair::LinkPin(_) => "link_pin",
-            Repair::MapPin(_) => "map_pin",
-            Repair::ForwardGuard => "forward_guard",
-        }
-    }
 }
 
 /// The loaded programs, the maps the agent reads, and what to leave behind on exit.
@@ -408,95 +385,6 @@ impl Datapath {
             previous.until = Some(Instant::now() + PREVIOUS_WINDOW);
         }
         Ok(())
-    }
-
-    /// Checks that this agent's programs are attached to the cgroup through its links, that
-    /// the links and maps are pinned, and that the forwarding guard is in place; puts back
-    /// whatever is missing and says what it did. Does nothing once a successor took over.
-    pub fn check(&self) -> Result<Vec<Repair>, Error> {
-        let mut repairs = Vec::new();
-        if self.handed_over.load(Ordering::SeqCst) || !self.attached.load(Ordering::SeqCst) {
-            return Ok(repairs);
-        }
-        let cgroup = File::open(&self.cgroup).map_err(|source| Error::OpenCgroup {
-            path: self.cgroup.clone(),
-            source,
-        })?;
-        let cgroup_id = crate::cgroup::cgroup_id(&self.cgroup).map_err(|e| Error::OpenCgroup {
-            path: self.cgroup.clone(),
-            source: io::Error::other(e.to_string()),
-        })?;
-        // A removed pin directory comes back, locked again (else a second agent could take
-        // the new one).
-        bpffs::ensure(&self.pin_dir)?;
-        {
-            let mut lock = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-            if !lock.is_current(&self.pin_dir) {
-                *lock = PinLock::acquire(&self.pin_dir)?;
-                tracing::warn!(pin_dir = %self.pin_dir.display(), "the pin directory was re-created; locked it again");
-            }
-        }
-        let mut ebpf = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
-        let mut held = self.links.lock().unwrap_or_else(|p| p.into_inner());
-        for ((slot, hook), prog_id) in held.iter_mut().zip(links::HOOKS).zip(&self.prog_ids) {
-            let attached =
-                bpf_sys::prog_query(cgroup.as_fd(), hook.attach_type).map_err(|source| {
-                    Error::Query {
-                        hook: hook.hook,
-                        cgroup: self.cgroup.clone(),
-                        source,
-                    }
-                })?;
-            if !attached.contains(prog_id) {
-                tracing::error!(program = hook.program, hook = hook.hook, cgroup = %self.cgroup.display(), "this agent's program is no longer attached; putting it back");
-                let program = ebpf.program_mut(hook.program).ok_or(Error::Missing {
-                    what: "program",
-                    name: hook.program,
-                })?;
-                let (outcome, fd) = links::install(
-                    program,
-                    &hook,
-                    &cgroup,
-                    &self.cgroup,
-                    cgroup_id,
-                    &self.pin_dir,
-                )?;
-                tracing::warn!(program = hook.program, ?outcome, "program back in place");
-                *slot = Some(fd);
-                repairs.push(Repair::Program(hook.program));
-            } else if let Some(fd) = slot.as_ref() {
-                if links::repin(fd, &hook, &self.pin_dir)? {
-                    tracing::warn!(program = hook.program, pin_dir = %self.pin_dir.display(), "the link's pin was removed; pinned it again (the program stayed attached)");
-                    repairs.push(Repair::LinkPin(hook.program));
-                }
-            }
-        }
-        drop(held);
-        let maps: [(&'static str, Option<&MapData>); 4] = [
-            (CONFIG_MAP, ebpf.map(CONFIG_MAP).and_then(map_data)),
-            (COOKIES_MAP, ebpf.map(COOKIES_MAP).and_then(map_data)),
-            (PEERS_MAP, Some(IterableMap::map(&self.peers))),
-            (COUNTERS_MAP, Some(IterableMap::map(&self.counters))),
-        ];
-        for (name, data) in maps {
-            let path = self.pin_dir.join(name);
-            if path.exists() {
-                continue;
-            }
-            let data = data.ok_or(Error::Missing { what: "map", name })?;
-            data.pin(&path).map_err(|source| Error::Pin {
-                name,
-                path: path.clone(),
-                source,
-            })?;
-            repairs.push(Repair::MapPin(name));
-        }
-        drop(ebpf);
-        if self.forward_guard && forward_guard::install()? > 0 {
-            tracing::warn!("rules of the forwarding guard were removed; added them again");
-            repairs.push(Repair::ForwardGuard);
-        }
-        Ok(repairs)
     }
 
     /// Whether a successor has this agent's listeners and adopts its links (exit then leaves

@@ -90,8 +90,10 @@ impl TokenKey {
         if token.len() > 128 {
             return Err(TokenError::Malformed);
         }
+        // Exactly what was minted: the HTTP parser has already taken the field's surrounding
+        // whitespace away, and any other byte makes it another token.
         let raw = URL_SAFE_NO_PAD
-            .decode(token.trim())
+            .decode(token)
             .map_err(|_| TokenError::Malformed)?;
         if raw.len() != TOKEN_LEN || raw[0] != VERSION {
             return Err(TokenError::Malformed);
@@ -157,6 +159,10 @@ mod tests {
         );
         for junk in ["", "abc", "!!!!", &"A".repeat(200), &t[..t.len() - 1]] {
             assert!(key.verify(junk, b"pod-a", 1000).is_err(), "{junk:?}");
+        }
+        // Only the exact token: padding (found by the fuzzer) makes it another one.
+        for padded in [format!("\x0c{t}\t"), format!(" {t}"), format!("{t}\n")] {
+            assert!(key.verify(&padded, b"pod-a", 1000).is_err(), "{padded:?}");
         }
     }
 

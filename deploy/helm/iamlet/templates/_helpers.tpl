@@ -80,6 +80,10 @@ are left out, so the agent's own default applies.
 {{- end }}
 - --handover-socket={{ $a.handoverDir }}/handover.sock
 - --on-exit={{ $a.onExit }}
+- --max-connections={{ int $a.maxConnections }}
+- --max-connections-per-pod={{ int $a.maxConnectionsPerPod }}
+- --max-waiting-per-pod={{ int $a.maxWaitingPerPod }}
+- --forward-guard={{ $a.forwardGuard }}
 {{- with $a.baseRoleArn }}
 - --base-role-arn={{ . }}
 {{- end }}
@@ -107,4 +111,19 @@ are left out, so the agent's own default applies.
 {{- range $a.extraArgs }}
 - {{ . | quote }}
 {{- end }}
+{{- end }}
+
+{{/*
+The container's resources: as given, with the memory limit derived from the agent's bounds
+when none is given (memoryBaseMi + maxConnections x 13 KiB + 16 MiB of request bytes).
+*/}}
+{{- define "iamlet.resources" -}}
+{{- $r := deepCopy (.Values.resources | default dict) -}}
+{{- $limits := $r.limits | default dict -}}
+{{- if not $limits.memory -}}
+{{- $connMi := div (add (mul (int .Values.agent.maxConnections) 13) 1023) 1024 -}}
+{{- $_ := set $limits "memory" (printf "%dMi" (add (int .Values.memoryBaseMi) $connMi 16)) -}}
+{{- end -}}
+{{- $_ := set $r "limits" $limits -}}
+{{- toYaml $r }}
 {{- end }}

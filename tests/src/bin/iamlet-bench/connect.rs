@@ -73,7 +73,11 @@ pub fn bench_connect() -> Result<()> {
         .stdout(std::process::Stdio::null());
     let _sink = ChildGuard::spawn(&mut sink)?;
     node.wait_listening(plain, Duration::from_secs(10))?;
-    let _agent = Agent::start(&node, &["--log", "warn"])?;
+    // Extra agent flags for an A/B run, e.g. IAMLET_BENCH_AGENT_ARGS="--forward-guard off".
+    let extra = std::env::var("IAMLET_BENCH_AGENT_ARGS").unwrap_or_default();
+    let mut args = vec!["--log", "warn"];
+    args.extend(extra.split_whitespace());
+    let _agent = Agent::start(&node, &args)?;
 
     let cases: [(&str, bool, SocketAddr); 4] = [
         ("redirected dst, programs attached", true, imds),
