@@ -313,6 +313,51 @@ impl Datapath {
         })
     }
 
+    /// The attached cgroup, opened, and its id.
+    fn open_cgroup(&self) -> Result<(File, u64), Error> {
+        let cgroup = File::open(&self.cgroup).map_err(|source| Error::OpenCgroup {
+            path: self.cgroup.clone(),
+            source,
+        })?;
+        let id = crate::cgroup::cgroup_id(&self.cgroup).map_err(|e| Error::OpenCgroup {
+            path: self.cgroup.clone(),
+            source: io::Error::other(e.to_string()),
+        })?;
+        Ok((cgroup, id))
+    }
+
+    /// The maps this agent pins, by name.
+    fn maps_to_pin<'a>(&'a self, ebpf: &'a Ebpf) -> [(&'static str, Option<&'a MapData>); 4] {
+        [
+            (CONFIG_MAP, ebpf.map(CONFIG_MAP).and_then(map_data)),
+            (COOKIES_MAP, ebpf.map(COOKIES_MAP).and_then(map_data)),
+            (PEERS_MAP, Some(IterableMap::map(&self.peers))),
+            (COUNTERS_MAP, Some(IterableMap::map(&self.counters))),
+        ]
+    }
+
+    /// Puts this agent's program of `hook` on the cgroup (see [`links::install`]).
+    fn install(
+        &self,
+        ebpf: &mut Ebpf,
+        hook: &links::Hook,
+        cgroup: &File,
+        cgroup_id: u64,
+    ) -> Result<(links::Outcome, OwnedFd), Error> {
+        let program = ebpf.program_mut(hook.program).ok_or(Error::Missing {
+            what: "program",
+            name: hook.program,
+        })?;
+        links::install(
+            program,
+            hook,
+            cgroup,
+            &self.cgroup,
+            cgroup_id,
+            &self.pin_dir,
+        )
+    }
+
     /// A copy of the pin directory's locked descriptor, for a successor.
     pub fn share_lock(&self) -> io::Result<OwnedFd> {
         self.lock.lock().unwrap_or_else(|p| p.into_inner()).share()
@@ -321,23 +366,11 @@ impl Datapath {
     /// Puts the programs on the cgroup: adopts the pinned links of a predecessor (swapping
     /// the programs atomically) or attaches and pins new ones.
     pub fn attach(&self) -> Result<(), Error> {
-        let cgroup = File::open(&self.cgroup).map_err(|source| Error::OpenCgroup {
-            path: self.cgroup.clone(),
-            source,
-        })?;
-        let cgroup_id = crate::cgroup::cgroup_id(&self.cgroup).map_err(|e| Error::OpenCgroup {
-            path: self.cgroup.clone(),
-            source: io::Error::other(e.to_string()),
-        })?;
+        let (cgroup, cgroup_id) = self.open_cgroup()?;
         let mut ebpf = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
         // This agent's maps replace the predecessor's pins only now that it takes over, so
         // an agent that fails to start leaves the running one's pins alone.
-        let pins: [(&'static str, Option<&MapData>); 4] = [
-            (CONFIG_MAP, ebpf.map(CONFIG_MAP).and_then(map_data)),
-            (COOKIES_MAP, ebpf.map(COOKIES_MAP).and_then(map_data)),
-            (PEERS_MAP, Some(IterableMap::map(&self.peers))),
-            (COUNTERS_MAP, Some(IterableMap::map(&self.counters))),
-        ];
+        let pins = self.maps_to_pin(&ebpf);
         bpffs::remove_pin(&self.pin_dir.join(LEGACY_COUNTERS_MAP));
         for (name, data) in pins {
             let data = data.ok_or(Error::Missing { what: "map", name })?;
@@ -359,18 +392,7 @@ impl Datapath {
         }
         let mut held = self.links.lock().unwrap_or_else(|p| p.into_inner());
         for (slot, hook) in held.iter_mut().zip(links::HOOKS) {
-            let program = ebpf.program_mut(hook.program).ok_or(Error::Missing {
-                what: "program",
-                name: hook.program,
-            })?;
-            let (outcome, fd) = links::install(
-                program,
-                &hook,
-                &cgroup,
-                &self.cgroup,
-                cgroup_id,
-                &self.pin_dir,
-            )?;
+            let (outcome, fd) = self.install(&mut ebpf, &hook, &cgroup, cgroup_id)?;
             *slot = Some(fd);
             self.attached.store(true, Ordering::SeqCst);
             tracing::info!(program = hook.program, hook = hook.hook, cgroup = %self.cgroup.display(), ?outcome, "program in place");

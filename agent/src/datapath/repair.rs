@@ -1,16 +1,11 @@
 //! [`Datapath::check`]: the agent's periodic look at its own attachment, putting back what
 //! was removed behind its back (see the module doc of `datapath`).
 
-use std::fs::File;
-use std::io;
 use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
 
-use agent_common::maps::{CONFIG_MAP, COOKIES_MAP, COUNTERS_MAP, PEERS_MAP};
-use aya::maps::{IterableMap, MapData};
-
 use super::pin_lock::PinLock;
-use super::{bpf_sys, bpffs, forward_guard, links, map_data, Datapath, Error};
+use super::{bpf_sys, bpffs, forward_guard, links, Datapath, Error};
 
 /// What [`Datapath::check`] had to put back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -47,14 +42,7 @@ impl Datapath {
         if self.handed_over.load(Ordering::SeqCst) || !self.attached.load(Ordering::SeqCst) {
             return Ok(repairs);
         }
-        let cgroup = File::open(&self.cgroup).map_err(|source| Error::OpenCgroup {
-            path: self.cgroup.clone(),
-            source,
-        })?;
-        let cgroup_id = crate::cgroup::cgroup_id(&self.cgroup).map_err(|e| Error::OpenCgroup {
-            path: self.cgroup.clone(),
-            source: io::Error::other(e.to_string()),
-        })?;
+        let (cgroup, cgroup_id) = self.open_cgroup()?;
         // A removed pin directory comes back, locked again (else a second agent could take
         // the new one).
         bpffs::ensure(&self.pin_dir)?;
@@ -78,18 +66,7 @@ impl Datapath {
                 })?;
             if !attached.contains(prog_id) {
                 tracing::error!(program = hook.program, hook = hook.hook, cgroup = %self.cgroup.display(), "this agent's program is no longer attached; putting it back");
-                let program = ebpf.program_mut(hook.program).ok_or(Error::Missing {
-                    what: "program",
-                    name: hook.program,
-                })?;
-                let (outcome, fd) = links::install(
-                    program,
-                    &hook,
-                    &cgroup,
-                    &self.cgroup,
-                    cgroup_id,
-                    &self.pin_dir,
-                )?;
+                let (outcome, fd) = self.install(&mut ebpf, &hook, &cgroup, cgroup_id)?;
                 tracing::warn!(program = hook.program, ?outcome, "program back in place");
                 *slot = Some(fd);
                 repairs.push(Repair::Program(hook.program));
@@ -101,13 +78,7 @@ impl Datapath {
             }
         }
         drop(held);
-        let maps: [(&'static str, Option<&MapData>); 4] = [
-            (CONFIG_MAP, ebpf.map(CONFIG_MAP).and_then(map_data)),
-            (COOKIES_MAP, ebpf.map(COOKIES_MAP).and_then(map_data)),
-            (PEERS_MAP, Some(IterableMap::map(&self.peers))),
-            (COUNTERS_MAP, Some(IterableMap::map(&self.counters))),
-        ];
-        for (name, data) in maps {
+        for (name, data) in self.maps_to_pin(&ebpf) {
             let path = self.pin_dir.join(name);
             if path.exists() {
                 continue;

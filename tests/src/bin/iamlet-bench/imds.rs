@@ -280,6 +280,23 @@ end
     )
 }
 
+/// The agent's flags in this benchmark: static credentials for the pod's role, no rate limit,
+/// no upstream, warnings only.
+fn agent_args(dir: &TempDir) -> Vec<String> {
+    vec![
+        "--bindings".into(),
+        dir.path("bindings.yaml").display().to_string(),
+        "--static-credentials".into(),
+        dir.path("creds.yaml").display().to_string(),
+        "--log".into(),
+        "warn".into(),
+        "--rate-limit".into(),
+        "0".into(),
+        "--upstream".into(),
+        "off".into(),
+    ]
+}
+
 /// An older build of the agent on a node of its own, for `IAMLET_BASELINE_BIN`.
 struct Baseline {
     bin: PathBuf,
@@ -299,24 +316,9 @@ impl Baseline {
             "kubepods-besteffort.slice/kubepods-besteffort-pod{uid}.slice/cri-containerd-{:064x}.scope",
             1
         ))?;
-        let bindings = dir.path("bindings.yaml").display().to_string();
-        let creds = dir.path("creds.yaml").display().to_string();
-        let agent = Agent::start_with_bin(
-            &node,
-            bin,
-            &[
-                "--bindings",
-                &bindings,
-                "--static-credentials",
-                &creds,
-                "--log",
-                "warn",
-                "--rate-limit",
-                "0",
-                "--upstream",
-                "off",
-            ],
-        )?;
+        let args = agent_args(dir);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let agent = Agent::start_with_bin(&node, bin, &args)?;
         let served = fetch_flow(&pod, &format!("http://{IMDS_V4}"), dir, "baseline")?;
         let token = String::from_utf8(served.token)?;
         let script = dir.path("flow-baseline.lua");
@@ -375,23 +377,9 @@ pub(crate) fn bench_imds() -> Result<()> {
         "kubepods-besteffort.slice/kubepods-besteffort-pod{uid}.slice/cri-containerd-{:064x}.scope",
         1
     ))?;
-    let bindings = dir.path("bindings.yaml").display().to_string();
-    let creds = dir.path("creds.yaml").display().to_string();
-    let agent = Agent::start(
-        &node,
-        &[
-            "--bindings",
-            &bindings,
-            "--static-credentials",
-            &creds,
-            "--log",
-            "warn",
-            "--rate-limit",
-            "0",
-            "--upstream",
-            "off",
-        ],
-    )?;
+    let args = agent_args(&dir);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agent = Agent::start(&node, &args)?;
     eprintln!(
         "iamlet: {} (pid {})",
         iamlet_tests::agent::agent_bin().display(),
