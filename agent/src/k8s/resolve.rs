@@ -164,6 +164,37 @@ pub fn session_name(pod: &PodInfo) -> String {
     sanitize_session_name(&short)
 }
 
+/// Largest compiled size of a namespace's `permitted` regex: a pattern that needs more (a
+/// pathological or hostile annotation) is refused instead of costing the agent time and
+/// memory on every pod of that namespace.
+const PERMITTED_REGEX_LIMIT: usize = 1 << 20;
+/// Compiled `permitted` patterns kept (pods of one namespace share theirs).
+const PERMITTED_CACHE: usize = 1024;
+
+/// The anchored regex of a `permitted` annotation, compiled once per distinct pattern.
+fn permitted_regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock, PoisonError};
+    static CACHE: OnceLock<Mutex<HashMap<String, regex::Regex>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some(re) = cache
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(pattern)
+    {
+        return Ok(re.clone());
+    }
+    let re = regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
+        .size_limit(PERMITTED_REGEX_LIMIT)
+        .build()?;
+    let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
+    if cache.len() >= PERMITTED_CACHE {
+        cache.clear();
+    }
+    cache.insert(pattern.to_owned(), re.clone());
+    Ok(re)
+}
+
 fn namespace_allows(
     policy: NamespacePolicy,
     namespace: &str,
@@ -174,7 +205,7 @@ fn namespace_allows(
         let pattern = ns.get(PERMITTED_ANNOTATION).ok_or_else(|| {
             format!("namespace {namespace} has no {PERMITTED_ANNOTATION} annotation")
         })?;
-        let re = regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
+        let re = permitted_regex(pattern).map_err(|e| {
             format!("namespace {namespace}: {PERMITTED_ANNOTATION} is not a valid regex: {e}")
         })?;
         if re.is_match(arn) {
@@ -338,6 +369,20 @@ mod tests {
             resolve(&s, &p, &BTreeMap::new(), &bad),
             Decision::Denied { .. }
         ));
+        // A pattern whose compiled form would be huge is refused, not compiled.
+        let huge = map(&[(PERMITTED_ANNOTATION, "(((a{100}){100}){100})")]);
+        let Decision::Denied { reason, .. } = resolve(&s, &p, &BTreeMap::new(), &huge) else {
+            panic!("a huge permitted regex was accepted");
+        };
+        assert!(reason.contains("not a valid regex"), "{reason}");
+        // The same pattern twice is compiled once and decides alike.
+        let ok = map(&[(PERMITTED_ANNOTATION, ".*")]);
+        for _ in 0..2 {
+            assert!(matches!(
+                resolve(&s, &p, &BTreeMap::new(), &ok),
+                Decision::Role(_)
+            ));
+        }
     }
 
     #[test]
