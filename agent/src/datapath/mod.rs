@@ -71,6 +71,8 @@ pub enum OnExit {
 /// Errors of loading, attaching and reading the datapath.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("this iamlet was built without its eBPF programs (the object was missing at build time): run `cargo xtask build-ebpf`, then build again")]
+    NoPrograms,
     #[error("could not load the eBPF object into the kernel: {source}")]
     Load {
         #[source]
@@ -258,6 +260,9 @@ impl Datapath {
     /// nothing of it until [`Datapath::attach`], which also pins this agent's maps in place of
     /// a predecessor's (whose peers map is kept open for [`Datapath::lookup`]).
     pub fn load(cfg: &DatapathConfig, inherited_lock: Option<OwnedFd>) -> Result<Self, Error> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(Error::NoPrograms);
+        }
         let value = config_value(cfg.listen_v4, cfg.listen_v6, cfg.exempt_cgroup_ids)?;
         bpffs::ensure(&cfg.pin_dir)?;
         let lock = match inherited_lock {
@@ -265,9 +270,7 @@ impl Datapath {
             None => PinLock::acquire(&cfg.pin_dir)?,
         };
 
-        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(|e| Error::Load {
-            source: Box::new(e),
-        })?;
+        let mut ebpf = load_object(EBPF_OBJECT)?;
         {
             let map = ebpf.map_mut(CONFIG_MAP).ok_or(Error::Missing {
                 what: "map",
@@ -513,6 +516,17 @@ fn map_data(map: &aya::maps::Map) -> Option<&MapData> {
     }
 }
 
+/// Parses and loads the embedded object (an empty stub, embedded when the object was missing
+/// at build time, is refused with what to do).
+fn load_object(object: &[u8]) -> Result<Ebpf, Error> {
+    if object.is_empty() {
+        return Err(Error::NoPrograms);
+    }
+    Ebpf::load(object).map_err(|e| Error::Load {
+        source: Box::new(e),
+    })
+}
+
 /// Loads the program of `hook` and returns its kernel id.
 fn load_program(ebpf: &mut Ebpf, hook: &links::Hook) -> Result<u32, Error> {
     let program = ebpf.program_mut(hook.program).ok_or(Error::Missing {
@@ -558,6 +572,12 @@ mod tests {
         assert_eq!(cfg.flags, CONFIG_FLAG_V4);
         assert_eq!(cfg.v4_port, 8181);
         assert_eq!(agent_common::ipv4_octets(cfg.v4_addr), [198, 18, 0, 1]);
+    }
+
+    #[test]
+    fn a_stub_object_is_refused_with_what_to_do() {
+        let err = load_object(&[]).err().expect("refused");
+        assert!(err.to_string().contains("cargo xtask build-ebpf"), "{err}");
     }
 
     #[test]
