@@ -50,17 +50,53 @@ pub enum Error {
     #[error("could not install signal handler: {0}")]
     Signal(#[source] std::io::Error),
     #[error("no randomness for the token key: {0}")]
-    Random(String),
+    Random(getrandom::Error),
     #[error("cannot determine the AWS region for STS: set --region (or AWS_REGION)")]
     NoRegion,
     #[error("bare role names need --base-role-arn; detecting the node's account from the metadata service failed: {0}")]
-    BaseArn(String),
+    BaseArn(#[source] BaseArnError),
     #[error(transparent)]
     Bindings(#[from] roles::ConfigError),
     #[error("Kubernetes client: {0}")]
-    Kube(String),
+    Kube(#[source] KubeClientError),
     #[error("could not share the pin directory's lock for a handover: {0}")]
     ShareLock(#[source] std::io::Error),
+}
+
+/// Why the node's account could not be learned from the metadata service.
+#[derive(Debug, thiserror::Error)]
+pub enum BaseArnError {
+    #[error("passthrough is off")]
+    NoUpstream,
+    #[error("{0}")]
+    Upstream(#[source] crate::imds::passthrough::PassthroughError),
+    #[error("iam/info answered {0}")]
+    Status(hyper::StatusCode),
+    #[error("iam/info is not JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    #[error("no usable InstanceProfileArn in iam/info: {0}")]
+    NoInstanceProfile(serde_json::Value),
+}
+
+/// Why the Kubernetes client could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeClientError {
+    #[error("cannot read kubeconfig {path}: {source}")]
+    ReadKubeconfig {
+        path: String,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: String,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("in-cluster configuration: {0}")]
+    InCluster(#[source] kube::config::InClusterError),
+    #[error("{0}")]
+    Client(#[source] kube::Error),
 }
 
 /// How this agent steps aside when a successor takes over.
@@ -187,25 +223,24 @@ async fn resolve_bindings(config: &Config) -> Result<Option<Arc<StaticBindings>>
 /// `arn:<partition>:iam::<account>:role/` of the node's own account, from the metadata
 /// service's `iam/info` (the node's instance profile).
 async fn detect_base_arn(config: &Config) -> Result<String, Error> {
-    let err = |reason: String| Error::BaseArn(reason);
     let uri = config
         .upstream
         .clone()
-        .ok_or_else(|| err("passthrough is off".into()))?;
+        .ok_or(Error::BaseArn(BaseArnError::NoUpstream))?;
     let upstream = Upstream::new(uri, config.upstream_timeout);
     let answer = upstream
         .get_for_agent("/latest/meta-data/iam/info")
         .await
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| Error::BaseArn(BaseArnError::Upstream(e)))?;
     if answer.status != 200 {
-        return Err(err(format!("iam/info answered {}", answer.status)));
+        return Err(Error::BaseArn(BaseArnError::Status(answer.status)));
     }
     let doc: serde_json::Value = serde_json::from_slice(&answer.body)
-        .map_err(|e| err(format!("iam/info is not JSON: {e}")))?;
+        .map_err(|e| Error::BaseArn(BaseArnError::NotJson(e)))?;
     let base = doc["InstanceProfileArn"]
         .as_str()
         .and_then(roles::base_arn_from_instance_profile)
-        .ok_or_else(|| err(format!("no usable InstanceProfileArn in iam/info: {doc}")))?;
+        .ok_or_else(|| Error::BaseArn(BaseArnError::NoInstanceProfile(doc.clone())))?;
     tracing::info!(%base, "bare role names are expanded with the node's account");
     Ok(base)
 }
@@ -223,18 +258,30 @@ async fn kube_source(config: &Config) -> Result<Option<KubeSource>, Error> {
     let Some(k) = &config.kubernetes else {
         return Ok(None);
     };
-    let kube_err = |e: String| Error::Kube(e);
     let kcfg = match &k.kubeconfig {
         Some(path) => {
-            let file =
-                kube::config::Kubeconfig::read_from(path).map_err(|e| kube_err(e.to_string()))?;
+            let shown = || path.display().to_string();
+            let file = kube::config::Kubeconfig::read_from(path).map_err(|source| {
+                Error::Kube(KubeClientError::ReadKubeconfig {
+                    path: shown(),
+                    source,
+                })
+            })?;
             kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
                 .await
-                .map_err(|e| kube_err(e.to_string()))?
+                .map_err(|source| {
+                    Error::Kube(KubeClientError::Kubeconfig {
+                        path: shown(),
+                        source,
+                    })
+                })?
         }
-        None => kube::Config::incluster().map_err(|e| kube_err(e.to_string()))?,
+        None => {
+            kube::Config::incluster().map_err(|e| Error::Kube(KubeClientError::InCluster(e)))?
+        }
     };
-    let client = kube::Client::try_from(kcfg).map_err(|e| kube_err(e.to_string()))?;
+    let client =
+        kube::Client::try_from(kcfg).map_err(|e| Error::Kube(KubeClientError::Client(e)))?;
     let base_arn = match &k.base_role_arn {
         Some(b) => Some(b.clone()),
         None => match detect_base_arn(config).await {
@@ -403,7 +450,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     // The predecessor's token key keeps the tokens SDKs cached valid.
     let tokens = match &predecessor {
         Some(p) => TokenKey::from_bytes(p.token_key()),
-        None => TokenKey::random().map_err(|e| Error::Random(e.to_string()))?,
+        None => TokenKey::random().map_err(Error::Random)?,
     };
     let mut offer = Offer {
         listeners: Vec::new(),

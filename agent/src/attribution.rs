@@ -16,12 +16,25 @@ use crate::identity;
 /// Looks up the kernel's record of a connection by its client endpoint.
 pub trait ConnLookup: Send + Sync + 'static {
     /// The record for `peer`, `Ok(None)` if the kernel made none.
-    fn lookup(&self, peer: SocketAddr) -> Result<Option<ConnInfoV1>, String>;
+    fn lookup(&self, peer: SocketAddr) -> Result<Option<ConnInfoV1>, LookupError>;
+}
+
+/// Reading the kernel's record failed (the lookup's own error, shared so that the refusal
+/// it causes can be cloned to every request of the connection).
+#[derive(Clone, Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct LookupError(Arc<dyn std::error::Error + Send + Sync>);
+
+impl LookupError {
+    /// Wraps the error of a lookup.
+    pub fn new(source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        LookupError(Arc::new(source))
+    }
 }
 
 impl ConnLookup for Datapath {
-    fn lookup(&self, peer: SocketAddr) -> Result<Option<ConnInfoV1>, String> {
-        Datapath::lookup(self, peer).map_err(|e| e.to_string())
+    fn lookup(&self, peer: SocketAddr) -> Result<Option<ConnInfoV1>, LookupError> {
+        Datapath::lookup(self, peer).map_err(LookupError::new)
     }
 }
 
@@ -74,12 +87,16 @@ pub struct Caller {
 }
 
 /// Why a connection cannot be attributed; the proxy answers 403 with this text.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum Unattributed {
     #[error("connection from {peer} was not made from a cgroup iamlet is attached to (no kernel record for it)")]
     NoRecord { peer: SocketAddr },
-    #[error("looking up the kernel record for {peer} failed: {reason}")]
-    LookupFailed { peer: SocketAddr, reason: String },
+    #[error("looking up the kernel record for {peer} failed: {source}")]
+    LookupFailed {
+        peer: SocketAddr,
+        #[source]
+        source: LookupError,
+    },
 }
 
 /// Attributes accepted connections.
@@ -107,7 +124,7 @@ impl Attributor {
         let info = match self.conns.lookup(peer) {
             Ok(Some(info)) => info,
             Ok(None) => return Err(Unattributed::NoRecord { peer }),
-            Err(reason) => return Err(Unattributed::LookupFailed { peer, reason }),
+            Err(source) => return Err(Unattributed::LookupFailed { peer, source }),
         };
         let cgroup_path = self.cgroups.resolve(info.cgroup_id);
         let pod_uid = cgroup_path
@@ -147,9 +164,9 @@ mod tests {
 
     struct Table(HashMap<SocketAddr, ConnInfoV1>);
     impl ConnLookup for Table {
-        fn lookup(&self, peer: SocketAddr) -> Result<Option<ConnInfoV1>, String> {
+        fn lookup(&self, peer: SocketAddr) -> Result<Option<ConnInfoV1>, LookupError> {
             if peer.port() == 666 {
-                return Err("map gone".into());
+                return Err(LookupError::new(std::io::Error::other("map gone")));
             }
             Ok(self.0.get(&peer).copied())
         }
@@ -218,14 +235,13 @@ mod tests {
         );
 
         let unknown: SocketAddr = "198.18.1.2:1".parse().expect("addr");
-        assert_eq!(
-            at.attribute(unknown),
-            Err(Unattributed::NoRecord { peer: unknown })
-        );
-        let broken: SocketAddr = "198.18.1.2:666".parse().expect("addr");
         assert!(matches!(
-            at.attribute(broken),
-            Err(Unattributed::LookupFailed { .. })
+            at.attribute(unknown),
+            Err(Unattributed::NoRecord { peer }) if peer == unknown
         ));
+        let broken: SocketAddr = "198.18.1.2:666".parse().expect("addr");
+        let err = at.attribute(broken).expect_err("lookup failed");
+        assert!(matches!(err, Unattributed::LookupFailed { .. }));
+        assert!(err.to_string().ends_with("failed: map gone"), "{err}");
     }
 }

@@ -101,6 +101,13 @@ pub enum ConfigError {
         role: String,
         reason: String,
     },
+    #[error("static credentials file {path}, role {role}: {source}")]
+    Role {
+        path: String,
+        role: String,
+        #[source]
+        source: crate::roles::ArnError,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -162,7 +169,11 @@ impl StaticCredentials {
                 role: role.clone(),
                 reason,
             };
-            validate_role_arn(&role).map_err(err)?;
+            validate_role_arn(&role).map_err(|source| ConfigError::Role {
+                path: origin.to_owned(),
+                role: role.clone(),
+                source,
+            })?;
             if e.access_key_id.is_empty() || e.secret_access_key.is_empty() {
                 return Err(err(
                     "access_key_id and secret_access_key must not be empty".into()

@@ -12,27 +12,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use iamlet_sys::heap::release_free_memory;
 use tokio::sync::watch;
 
 /// Smallest peak of held connections worth a trim afterwards.
 pub const TRIM_PEAK: usize = 256;
 /// How often the count is looked at.
 const TICK: Duration = Duration::from_secs(2);
-
-/// Returns free heap pages to the kernel; true if any were.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-#[allow(unsafe_code)]
-pub fn release_free_memory() -> bool {
-    // SAFETY: malloc_trim only walks glibc's own arenas under their locks; it takes no
-    // pointer from us and is safe to call from any thread at any time.
-    unsafe { libc::malloc_trim(0) == 1 }
-}
-
-/// Returns free heap pages to the kernel (not available with this C library).
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-pub fn release_free_memory() -> bool {
-    false
-}
 
 /// Whether, having seen `peak` connections and holding `held` now, it is time to trim.
 pub fn should_trim(peak: usize, held: usize) -> bool {
@@ -74,7 +60,5 @@ mod tests {
         assert!(!should_trim(4000, 2000), "still busy");
         assert!(should_trim(4000, 1000));
         assert!(should_trim(TRIM_PEAK, 0));
-        // Callable anywhere, any time.
-        let _ = release_free_memory();
     }
 }

@@ -8,8 +8,8 @@
 //! (attribution and limits in front of the metadata API), `imds` (the metadata API: tokens, routes,
 //! passthrough), `roles` (which role a caller gets), `credentials` (where credentials come from),
 //! `timefmt` (UTC timestamps), `admin` (health and metrics routes), `app` (wiring).
-// Raw system calls live only in `datapath::bpf_sys` (the loader), which allows them.
-#![deny(unsafe_code)]
+// Raw system calls live in the `iamlet-sys` crate (agent/sys), behind safe functions.
+#![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod app;

@@ -40,7 +40,23 @@ fn main() {
     };
     if let Err(e) = runtime.block_on(iamlet::app::run(config)) {
         tracing::error!(error = %e, "iamlet failed");
-        eprintln!("iamlet: {}", anyhow::Error::from(e));
+        eprintln!("iamlet: {}", with_causes(&e));
         std::process::exit(1);
     }
+}
+
+/// `error: cause: cause ...`, each source once (a source already quoted by its parent's
+/// message is skipped).
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }

@@ -92,12 +92,28 @@ pub enum ConfigError {
         index: usize,
         reason: String,
     },
-    #[error("{0}")]
-    Arn(String),
+    #[error("bindings file {path}, binding {index}: {source}")]
+    BindingRole {
+        path: String,
+        index: usize,
+        #[source]
+        source: ArnError,
+    },
+}
+
+/// Why a role name or ARN was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArnError {
+    #[error("{arn:?} is not a role ARN like arn:aws:iam::123456789012:role/name")]
+    NotRoleArn { arn: String },
+    #[error("{arn:?}: role name {name:?} is not a valid IAM role name")]
+    BadRoleName { arn: String, name: String },
+    #[error("{role:?} is a bare role name; give a full ARN or set --base-role-arn")]
+    BareName { role: String },
 }
 
 /// Checks a role ARN: `arn:<partition>:iam::<12 digits>:role/<optional path/><name>`.
-pub fn validate_role_arn(arn: &str) -> Result<(), String> {
+pub fn validate_role_arn(arn: &str) -> Result<(), ArnError> {
     let parts: Vec<&str> = arn.splitn(6, ':').collect();
     let ok = parts.len() == 6
         && parts[0] == "arn"
@@ -108,9 +124,9 @@ pub fn validate_role_arn(arn: &str) -> Result<(), String> {
         && parts[4].bytes().all(|b| b.is_ascii_digit())
         && parts[5].starts_with("role/");
     if !ok {
-        return Err(format!(
-            "{arn:?} is not a role ARN like arn:aws:iam::123456789012:role/name"
-        ));
+        return Err(ArnError::NotRoleArn {
+            arn: arn.to_owned(),
+        });
     }
     let name = arn.rsplit('/').next().unwrap_or("");
     if name.is_empty()
@@ -119,9 +135,10 @@ pub fn validate_role_arn(arn: &str) -> Result<(), String> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b))
     {
-        return Err(format!(
-            "{arn:?}: role name {name:?} is not a valid IAM role name"
-        ));
+        return Err(ArnError::BadRoleName {
+            arn: arn.to_owned(),
+            name: name.to_owned(),
+        });
     }
     Ok(())
 }
@@ -140,12 +157,12 @@ pub fn base_arn_from_instance_profile(profile_arn: &str) -> Option<String> {
 
 /// Turns a role name or ARN into an ARN: a bare name is appended to `base` (e.g.
 /// `arn:aws:iam::123456789012:role/`).
-pub fn expand_role(role: &str, base: Option<&str>) -> Result<String, String> {
+pub fn expand_role(role: &str, base: Option<&str>) -> Result<String, ArnError> {
     let arn = if role.starts_with("arn:") {
         role.to_owned()
     } else {
-        let base = base.ok_or_else(|| {
-            format!("{role:?} is a bare role name; give a full ARN or set --base-role-arn")
+        let base = base.ok_or_else(|| ArnError::BareName {
+            role: role.to_owned(),
         })?;
         let sep = if base.ends_with('/') { "" } else { "/" };
         format!("{base}{sep}{}", role.trim_start_matches('/'))
@@ -286,7 +303,12 @@ impl StaticBindings {
                 .literal_separator(true)
                 .build()
                 .map_err(|e| err(format!("cgroup pattern {pattern:?}: {e}")))?;
-            let role_arn = expand_role(&entry.role, base_arn).map_err(err)?;
+            let role_arn =
+                expand_role(&entry.role, base_arn).map_err(|source| ConfigError::BindingRole {
+                    path: origin.to_owned(),
+                    index,
+                    source,
+                })?;
             if let Some(s) = &entry.session_name {
                 if sanitize_session_name(s) != *s {
                     return Err(err(format!(

@@ -269,6 +269,8 @@ fn test(root: &Path, filter: Option<&str>, no_setup: bool) -> Result<()> {
         "--package",
         "iamlet",
         "--package",
+        "iamlet-sys",
+        "--package",
         "xtask",
         "--features",
         "iamlet/fuzzing",

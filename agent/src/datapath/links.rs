@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use aya::programs::links::FdLink;
 use aya::programs::{CgroupAttachMode, CgroupSkbAttachType, Program};
 
-use super::bpf_sys::{self, BPF_LINK_TYPE_CGROUP};
 use super::Error;
+use iamlet_sys::bpf::{self as bpf_sys, BPF_LINK_TYPE_CGROUP};
 
 /// One hook: program name in the object, hook, kernel attach type.
 #[derive(Clone, Copy, Debug)]

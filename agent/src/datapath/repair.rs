@@ -5,7 +5,9 @@ use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
 
 use super::pin_lock::PinLock;
-use super::{bpf_sys, bpffs, forward_guard, links, Datapath, Error};
+use iamlet_sys::bpf as bpf_sys;
+
+use super::{bpffs, forward_guard, links, Datapath, Error};
 
 /// What [`Datapath::check`] had to put back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -116,10 +116,10 @@ pub fn resolve(
     };
     let arn = match expand_role(&requested, s.base_arn.as_deref()) {
         Ok(arn) => arn,
-        Err(reason) => {
+        Err(e) => {
             return Decision::Denied {
                 role: requested,
-                reason,
+                reason: e.to_string(),
             }
         }
     };

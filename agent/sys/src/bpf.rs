@@ -1,9 +1,6 @@
 //! The `bpf(2)` commands aya 0.14 does not expose for cgroup links: open and pin an object by
 //! fd, read a cgroup link's target and program, swap the program behind a link in place, and
 //! list the programs attached to a cgroup.
-//!
-//! This is the only place in the agent crate that makes raw system calls.
-#![allow(unsafe_code)]
 
 use std::ffi::CString;
 use std::io;
