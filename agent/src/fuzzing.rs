@@ -165,10 +165,12 @@ pub fn bindings(data: &[u8]) {
     let (base, yaml) = split(data, 0);
     let base = text(base);
     let base = (!base.is_empty()).then_some(base.as_str());
-    if let Ok(b) = crate::roles::StaticBindings::parse(&text(yaml), "fuzz", "kubepods", base) {
+    if let Ok(b) =
+        crate::role::bindings::StaticBindings::parse(&text(yaml), "fuzz", "kubepods", base)
+    {
         for arn in b.role_arns() {
             assert!(
-                crate::roles::validate_role_arn(&arn).is_ok(),
+                crate::role::validate_role_arn(&arn).is_ok(),
                 "{arn:?} accepted"
             );
         }
@@ -178,7 +180,7 @@ pub fn bindings(data: &[u8]) {
 pub fn role_arn(data: &[u8]) {
     let (role, base) = split(data, 0);
     let role = text(role);
-    if crate::roles::validate_role_arn(&role).is_ok() {
+    if crate::role::validate_role_arn(&role).is_ok() {
         let parts: Vec<&str> = role.splitn(6, ':').collect();
         assert_eq!(parts.len(), 6, "{role:?}");
         assert_eq!(parts[0], "arn");
@@ -195,15 +197,15 @@ pub fn role_arn(data: &[u8]) {
         );
     }
     let base = text(base);
-    if let Ok(arn) = crate::roles::expand_role(&role, (!base.is_empty()).then_some(&base)) {
-        assert!(crate::roles::validate_role_arn(&arn).is_ok(), "{arn:?}");
+    if let Ok(arn) = crate::role::expand_role(&role, (!base.is_empty()).then_some(&base)) {
+        assert!(crate::role::validate_role_arn(&arn).is_ok(), "{arn:?}");
     }
 }
 
 pub fn cgroup_pod(data: &[u8]) {
     let (path, child) = split(data, 0);
     let path = text(path);
-    let Some(pod) = crate::identity::parse_pod_cgroup(&path) else {
+    let Some(pod) = crate::caller::pod_identity::parse_pod_cgroup(&path) else {
         return;
     };
     let uid = &pod.pod_uid;
@@ -217,7 +219,7 @@ pub fn cgroup_pod(data: &[u8]) {
     assert!(uuid || static_pod, "{path:?} gave {uid:?}");
     let child = text(child);
     let nested = format!("{}/{}", path.trim_end_matches('/'), child);
-    let again = crate::identity::parse_pod_cgroup(&nested);
+    let again = crate::caller::pod_identity::parse_pod_cgroup(&nested);
     assert_eq!(
         again.map(|p| p.pod_uid).as_deref(),
         Some(uid.as_str()),
@@ -226,7 +228,9 @@ pub fn cgroup_pod(data: &[u8]) {
 }
 
 pub fn annotations(data: &[u8]) {
-    use crate::k8s::resolve::{resolve, Decision, NamespacePolicy, PodInfo, ResolveSettings};
+    use crate::role::kubernetes::policy::{
+        decide, Decision, NamespacePolicy, PodInfo, PolicySettings,
+    };
     let (flags, rest) = data.split_first().map_or((0, &[][..]), |(f, r)| (*f, r));
     let mut fields = rest.split(|b| *b == 0).map(text);
     let mut next = || fields.next().unwrap_or_default();
@@ -268,7 +272,7 @@ pub fn annotations(data: &[u8]) {
         2 => NamespacePolicy::Either,
         _ => NamespacePolicy::Off,
     };
-    let settings = ResolveSettings {
+    let settings = PolicySettings {
         base_arn: Some("arn:aws:iam::123456789012:role/".into()),
         use_service_account_annotation: true,
         default_role: None,
@@ -276,16 +280,13 @@ pub fn annotations(data: &[u8]) {
         session_tags: true,
         node: "node-1".into(),
     };
-    match resolve(&settings, &pod, &sa, &ns) {
+    match decide(&settings, &pod, &sa, &ns) {
         Decision::NoRole => {}
         Decision::Denied { .. } => {}
         Decision::Role(b) => {
-            assert!(
-                crate::roles::validate_role_arn(&b.role_arn).is_ok(),
-                "{b:?}"
-            );
+            assert!(crate::role::validate_role_arn(&b.role_arn).is_ok(), "{b:?}");
             assert_eq!(
-                crate::roles::sanitize_session_name(&b.session_name),
+                crate::role::sanitize_session_name(&b.session_name),
                 b.session_name
             );
             if policy == NamespacePolicy::Kiam {

@@ -1,37 +1,42 @@
 //! iamlet: gives each Kubernetes pod its own AWS IAM credentials through an instance metadata
 //! service that the kernel redirects pods to and that names pods by cgroup, never by IP.
 //!
-//! Modules, one concern each: `config` (flags), `telemetry` (logs), `metrics`, `datapath` (the
-//! eBPF loader and its pinned links), `handover` (upgrades: a new agent takes the running one's
-//! sockets over), `cgroup` (cgroup2 discovery and the cgroup-id index), `identity` (pod UID from
-//! a cgroup path), `attribution` (who made a connection), `server` (HTTP accept loop), `proxy`
-//! (attribution and limits in front of the metadata API), `imds` (the metadata API: tokens, routes,
-//! passthrough), `roles` (which role a caller gets), `credentials` (where credentials come from),
-//! `timefmt` (UTC timestamps), `admin` (health and metrics routes), `app` (wiring).
+//! The library's public face is small: the flags ([`Args`]), the checked configuration
+//! ([`Config`]), logging ([`init_logging`]) and the agent itself ([`run`]), for `main.rs` and
+//! the tests. Inside, one folder per concern:
+//!
+//! | module | what lives there |
+//! |---|---|
+//! | `config` | flags (clap), their validation into a [`Config`], bounds of every number |
+//! | `app` | wiring: builds every part from the [`Config`], runs and stops them |
+//! | `datapath` | the eBPF loader: programs, pinned maps and links, repair, the forwarding guard |
+//! | `caller` | who is calling: the kernel's record of a connection, the cgroup index, the pod UID |
+//! | `role` | which role: the role model, standalone bindings, Kubernetes (policy, pod index, watch) |
+//! | `credentials` | where credentials come from: the source trait, the STS cache and client, prefetch, a static file |
+//! | `imds` | the metadata API: tokens, routes, canonical paths, passthrough, rate limits |
+//! | `server` | the HTTP accept loop, per-pod admission, the metadata proxy, the admin server, heap trimming |
+//! | `handover` | upgrades: a new agent takes the running one's sockets and pins over |
+//! | `telemetry` | logs and Prometheus metrics |
+//! | `timefmt` | UTC timestamps as AWS writes them |
 // Raw system calls live in the `iamlet-sys` crate (agent/sys), behind safe functions.
 #![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
 
-pub mod admin;
-pub mod app;
-pub mod attribution;
-pub mod cgroup;
-pub mod config;
-pub mod credentials;
-pub mod datapath;
-pub mod engine;
+mod app;
+mod caller;
+mod config;
+mod credentials;
+mod datapath;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod handover;
-pub mod heap;
-pub mod identity;
-pub mod imds;
-pub mod k8s;
-pub mod metrics;
-pub mod prefetch;
-pub mod proxy;
-pub mod roles;
-pub mod server;
-pub mod sts;
-pub mod telemetry;
-pub mod timefmt;
+mod handover;
+mod imds;
+mod role;
+mod server;
+mod telemetry;
+mod timefmt;
+
+pub use app::{run, Error};
+pub use config::{Args, Config, LogFormat};
+pub use telemetry::init as init_logging;

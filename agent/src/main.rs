@@ -2,7 +2,7 @@
 #![forbid(unsafe_code)]
 
 use clap::Parser;
-use iamlet::config::Args;
+use iamlet::Args;
 
 /// EX_USAGE: the configuration is invalid.
 const EXIT_CONFIG: i32 = 64;
@@ -27,7 +27,7 @@ fn main() {
             std::process::exit(EXIT_CONFIG);
         }
     };
-    iamlet::telemetry::init(args.log_format, &args.log);
+    iamlet::init_logging(args.log_format, &args.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -38,7 +38,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = runtime.block_on(iamlet::app::run(config)) {
+    if let Err(e) = runtime.block_on(iamlet::run(config)) {
         tracing::error!(error = %e, "iamlet failed");
         eprintln!("iamlet: {}", with_causes(&e));
         std::process::exit(1);

@@ -28,7 +28,7 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 }
 
 /// Formats as `2026-11-22T12:00:00Z` (sub-second part dropped; times before 1970 clamp to it).
-pub fn format_utc(t: SystemTime) -> String {
+pub(crate) fn format_utc(t: SystemTime) -> String {
     let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
     let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
     let rem = secs.rem_euclid(86_400);
@@ -42,7 +42,7 @@ pub fn format_utc(t: SystemTime) -> String {
 
 /// Why a timestamp was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum TimeError {
+pub(crate) enum TimeError {
     /// Not of the shape `2026-11-22T12:00:00Z`.
     #[error("{0:?} is not a UTC time like 2026-11-22T12:00:00Z")]
     Shape(String),
@@ -83,7 +83,7 @@ fn fixed(s: &str, digits: usize) -> Option<u32> {
 
 /// Parses `2026-11-22T12:00:00Z` (also with fractional seconds, or `+00:00` for `Z`): four-digit
 /// years from 1970, real calendar dates, hours 00-23, minutes and seconds 00-59.
-pub fn parse_utc(text: &str) -> Result<SystemTime, TimeError> {
+pub(crate) fn parse_utc(text: &str) -> Result<SystemTime, TimeError> {
     let shape = || TimeError::Shape(text.to_owned());
     let s = text.trim();
     let s = s

@@ -6,7 +6,7 @@
 //!   host IP, capabilities, the cgroup2 and bpffs mounts, probes on the admin port, priority,
 //!   tolerations, the surge update strategy, resources and RBAC.
 //! * Every `--flag` the DaemonSet passes must be a flag the agent has (read from its clap
-//!   definition, `iamlet::config::Args`).
+//!   definition, `iamlet::Args`).
 //! * With `helm` available (`IAMLET_HELM`, `helm` on PATH, or `target/tools/helm`, which
 //!   `cargo xtask setup` installs), the chart is rendered again and must match the committed
 //!   file byte for byte; and a render with every value set must give agent flags only.
@@ -150,7 +150,7 @@ fn int_or_string(v: &IntOrString) -> String {
 /// The long flags of the agent.
 fn agent_flags() -> BTreeSet<String> {
     use clap::CommandFactory;
-    iamlet::config::Args::command()
+    iamlet::Args::command()
         .get_arguments()
         .filter_map(|a| a.get_long().map(str::to_owned))
         .collect()

@@ -5,31 +5,31 @@ use std::time::Duration;
 use super::{Args, Error};
 
 /// Bounds of the numeric flags: a value outside them is refused at start (exit 64).
-pub mod bounds {
+pub(crate) mod bounds {
     use std::time::Duration;
 
     /// `--max-connections`.
-    pub const MAX_CONNECTIONS: usize = 65_536;
+    pub(crate) const MAX_CONNECTIONS: usize = 65_536;
     /// `--rate-limit` (requests per second per pod).
-    pub const RATE_LIMIT: f64 = 1_000_000.0;
+    pub(crate) const RATE_LIMIT: f64 = 1_000_000.0;
     /// `--rate-burst`.
-    pub const RATE_BURST: f64 = 1_000_000.0;
+    pub(crate) const RATE_BURST: f64 = 1_000_000.0;
     /// `--sts-concurrency`.
-    pub const STS_CONCURRENCY: usize = 1024;
+    pub(crate) const STS_CONCURRENCY: usize = 1024;
     /// `--sts-max-attempts`.
-    pub const STS_MAX_ATTEMPTS: u32 = 10;
+    pub(crate) const STS_MAX_ATTEMPTS: u32 = 10;
     /// `--credentials-timeout`, `--upstream-timeout`, `--sts-attempt-timeout`.
-    pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+    pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
     /// `--header-timeout`.
-    pub const HEADER_TIMEOUT: Duration = Duration::from_secs(300);
+    pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(300);
     /// `--shutdown-grace`.
-    pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(600);
+    pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(600);
     /// `--sts-backoff-max`.
-    pub const STS_BACKOFF_MAX: Duration = Duration::from_secs(3600);
+    pub(crate) const STS_BACKOFF_MAX: Duration = Duration::from_secs(3600);
     /// `--unused-grace`.
-    pub const UNUSED_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
+    pub(crate) const UNUSED_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
     /// `--pod-wait`.
-    pub const POD_WAIT: Duration = Duration::from_secs(30);
+    pub(crate) const POD_WAIT: Duration = Duration::from_secs(30);
 }
 
 /// `Err(Error::Limit)` unless `low <= value <= high`.
@@ -145,7 +145,7 @@ impl Args {
 }
 
 /// Parses `500ms`, `5s`, `2m` or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
         Some(i) => (&s[..i], &s[i..]),

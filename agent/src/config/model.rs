@@ -7,98 +7,98 @@ use std::time::Duration;
 
 use hyper::Uri;
 
-use crate::credentials::StaticCredentials;
-use crate::engine::EngineSettings;
+use crate::credentials::static_file::StaticCredentials;
+use crate::credentials::sts_cache::StsCacheSettings;
 use crate::imds::ImdsSettings;
-use crate::roles::StaticBindings;
+use crate::role::bindings::StaticBindings;
 
 /// The validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
     /// cgroup2 mount point.
-    pub cgroup_root: PathBuf,
+    pub(crate) cgroup_root: PathBuf,
     /// Absolute path of the cgroup the programs attach to.
-    pub cgroup: PathBuf,
+    pub(crate) cgroup: PathBuf,
     /// IPv4 listener.
     pub listen_v4: Option<SocketAddrV4>,
     /// IPv6 listener.
     pub listen_v6: Option<SocketAddrV6>,
     /// Admin listener.
-    pub admin_listen: SocketAddr,
+    pub(crate) admin_listen: SocketAddr,
     /// bpffs pin directory.
-    pub bpffs_dir: PathBuf,
+    pub(crate) bpffs_dir: PathBuf,
     /// What to leave in the kernel on exit without a successor.
-    pub on_exit: crate::datapath::OnExit,
+    pub(crate) on_exit: crate::datapath::OnExit,
     /// Install the node's forwarding guard.
-    pub forward_guard: bool,
+    pub(crate) forward_guard: bool,
     /// Handover socket, unless off.
-    pub handover_socket: Option<PathBuf>,
+    pub(crate) handover_socket: Option<PathBuf>,
     /// Drain time on shutdown.
-    pub shutdown_grace: Duration,
+    pub(crate) shutdown_grace: Duration,
     /// Metadata API settings.
-    pub imds: ImdsSettings,
+    pub(crate) imds: ImdsSettings,
     /// Real metadata service, if passthrough is on.
-    pub upstream: Option<Uri>,
+    pub(crate) upstream: Option<Uri>,
     /// Bound on upstream requests.
-    pub upstream_timeout: Duration,
+    pub(crate) upstream_timeout: Duration,
     /// Standalone role bindings, if given.
-    pub bindings: Option<Arc<StaticBindings>>,
+    pub(crate) bindings: Option<Arc<StaticBindings>>,
     /// A bindings file with bare role names whose base ARN is detected at start-up.
-    pub deferred_bindings: Option<PathBuf>,
+    pub(crate) deferred_bindings: Option<PathBuf>,
     /// The attached cgroup relative to the cgroup2 root.
-    pub attached_relative: String,
+    pub(crate) attached_relative: String,
     /// Node name for session tags, when `--session-tags` is on.
-    pub session_tags_node: Option<String>,
+    pub(crate) session_tags_node: Option<String>,
     /// The Kubernetes role source, when there are no bindings and Kubernetes is reachable.
-    pub kubernetes: Option<KubeConfig>,
+    pub(crate) kubernetes: Option<KubeConfig>,
     /// Static credentials, if given.
-    pub static_credentials: Option<Arc<StaticCredentials>>,
+    pub(crate) static_credentials: Option<Arc<StaticCredentials>>,
     /// Proxy connection limits: all pods.
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// Proxy connection limits: one pod, served.
-    pub max_connections_per_pod: usize,
+    pub(crate) max_connections_per_pod: usize,
     /// Proxy connection limits: one pod, waiting.
-    pub max_waiting_per_pod: usize,
+    pub(crate) max_waiting_per_pod: usize,
     /// Header read timeout.
-    pub header_timeout: Duration,
-    /// STS and engine settings.
-    pub sts: StsConfig,
+    pub(crate) header_timeout: Duration,
+    /// STS and STS cache settings.
+    pub(crate) sts: StsConfig,
 }
 
 /// The Kubernetes role source.
 #[derive(Clone, Debug)]
-pub struct KubeConfig {
+pub(crate) struct KubeConfig {
     /// Kubeconfig file; `None`: in-cluster.
-    pub kubeconfig: Option<PathBuf>,
+    pub(crate) kubeconfig: Option<PathBuf>,
     /// This node's name (pods are watched with `spec.nodeName=<node>`).
-    pub node: String,
+    pub(crate) node: String,
     /// Namespace gate.
-    pub namespace_policy: crate::k8s::resolve::NamespacePolicy,
+    pub(crate) namespace_policy: crate::role::kubernetes::policy::NamespacePolicy,
     /// Honour IRSA annotations.
-    pub service_account_roles: bool,
+    pub(crate) service_account_roles: bool,
     /// Default role.
-    pub default_role: Option<String>,
+    pub(crate) default_role: Option<String>,
     /// Wait for pods not seen yet.
-    pub pod_wait: Duration,
+    pub(crate) pod_wait: Duration,
     /// Session tags on.
-    pub session_tags: bool,
+    pub(crate) session_tags: bool,
     /// `--base-role-arn`, if given.
-    pub base_role_arn: Option<String>,
+    pub(crate) base_role_arn: Option<String>,
 }
 
 /// Where credentials come from when no static file is given.
 #[derive(Clone, Debug)]
-pub struct StsConfig {
+pub(crate) struct StsConfig {
     /// Region, if given.
-    pub region: Option<String>,
+    pub(crate) region: Option<String>,
     /// Endpoint override.
-    pub endpoint: Option<String>,
+    pub(crate) endpoint: Option<String>,
     /// Session duration.
-    pub session_duration: Duration,
+    pub(crate) session_duration: Duration,
     /// Attempt timeout.
-    pub attempt_timeout: Duration,
+    pub(crate) attempt_timeout: Duration,
     /// Attempts per call.
-    pub max_attempts: u32,
-    /// Engine tuning (including whether to prefetch).
-    pub engine: EngineSettings,
+    pub(crate) max_attempts: u32,
+    /// STS cache tuning (including whether to prefetch).
+    pub(crate) sts_cache: StsCacheSettings,
 }

@@ -11,7 +11,7 @@ use aya::maps::{HashMap, MapData};
 use super::Error;
 
 /// Removes one pin, if present.
-pub fn remove_pin(path: &Path) {
+pub(crate) fn remove_pin(path: &Path) {
     match std::fs::remove_file(path) {
         Ok(()) => tracing::debug!(path = %path.display(), "replaced an earlier agent's pin"),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -20,7 +20,7 @@ pub fn remove_pin(path: &Path) {
 }
 
 /// Removes this agent's map pins, and the directory once it is empty.
-pub fn remove_map_pins(pin_dir: &Path) {
+pub(crate) fn remove_map_pins(pin_dir: &Path) {
     for name in [
         CONFIG_MAP,
         COOKIES_MAP,
@@ -34,7 +34,7 @@ pub fn remove_map_pins(pin_dir: &Path) {
 }
 
 /// The peers map an earlier agent pinned at `path`, if there is a usable one.
-pub fn open_previous_peers(path: &Path) -> Option<HashMap<MapData, PeerKeyV1, ConnInfoV1>> {
+pub(crate) fn open_previous_peers(path: &Path) -> Option<HashMap<MapData, PeerKeyV1, ConnInfoV1>> {
     if !path.exists() {
         return None;
     }
@@ -52,7 +52,7 @@ pub fn open_previous_peers(path: &Path) -> Option<HashMap<MapData, PeerKeyV1, Co
 
 /// Makes sure `pin_dir` exists on a bpffs, mounting bpffs on its parent if that is the
 /// conventional `/sys/fs/bpf` and nothing is mounted there yet.
-pub fn ensure(pin_dir: &Path) -> Result<(), Error> {
+pub(crate) fn ensure(pin_dir: &Path) -> Result<(), Error> {
     let parent = pin_dir.parent().ok_or_else(|| Error::Bpffs {
         path: pin_dir.to_owned(),
         reason: "has no parent directory".into(),

@@ -27,9 +27,9 @@ use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
 
 /// Preference of the first rule (the second takes the next one). Low, so that no rule of a
 /// CNI or routing daemon can route forwarded metadata traffic before it; above 0 (`local`).
-pub const GUARD_PRIORITY: u32 = 5;
+pub(crate) const GUARD_PRIORITY: u32 = 5;
 /// `FRA_PROTOCOL` of the guard's rules (what `ip rule` shows as `proto 195`).
-pub const GUARD_PROTOCOL: u8 = 195;
+pub(crate) const GUARD_PROTOCOL: u8 = 195;
 
 const RTM_NEWRULE: u16 = 32;
 const RTM_DELRULE: u16 = 33;
@@ -71,7 +71,7 @@ pub enum GuardError {
 
 /// One policy routing rule of the guard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct GuardRule {
+pub(crate) struct GuardRule {
     /// Preference.
     pub priority: u32,
     /// Destination (a host route: /32 or /128).
@@ -81,7 +81,7 @@ pub struct GuardRule {
 }
 
 /// The guard's rules for the metadata addresses.
-pub fn rules() -> Vec<GuardRule> {
+pub(crate) fn rules() -> Vec<GuardRule> {
     let v4 = IpAddr::from(agent_common::ipv4_octets(agent_common::IMDS_V4));
     let v6 = IpAddr::from(agent_common::ipv6_octets(agent_common::IMDS_V6));
     [v4, v6]
@@ -121,7 +121,7 @@ fn family_and_bytes(dst: IpAddr) -> (u8, Vec<u8>) {
 }
 
 /// The netlink message adding (`RTM_NEWRULE`) or deleting (`RTM_DELRULE`) `rule`.
-pub fn rule_message(kind: u16, rule: &GuardRule, seq: u32) -> Vec<u8> {
+pub(crate) fn rule_message(kind: u16, rule: &GuardRule, seq: u32) -> Vec<u8> {
     let (family, dst) = family_and_bytes(rule.dst);
     let (action, table) = if rule.local_only {
         (FR_ACT_TO_TBL, RT_TABLE_MAIN)
@@ -160,7 +160,7 @@ fn message(kind: u16, flags: u16, seq: u32, body: &[u8]) -> Vec<u8> {
 }
 
 /// The guard's rules found in a `RTM_GETRULE` dump reply (those with [`GUARD_PROTOCOL`]).
-pub fn parse_rules(mut data: &[u8]) -> Vec<GuardRule> {
+pub(crate) fn parse_rules(mut data: &[u8]) -> Vec<GuardRule> {
     let mut found = Vec::new();
     while data.len() >= 16 {
         let len = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]) as usize;
@@ -327,7 +327,7 @@ fn contains_done(reply: &[u8]) -> bool {
 }
 
 /// Adds the guard's rules that are missing; returns how many it added.
-pub fn install() -> Result<usize, GuardError> {
+pub(crate) fn install() -> Result<usize, GuardError> {
     let mut nl = Netlink::open()?;
     let present = nl.dump().map_err(GuardError::Dump)?;
     let mut added = 0;
@@ -351,15 +351,8 @@ pub fn install() -> Result<usize, GuardError> {
     Ok(added)
 }
 
-/// How many of the guard's rules are in place (of [`rules`]`().len()`).
-pub fn present() -> Result<usize, GuardError> {
-    let mut nl = Netlink::open()?;
-    let found = nl.dump().map_err(GuardError::Dump)?;
-    Ok(rules().iter().filter(|r| found.contains(r)).count())
-}
-
 /// Removes the guard's rules; returns how many it removed.
-pub fn remove() -> Result<usize, GuardError> {
+pub(crate) fn remove() -> Result<usize, GuardError> {
     let mut nl = Netlink::open()?;
     let mut removed = 0;
     for rule in rules() {

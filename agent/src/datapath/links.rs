@@ -22,7 +22,7 @@ use iamlet_sys::bpf::{self as bpf_sys, BPF_LINK_TYPE_CGROUP};
 
 /// One hook: program name in the object, hook, kernel attach type.
 #[derive(Clone, Copy, Debug)]
-pub struct Hook {
+pub(crate) struct Hook {
     /// Program name in the eBPF object.
     pub program: &'static str,
     /// Section / hook name, for messages.
@@ -33,7 +33,7 @@ pub struct Hook {
 
 /// The four hooks, in attach order. The egress filter comes first, so that no moment exists
 /// in which a pod's connects are watched but its other packets are not.
-pub const HOOKS: [Hook; 4] = [
+pub(crate) const HOOKS: [Hook; 4] = [
     Hook {
         program: "iamlet_egress",
         hook: "cgroup_skb/egress",
@@ -57,13 +57,13 @@ pub const HOOKS: [Hook; 4] = [
 ];
 
 /// Where the link of `hook` is pinned.
-pub fn link_pin(pin_dir: &Path, hook: &Hook) -> PathBuf {
+pub(crate) fn link_pin(pin_dir: &Path, hook: &Hook) -> PathBuf {
     pin_dir.join(format!("link_{}", hook.program))
 }
 
 /// What happened to one hook's link.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// A new link was attached and pinned.
     Attached,
     /// The pinned link of an earlier agent now runs this agent's program.
@@ -72,7 +72,7 @@ pub enum Outcome {
 
 /// Puts `program` (loaded) on `hook` of `cgroup`, adopting a pinned link if one targets it;
 /// returns what happened and a descriptor of the link (pinned either way).
-pub fn install(
+pub(crate) fn install(
     program: &mut Program,
     hook: &Hook,
     cgroup: &File,
@@ -156,7 +156,7 @@ pub fn install(
 
 /// Pins the link `fd` at `hook`'s pin path again (a pin that is missing or names another
 /// link is replaced); returns whether anything changed.
-pub fn repin(fd: &OwnedFd, hook: &Hook, pin_dir: &Path) -> Result<bool, Error> {
+pub(crate) fn repin(fd: &OwnedFd, hook: &Hook, pin_dir: &Path) -> Result<bool, Error> {
     let pin = link_pin(pin_dir, hook);
     let link_err = |what: &'static str, source: io::Error| Error::Link {
         name: hook.program,
@@ -186,7 +186,7 @@ fn adoptable(pin: &Path, hook: &Hook, cgroup_id: u64) -> io::Result<Option<Owned
 }
 
 /// Removes the pinned links (detaching them); returns how many were removed.
-pub fn unpin_all(pin_dir: &Path) -> usize {
+pub(crate) fn unpin_all(pin_dir: &Path) -> usize {
     HOOKS
         .iter()
         .filter(|hook| {

@@ -25,7 +25,7 @@ use std::fs::File;
 use std::io;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -40,12 +40,10 @@ use aya::programs::{CgroupSkb, CgroupSockAddr, ProgramError, SockOps};
 use aya::Ebpf;
 
 mod bpffs;
-pub mod forward_guard;
-pub mod links;
-pub mod pin_lock;
+pub(crate) mod forward_guard;
+pub(crate) mod links;
+pub(crate) mod pin_lock;
 mod repair;
-
-pub use repair::Repair;
 
 use pin_lock::PinLock;
 
@@ -55,7 +53,7 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("IAMLET_EBPF_OBJECT
 /// How long after [`Datapath::attach`] the predecessor's peers map is still consulted: the
 /// connections its programs recorded are accepted within milliseconds; later, its leftover
 /// entries are stale.
-pub const PREVIOUS_WINDOW: Duration = Duration::from_secs(30);
+pub(crate) const PREVIOUS_WINDOW: Duration = Duration::from_secs(30);
 
 /// What an agent leaves in the kernel when it exits without a successor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -143,7 +141,7 @@ pub enum Error {
 
 /// What the datapath needs to know.
 #[derive(Clone, Debug)]
-pub struct DatapathConfig {
+pub(crate) struct DatapathConfig {
     /// The cgroup directory to attach to (already validated: below the cgroup2 root).
     pub cgroup: PathBuf,
     /// Directory on a bpffs where the maps and links are pinned, e.g. `/sys/fs/bpf/iamlet`.
@@ -162,7 +160,7 @@ pub struct DatapathConfig {
 }
 
 /// The loaded programs, the maps the agent reads, and what to leave behind on exit.
-pub struct Datapath {
+pub(crate) struct Datapath {
     peers: HashMap<MapData, PeerKeyV1, ConnInfoV1>,
     /// The predecessor's peers map (from its pin) and until when it is consulted; the deadline
     /// is set by [`Datapath::attach`].
@@ -203,7 +201,7 @@ impl std::fmt::Debug for Datapath {
 }
 
 /// Builds the `CONFIG_V1` value for the given listeners.
-pub fn config_value(
+pub(crate) fn config_value(
     listen_v4: Option<SocketAddrV4>,
     listen_v6: Option<SocketAddrV6>,
     exempt_cgroup_ids: [u64; EXEMPT_SLOTS],
@@ -231,7 +229,7 @@ pub fn config_value(
 /// The peers map key under which the kernel recorded the connection the proxy accepted from
 /// `peer`. A v4-mapped IPv6 peer (seen by a dual-stack listener) is keyed as IPv4, like
 /// `agent_common::peer_key_from_sock_ops` does.
-pub fn peer_key(peer: SocketAddr) -> PeerKeyV1 {
+pub(crate) fn peer_key(peer: SocketAddr) -> PeerKeyV1 {
     match peer.ip().to_canonical() {
         IpAddr::V4(ip) => PeerKeyV1 {
             family: AF_INET,
@@ -258,7 +256,10 @@ impl Datapath {
     /// one: another live agent makes this fail), loads and configures the programs. Pods see
     /// nothing of it until [`Datapath::attach`], which also pins this agent's maps in place of
     /// a predecessor's (whose peers map is kept open for [`Datapath::lookup`]).
-    pub fn load(cfg: &DatapathConfig, inherited_lock: Option<OwnedFd>) -> Result<Self, Error> {
+    pub(crate) fn load(
+        cfg: &DatapathConfig,
+        inherited_lock: Option<OwnedFd>,
+    ) -> Result<Self, Error> {
         if EBPF_OBJECT.is_empty() {
             return Err(Error::NoPrograms);
         }
@@ -321,7 +322,7 @@ impl Datapath {
             path: self.cgroup.clone(),
             source,
         })?;
-        let id = crate::cgroup::cgroup_id(&self.cgroup).map_err(|e| Error::OpenCgroup {
+        let id = crate::caller::cgroup::cgroup_id(&self.cgroup).map_err(|e| Error::OpenCgroup {
             path: self.cgroup.clone(),
             source: io::Error::other(e.to_string()),
         })?;
@@ -361,13 +362,13 @@ impl Datapath {
     }
 
     /// A copy of the pin directory's locked descriptor, for a successor.
-    pub fn share_lock(&self) -> io::Result<OwnedFd> {
+    pub(crate) fn share_lock(&self) -> io::Result<OwnedFd> {
         self.lock.lock().unwrap_or_else(|p| p.into_inner()).share()
     }
 
     /// Puts the programs on the cgroup: adopts the pinned links of a predecessor (swapping
     /// the programs atomically) or attaches and pins new ones.
-    pub fn attach(&self) -> Result<(), Error> {
+    pub(crate) fn attach(&self) -> Result<(), Error> {
         let (cgroup, cgroup_id) = self.open_cgroup()?;
         let mut ebpf = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
         // This agent's maps replace the predecessor's pins only now that it takes over, so
@@ -413,12 +414,12 @@ impl Datapath {
 
     /// Whether a successor has this agent's listeners and adopts its links (exit then leaves
     /// every pin), or went away before it touched them.
-    pub fn set_handed_over(&self, handed_over: bool) {
+    pub(crate) fn set_handed_over(&self, handed_over: bool) {
         self.handed_over.store(handed_over, Ordering::SeqCst);
     }
 
     /// The record of the connection whose client end is `peer`, if the kernel made one.
-    pub fn lookup(&self, peer: SocketAddr) -> Result<Option<ConnInfoV1>, Error> {
+    pub(crate) fn lookup(&self, peer: SocketAddr) -> Result<Option<ConnInfoV1>, Error> {
         let key = peer_key(peer);
         match self.peers.get(&key, 0) {
             Ok(info) => return Ok(Some(info)),
@@ -442,7 +443,7 @@ impl Datapath {
     }
 
     /// The per-CPU counters summed over CPUs, indexed by `COUNTER_*`.
-    pub fn counters(&self) -> Result<[u64; COUNTER_COUNT as usize], Error> {
+    pub(crate) fn counters(&self) -> Result<[u64; COUNTER_COUNT as usize], Error> {
         let mut out = [0u64; COUNTER_COUNT as usize];
         for (index, slot) in (0u32..).zip(out.iter_mut()) {
             let values = self
@@ -452,16 +453,6 @@ impl Datapath {
             *slot = values.iter().sum();
         }
         Ok(out)
-    }
-
-    /// The cgroup the programs are attached to.
-    pub fn cgroup(&self) -> &Path {
-        &self.cgroup
-    }
-
-    /// Where the maps and links are pinned.
-    pub fn pin_dir(&self) -> &Path {
-        &self.pin_dir
     }
 }
 

@@ -36,14 +36,14 @@ pub enum LockError {
 
 /// The held lock (released when dropped, or shared with a successor).
 #[derive(Debug)]
-pub struct PinLock {
+pub(crate) struct PinLock {
     dir: OwnedFd,
 }
 
 impl PinLock {
     /// Takes the lock on `pin_dir` (which exists), or fails at once if another process holds
     /// it.
-    pub fn acquire(pin_dir: &Path) -> Result<Self, LockError> {
+    pub(crate) fn acquire(pin_dir: &Path) -> Result<Self, LockError> {
         let dir = File::open(pin_dir).map_err(|source| LockError::Open {
             path: pin_dir.to_owned(),
             source,
@@ -63,7 +63,7 @@ impl PinLock {
 
     /// A lock a predecessor handed over (its locked directory descriptor): checked to be the
     /// directory `pin_dir` and to carry the lock.
-    pub fn inherit(fd: OwnedFd, pin_dir: &Path) -> Result<Self, LockError> {
+    pub(crate) fn inherit(fd: OwnedFd, pin_dir: &Path) -> Result<Self, LockError> {
         let held = |holder| LockError::Held {
             path: pin_dir.to_owned(),
             holder,
@@ -87,7 +87,7 @@ impl PinLock {
 
     /// Whether the locked directory is still the one at `pin_dir` (someone may have removed
     /// and re-created it).
-    pub fn is_current(&self, pin_dir: &Path) -> bool {
+    pub(crate) fn is_current(&self, pin_dir: &Path) -> bool {
         let (Ok(ours), Ok(there)) = (rustix::fs::fstat(&self.dir), std::fs::metadata(pin_dir))
         else {
             return false;
@@ -96,7 +96,7 @@ impl PinLock {
     }
 
     /// A copy of the locked descriptor, to hand to a successor.
-    pub fn share(&self) -> io::Result<OwnedFd> {
+    pub(crate) fn share(&self) -> io::Result<OwnedFd> {
         self.dir.as_fd().try_clone_to_owned()
     }
 }

@@ -11,7 +11,7 @@ use super::{bpffs, forward_guard, links, Datapath, Error};
 
 /// What [`Datapath::check`] had to put back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Repair {
+pub(crate) enum Repair {
     /// A program was no longer attached to the cgroup (or no longer in its link): attached
     /// or swapped back in.
     Program(&'static str),
@@ -25,7 +25,7 @@ pub enum Repair {
 
 impl Repair {
     /// What was repaired, for metrics (`program`, `link_pin`, `map_pin`, `forward_guard`).
-    pub fn kind(self) -> &'static str {
+    pub(crate) fn kind(self) -> &'static str {
         match self {
             Repair::Program(_) => "program",
             Repair::LinkPin(_) => "link_pin",
@@ -39,7 +39,7 @@ impl Datapath {
     /// Checks that this agent's programs are attached to the cgroup through its links, that
     /// the links and maps are pinned, and that the forwarding guard is in place; puts back
     /// whatever is missing and says what it did. Does nothing once a successor took over.
-    pub fn check(&self) -> Result<Vec<Repair>, Error> {
+    pub(crate) fn check(&self) -> Result<Vec<Repair>, Error> {
         let mut repairs = Vec::new();
         if self.handed_over.load(Ordering::SeqCst) || !self.attached.load(Ordering::SeqCst) {
             return Ok(repairs);

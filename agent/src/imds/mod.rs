@@ -17,10 +17,10 @@
 //! caller (401 otherwise); without one it is served unless `--require-imdsv2` (then 401).
 //! Callers over their rate limit get 429 (token PUTs are not limited).
 
-pub mod passthrough;
-pub mod paths;
-pub mod ratelimit;
-pub mod token;
+pub(crate) mod passthrough;
+pub(crate) mod paths;
+pub(crate) mod ratelimit;
+pub(crate) mod token;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -30,9 +30,9 @@ use hyper::Method;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::attribution::Caller;
+use crate::caller::attribution::Caller;
 use crate::credentials::{CredentialError, CredentialSource, Credentials};
-use crate::roles::{RoleBinding, RoleResolver};
+use crate::role::{RoleBinding, RoleResolver};
 use crate::server::{self, Resp};
 use crate::timefmt::format_utc;
 use passthrough::Upstream;
@@ -46,7 +46,7 @@ const TEXT: &str = "text/plain";
 
 /// Who a token and a rate-limit bucket belong to: the pod, or the bare cgroup outside pods.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Subject {
+pub(crate) enum Subject {
     /// A pod, by UID.
     Pod(String),
     /// A cgroup that is no pod's.
@@ -55,7 +55,7 @@ pub enum Subject {
 
 impl Subject {
     /// The subject of a caller.
-    pub fn of(caller: &Caller) -> Self {
+    pub(crate) fn of(caller: &Caller) -> Self {
         match &caller.pod_uid {
             Some(uid) => Subject::Pod(uid.clone()),
             None => Subject::Cgroup(caller.cgroup_id),
@@ -72,7 +72,7 @@ impl Subject {
 
 /// Settings of the metadata API.
 #[derive(Clone, Debug)]
-pub struct ImdsSettings {
+pub(crate) struct ImdsSettings {
     /// Refuse tokenless (IMDSv1) GETs.
     pub require_imdsv2: bool,
     /// Paths that may be forwarded.
@@ -87,7 +87,7 @@ pub struct ImdsSettings {
 
 /// The metadata API.
 #[derive(Debug)]
-pub struct Imds {
+pub(crate) struct Imds {
     settings: ImdsSettings,
     tokens: TokenKey,
     roles: Arc<dyn RoleResolver>,
@@ -102,7 +102,7 @@ pub struct Imds {
 }
 
 /// The answer and the route name (for metrics).
-pub type Answer = (&'static str, Resp);
+pub(crate) type Answer = (&'static str, Resp);
 
 fn text(status: u16, body: impl Into<bytes::Bytes>) -> Resp {
     server::response(status, TEXT, body)
@@ -140,7 +140,7 @@ struct ErrorDoc<'a> {
 }
 
 /// A stable, instance-profile-id-shaped identifier for a role (`AIPA` + 17 characters).
-pub fn instance_profile_id(role_arn: &str) -> String {
+pub(crate) fn instance_profile_id(role_arn: &str) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
     let digest = Sha256::digest(role_arn.as_bytes());
     let mut id = String::from("AIPA");
@@ -154,7 +154,7 @@ pub fn instance_profile_id(role_arn: &str) -> String {
 }
 
 /// The credentials document the SDKs parse.
-pub fn credentials_json(creds: &Credentials, account_id: Option<&str>) -> String {
+pub(crate) fn credentials_json(creds: &Credentials, account_id: Option<&str>) -> String {
     let doc = CredentialsDoc {
         code: "Success",
         last_updated: format_utc(creds.last_updated),
@@ -181,7 +181,7 @@ fn unix_now() -> u64 {
 
 impl Imds {
     /// The metadata API over the given sources. `upstream` is `None` when passthrough is off.
-    pub fn new(
+    pub(crate) fn new(
         settings: ImdsSettings,
         tokens: TokenKey,
         roles: Arc<dyn RoleResolver>,
@@ -208,7 +208,7 @@ impl Imds {
     }
 
     /// Answers one request of `caller`.
-    pub async fn handle(
+    pub(crate) async fn handle(
         &self,
         caller: &Caller,
         method: &Method,
@@ -318,7 +318,7 @@ impl Imds {
     }
 
     async fn binding(&self, caller: &Caller) -> Result<Option<Arc<RoleBinding>>, Resp> {
-        self.roles.resolve(caller).await.map_err(|e| {
+        self.roles.role_for(caller).await.map_err(|e| {
             tracing::warn!(cgroup_id = caller.cgroup_id, error = %e, "role lookup failed");
             error_json(500, "RoleLookupFailed", &e.to_string())
         })

@@ -47,7 +47,7 @@ pub enum PassthroughError {
 
 /// An upstream answer.
 #[derive(Debug)]
-pub struct UpstreamAnswer {
+pub(crate) struct UpstreamAnswer {
     /// Status.
     pub status: StatusCode,
     /// Content type, if given.
@@ -71,7 +71,7 @@ enum TokenState {
 
 /// A client of the real metadata service.
 #[derive(Debug)]
-pub struct Upstream {
+pub(crate) struct Upstream {
     base: Uri,
     client: Client<HttpConnector, Full<Bytes>>,
     timeout: Duration,
@@ -82,7 +82,7 @@ pub struct Upstream {
 
 impl Upstream {
     /// A client of `base` (e.g. `http://169.254.169.254`), each request bounded by `timeout`.
-    pub fn new(base: Uri, timeout: Duration) -> Self {
+    pub(crate) fn new(base: Uri, timeout: Duration) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(timeout));
         connector.set_nodelay(true);
@@ -181,7 +181,7 @@ impl Upstream {
 
     /// The node's own role name, from the upstream's role listing (kept for
     /// [`NODE_ROLE_TTL`]); `None` when the node has none or the upstream cannot say.
-    pub async fn node_role(&self) -> Option<String> {
+    pub(crate) async fn node_role(&self) -> Option<String> {
         let now = Instant::now();
         if let Some((role, until)) = &*self.node_role.lock().unwrap_or_else(|p| p.into_inner()) {
             if *until > now {
@@ -208,7 +208,10 @@ impl Upstream {
 
     /// GETs `path` for the agent itself (e.g. the node's `iam/info` at start-up): nothing of
     /// it goes to a pod, so no body is refused.
-    pub async fn get_for_agent(&self, path: &str) -> Result<UpstreamAnswer, PassthroughError> {
+    pub(crate) async fn get_for_agent(
+        &self,
+        path: &str,
+    ) -> Result<UpstreamAnswer, PassthroughError> {
         let answer = self.get_once(path).await?;
         if answer.status != StatusCode::UNAUTHORIZED {
             return Ok(answer);
@@ -220,7 +223,7 @@ impl Upstream {
 
     /// GETs `path` (canonical and allowed) from upstream for a pod: an answer that looks like
     /// credentials, the node's instance profile or the node's role name is refused.
-    pub async fn get(&self, path: &str) -> Result<UpstreamAnswer, PassthroughError> {
+    pub(crate) async fn get(&self, path: &str) -> Result<UpstreamAnswer, PassthroughError> {
         let answer = self.get_for_agent(path).await?;
         let node_role = self
             .node_role
@@ -256,7 +259,7 @@ impl Upstream {
 }
 
 /// Whether a body looks like a credentials document.
-pub fn looks_like_credentials(body: &[u8]) -> bool {
+pub(crate) fn looks_like_credentials(body: &[u8]) -> bool {
     let text = String::from_utf8_lossy(body);
     CREDENTIAL_MARKERS.iter().any(|m| text.contains(m))
 }

@@ -16,7 +16,7 @@ struct Bucket {
 
 /// A token bucket per key: `rate` requests per second on average, bursts of `burst`.
 #[derive(Debug)]
-pub struct RateLimiter<K> {
+pub(crate) struct RateLimiter<K> {
     rate: f64,
     burst: f64,
     buckets: Mutex<HashMap<K, Bucket>>,
@@ -24,7 +24,7 @@ pub struct RateLimiter<K> {
 
 impl<K: Hash + Eq + Clone> RateLimiter<K> {
     /// A limiter; `rate` <= 0 disables limiting.
-    pub fn new(rate: f64, burst: f64) -> Self {
+    pub(crate) fn new(rate: f64, burst: f64) -> Self {
         RateLimiter {
             rate,
             burst: burst.max(1.0),
@@ -33,7 +33,7 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
     }
 
     /// Takes one token for `key`; false if the caller is over its limit.
-    pub fn allow(&self, key: &K, now: Instant) -> bool {
+    pub(crate) fn allow(&self, key: &K, now: Instant) -> bool {
         if self.rate <= 0.0 {
             return true;
         }

@@ -18,13 +18,13 @@ const BODY_LEN: usize = 1 + 8;
 const TOKEN_LEN: usize = BODY_LEN + 32;
 
 /// Shortest TTL a client may ask for, in seconds.
-pub const MIN_TTL: u64 = 1;
+pub(crate) const MIN_TTL: u64 = 1;
 /// Longest TTL a client may ask for, in seconds (6 hours, as the real service).
-pub const MAX_TTL: u64 = 21_600;
+pub(crate) const MAX_TTL: u64 = 21_600;
 
 /// Why a token was refused (all answered 401).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum TokenError {
+pub(crate) enum TokenError {
     #[error("the token is malformed")]
     Malformed,
     #[error("the token is expired")]
@@ -34,7 +34,7 @@ pub enum TokenError {
 }
 
 /// Mints and verifies tokens with one secret key.
-pub struct TokenKey {
+pub(crate) struct TokenKey {
     key: [u8; 32],
 }
 
@@ -46,19 +46,19 @@ impl std::fmt::Debug for TokenKey {
 
 impl TokenKey {
     /// A fresh random key.
-    pub fn random() -> Result<Self, getrandom::Error> {
+    pub(crate) fn random() -> Result<Self, getrandom::Error> {
         let mut key = [0u8; 32];
         getrandom::fill(&mut key)?;
         Ok(TokenKey { key })
     }
 
     /// A key from given bytes: a predecessor's (handover) or a test's.
-    pub fn from_bytes(key: [u8; 32]) -> Self {
+    pub(crate) fn from_bytes(key: [u8; 32]) -> Self {
         TokenKey { key }
     }
 
     /// The key's bytes, handed to a successor so tokens SDKs hold stay valid across upgrades.
-    pub fn to_bytes(&self) -> [u8; 32] {
+    pub(crate) fn to_bytes(&self) -> [u8; 32] {
         self.key
     }
 
@@ -75,7 +75,7 @@ impl TokenKey {
     }
 
     /// A token for `subject` valid for `ttl_secs` from `now_secs` (Unix time).
-    pub fn mint(&self, subject: &[u8], now_secs: u64, ttl_secs: u64) -> String {
+    pub(crate) fn mint(&self, subject: &[u8], now_secs: u64, ttl_secs: u64) -> String {
         let mut raw = [0u8; TOKEN_LEN];
         raw[0] = VERSION;
         raw[1..BODY_LEN].copy_from_slice(&(now_secs + ttl_secs).to_be_bytes());
@@ -86,7 +86,12 @@ impl TokenKey {
 
     /// Checks that `token` was minted by this key for `subject` and is not expired; returns
     /// its expiry (Unix seconds).
-    pub fn verify(&self, token: &str, subject: &[u8], now_secs: u64) -> Result<u64, TokenError> {
+    pub(crate) fn verify(
+        &self,
+        token: &str,
+        subject: &[u8],
+        now_secs: u64,
+    ) -> Result<u64, TokenError> {
         if token.len() > 128 {
             return Err(TokenError::Malformed);
         }
@@ -113,7 +118,7 @@ impl TokenKey {
 }
 
 /// Parses the `X-aws-ec2-metadata-token-ttl-seconds` header value.
-pub fn parse_ttl(value: Option<&[u8]>) -> Result<u64, String> {
+pub(crate) fn parse_ttl(value: Option<&[u8]>) -> Result<u64, String> {
     let value = value.ok_or("missing X-aws-ec2-metadata-token-ttl-seconds header")?;
     let text = std::str::from_utf8(value)
         .map_err(|_| "X-aws-ec2-metadata-token-ttl-seconds is not text")?

@@ -19,7 +19,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Why a connection was closed without being served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// `max_total` connections were already held.
     Total,
     /// Its pod already had `per_key` connections served and as many waiting.
@@ -30,7 +30,7 @@ pub enum Refusal {
 
 impl Refusal {
     /// A short name for metrics and logs.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Refusal::Total => "over_total_limit",
             Refusal::PerKey => "over_pod_limit",
@@ -41,7 +41,7 @@ impl Refusal {
 
 /// Limits of [`Admission`].
 #[derive(Clone, Copy, Debug)]
-pub struct AdmissionLimits {
+pub(crate) struct AdmissionLimits {
     /// Connections held at once over all keys.
     pub max_total: usize,
     /// Connections of one key served at once.
@@ -58,7 +58,7 @@ struct KeySlots {
 }
 
 /// The admission state of one server.
-pub struct Admission<K> {
+pub(crate) struct Admission<K> {
     limits: AdmissionLimits,
     /// Connections held now (shared with whoever watches it: metrics, heap trimming).
     total: Arc<AtomicUsize>,
@@ -76,7 +76,7 @@ impl<K> std::fmt::Debug for Admission<K> {
 
 /// One held connection, counted in the total until dropped.
 #[derive(Debug)]
-pub struct TotalGuard<K: Hash + Eq + Clone> {
+pub(crate) struct TotalGuard<K: Hash + Eq + Clone> {
     admission: Arc<Admission<K>>,
 }
 
@@ -87,7 +87,7 @@ impl<K: Hash + Eq + Clone> Drop for TotalGuard<K> {
 }
 
 /// A connection's turn within its key, released when dropped.
-pub struct KeyGuard<K: Hash + Eq + Clone> {
+pub(crate) struct KeyGuard<K: Hash + Eq + Clone> {
     admission: Arc<Admission<K>>,
     key: K,
     slots: Arc<KeySlots>,
@@ -109,7 +109,7 @@ impl<K: Hash + Eq + Clone> Drop for KeyGuard<K> {
 
 impl<K: Hash + Eq + Clone> Admission<K> {
     /// Admission under `limits`, counting held connections in `held`.
-    pub fn new(limits: AdmissionLimits, held: Arc<AtomicUsize>) -> Arc<Self> {
+    pub(crate) fn new(limits: AdmissionLimits, held: Arc<AtomicUsize>) -> Arc<Self> {
         Arc::new(Admission {
             limits: AdmissionLimits {
                 max_total: limits.max_total.max(1),
@@ -122,13 +122,14 @@ impl<K: Hash + Eq + Clone> Admission<K> {
         })
     }
 
+    #[cfg(test)]
     /// Connections held now.
-    pub fn held(&self) -> usize {
+    pub(crate) fn held(&self) -> usize {
         self.total.load(Ordering::Acquire)
     }
 
     /// Counts one more connection, unless `max_total` are held already.
-    pub fn enter_total(self: &Arc<Self>) -> Result<TotalGuard<K>, Refusal> {
+    pub(crate) fn enter_total(self: &Arc<Self>) -> Result<TotalGuard<K>, Refusal> {
         let before = self.total.fetch_add(1, Ordering::AcqRel);
         if before >= self.limits.max_total {
             self.total.fetch_sub(1, Ordering::AcqRel);
@@ -164,7 +165,7 @@ impl<K: Hash + Eq + Clone> Admission<K> {
     /// Waits for a turn of `key`: at once if fewer than `per_key` of its connections are
     /// served, else in line behind them (at most `waiting_per_key` waiting, for at most
     /// `wait_limit`).
-    pub async fn enter_key(self: &Arc<Self>, key: K) -> Result<KeyGuard<K>, Refusal> {
+    pub(crate) async fn enter_key(self: &Arc<Self>, key: K) -> Result<KeyGuard<K>, Refusal> {
         // The guard holds the only reference besides the map's, so that dropping it (served,
         // refused or timed out) forgets an idle key.
         let mut guard = KeyGuard {
@@ -194,8 +195,9 @@ impl<K: Hash + Eq + Clone> Admission<K> {
         }
     }
 
+    #[cfg(test)]
     /// Keys with a connection served or waiting (for tests and metrics).
-    pub fn keys(&self) -> usize {
+    pub(crate) fn keys(&self) -> usize {
         self.keys
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -28,29 +28,30 @@ HTTP/2 is not supported here; use HTTP/1.1.\n";
 
 /// Request bytes read but not yet answered, over all connections of a server.
 #[derive(Debug)]
-pub struct RequestBudget {
+pub(crate) struct RequestBudget {
     used: AtomicUsize,
     limit: usize,
 }
 
 impl RequestBudget {
     /// A budget of `limit` bytes.
-    pub fn new(limit: usize) -> Arc<Self> {
+    pub(crate) fn new(limit: usize) -> Arc<Self> {
         Arc::new(RequestBudget {
             used: AtomicUsize::new(0),
             limit,
         })
     }
 
+    #[cfg(test)]
     /// Bytes in use now.
-    pub fn used(&self) -> usize {
+    pub(crate) fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)
     }
 }
 
 /// A TCP connection as hyper sees it (see the module doc).
 #[derive(Debug)]
-pub struct MeteredStream {
+pub(crate) struct MeteredStream {
     stream: TcpStream,
     budget: Arc<RequestBudget>,
     /// Bytes of this connection counted in the budget.
@@ -62,7 +63,7 @@ pub struct MeteredStream {
 
 impl MeteredStream {
     /// Wraps an accepted stream.
-    pub fn new(stream: TcpStream, budget: Arc<RequestBudget>) -> Self {
+    pub(crate) fn new(stream: TcpStream, budget: Arc<RequestBudget>) -> Self {
         MeteredStream {
             stream,
             budget,

@@ -7,8 +7,11 @@
 //! (the handler's [`ConnHandler::on_connect`], before any byte is read), admitted under its
 //! pod's limit, and served.
 
-pub mod admission;
-pub mod io;
+pub(crate) mod admin;
+pub(crate) mod admission;
+pub(crate) mod heap_trim;
+pub(crate) mod io;
+pub(crate) mod proxy;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -31,10 +34,10 @@ use admission::{Admission, AdmissionLimits, Refusal};
 use io::{MeteredStream, RequestBudget};
 
 /// The response type of every route.
-pub type Resp = Response<Full<Bytes>>;
+pub(crate) type Resp = Response<Full<Bytes>>;
 
 /// What a server does with its connections.
-pub trait ConnHandler: Send + Sync + 'static {
+pub(crate) trait ConnHandler: Send + Sync + 'static {
     /// State computed once per accepted connection (e.g. who the client is).
     type Conn: Send + Sync + 'static;
     /// Whose connections a connection counts with for the per-client limit (the pod).
@@ -55,7 +58,7 @@ pub trait ConnHandler: Send + Sync + 'static {
 
 /// Limits of one server.
 #[derive(Clone, Copy, Debug)]
-pub struct ServerLimits {
+pub(crate) struct ServerLimits {
     /// Time allowed for a client to send a request's headers (also bounds how long an idle
     /// keep-alive connection is kept: hyper arms it while waiting for the next request).
     pub header_read_timeout: Duration,
@@ -90,7 +93,7 @@ impl Default for ServerLimits {
 /// Stops the accept loops of several servers at once and tells when all have stopped (an
 /// agent handing over to its successor must not accept once the successor's programs run).
 #[derive(Clone, Debug)]
-pub struct AcceptControl {
+pub(crate) struct AcceptControl {
     stop: watch::Sender<bool>,
     running: Arc<watch::Sender<usize>>,
 }
@@ -106,7 +109,7 @@ impl Default for AcceptControl {
 
 impl AcceptControl {
     /// A gate for one more accept loop; counted as running from now until it is dropped.
-    pub fn gate(&self) -> AcceptGate {
+    pub(crate) fn gate(&self) -> AcceptGate {
         self.running.send_modify(|n| *n += 1);
         AcceptGate {
             stop: self.stop.subscribe(),
@@ -115,12 +118,12 @@ impl AcceptControl {
     }
 
     /// Tells every accept loop to stop (they then drain their connections).
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.stop.send_replace(true);
     }
 
     /// Resolves once no accept loop runs.
-    pub async fn stopped(&self) {
+    pub(crate) async fn stopped(&self) {
         let mut running = self.running.subscribe();
         let _ = running.wait_for(|n| *n == 0).await;
     }
@@ -128,7 +131,7 @@ impl AcceptControl {
 
 /// One server's handle on an [`AcceptControl`].
 #[derive(Debug)]
-pub struct AcceptGate {
+pub(crate) struct AcceptGate {
     stop: watch::Receiver<bool>,
     running: Arc<watch::Sender<usize>>,
 }
@@ -141,7 +144,7 @@ impl Drop for AcceptGate {
 
 /// Serves `listener` until the gate is told to stop, then drains open connections for at
 /// most `limits.shutdown_grace`. `held` counts the connections held now.
-pub async fn serve<H: ConnHandler>(
+pub(crate) async fn serve<H: ConnHandler>(
     name: &'static str,
     listener: TcpListener,
     handler: Arc<H>,
@@ -235,7 +238,7 @@ pub async fn serve<H: ConnHandler>(
 }
 
 /// A response with a body and content type.
-pub fn response(status: u16, content_type: &'static str, body: impl Into<Bytes>) -> Resp {
+pub(crate) fn response(status: u16, content_type: &'static str, body: impl Into<Bytes>) -> Resp {
     let mut resp = Response::new(Full::new(body.into()));
     *resp.status_mut() =
         hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
@@ -247,7 +250,7 @@ pub fn response(status: u16, content_type: &'static str, body: impl Into<Bytes>)
 }
 
 /// A JSON response.
-pub fn json(status: u16, value: &impl serde::Serialize) -> Resp {
+pub(crate) fn json(status: u16, value: &impl serde::Serialize) -> Resp {
     match serde_json::to_vec(value) {
         Ok(body) => response(status, "application/json", body),
         Err(e) => response(500, "text/plain", format!("could not encode response: {e}")),

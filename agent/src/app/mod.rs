@@ -1,0 +1,609 @@
+//! Wires the agent together: datapath, cgroup index, proxy listeners, admin server, signals.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::caller::attribution::Attributor;
+use crate::caller::cgroup::{self, CgroupIndex};
+use crate::config::{load_bindings, Config};
+use crate::credentials::prefetch;
+use crate::credentials::sts_cache::StsCache;
+use crate::credentials::sts_client::{Sts, StsSettings};
+use crate::credentials::{CredentialSource, NoCredentials};
+use crate::datapath::{self, Datapath, DatapathConfig};
+use crate::handover::{self, Offer, Predecessor, Retire};
+use crate::imds::passthrough::Upstream;
+use crate::imds::token::TokenKey;
+use crate::imds::Imds;
+use crate::role::bindings::{self, StaticBindings};
+use crate::role::kubernetes as k8s;
+use crate::role::kubernetes::cluster_state::ClusterState;
+use crate::role::kubernetes::pod_index::PodIndex;
+use crate::role::kubernetes::policy::PolicySettings;
+use crate::role::kubernetes::resolver::KubeRoles;
+use crate::role::{self, NoRoles, RoleResolver};
+use crate::server::admin::Admin;
+use crate::server::proxy::Proxy;
+use crate::server::{self, AcceptControl, ServerLimits};
+use crate::telemetry::metrics::{self, Metrics};
+
+mod sockets;
+
+use sockets::{listen, offered, raise_open_file_limit};
+
+/// Errors that stop the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("could not listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Datapath(#[from] datapath::Error),
+    #[error(transparent)]
+    Handover(#[from] handover::Error),
+    #[error(transparent)]
+    Cgroup(#[from] cgroup::Error),
+    #[error("could not install signal handler: {0}")]
+    Signal(#[source] std::io::Error),
+    #[error("no randomness for the token key: {0}")]
+    Random(getrandom::Error),
+    #[error("cannot determine the AWS region for STS: set --region (or AWS_REGION)")]
+    NoRegion,
+    #[error("bare role names need --base-role-arn; detecting the node's account from the metadata service failed: {0}")]
+    BaseArn(#[source] BaseArnError),
+    #[error(transparent)]
+    Bindings(#[from] bindings::ConfigError),
+    #[error("Kubernetes client: {0}")]
+    Kube(#[source] KubeClientError),
+    #[error("could not share the pin directory's lock for a handover: {0}")]
+    ShareLock(#[source] std::io::Error),
+}
+
+/// Why the node's account could not be learned from the metadata service.
+#[derive(Debug, thiserror::Error)]
+pub enum BaseArnError {
+    #[error("passthrough is off")]
+    NoUpstream,
+    #[error("{0}")]
+    Upstream(#[source] crate::imds::passthrough::PassthroughError),
+    #[error("iam/info answered {0}")]
+    Status(hyper::StatusCode),
+    #[error("iam/info is not JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    #[error("no usable InstanceProfileArn in iam/info: {0}")]
+    NoInstanceProfile(serde_json::Value),
+}
+
+/// Why the Kubernetes client could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeClientError {
+    #[error("cannot read kubeconfig {path}: {source}")]
+    ReadKubeconfig {
+        path: String,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: String,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("in-cluster configuration: {0}")]
+    InCluster(#[source] kube::config::InClusterError),
+    #[error("{0}")]
+    Client(#[source] kube::Error),
+}
+
+/// How this agent steps aside when a successor takes over.
+struct AgentRetire {
+    datapath: Arc<Datapath>,
+    accept: AcceptControl,
+    admin: Arc<Admin>,
+}
+
+impl Retire for AgentRetire {
+    fn offered(&self) {
+        self.datapath.set_handed_over(true);
+    }
+
+    fn withdrawn(&self) {
+        self.datapath.set_handed_over(false);
+    }
+
+    async fn stop_accepting(&self) {
+        self.admin.set_ready(false);
+        self.accept.stop();
+        self.accept.stopped().await;
+    }
+}
+
+/// Longest a successor waits for its caches before taking over.
+const WARM_UP_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits (at most [`WARM_UP_LIMIT`]) until the pod watch has listed this node's pods and the
+/// credentials of the pods known so far are fetched.
+async fn warm_up(pods: Option<&PodIndex>, sts_cache: Option<&StsCache>) {
+    let started = std::time::Instant::now();
+    let mut listed_at = None;
+    loop {
+        let listed = pods.is_none_or(PodIndex::is_listed);
+        if listed && listed_at.is_none() {
+            listed_at = Some(std::time::Instant::now());
+        }
+        // Prefetches start just after the list is applied (and, standalone, at the first
+        // cgroup poll): count them once that has had a moment.
+        let settled =
+            listed_at.is_some_and(|t| t.elapsed() >= std::time::Duration::from_millis(200));
+        let prefetching = sts_cache.map_or(0, StsCache::prefetching);
+        if settled && prefetching == 0 {
+            tracing::info!(took = ?started.elapsed(), "caches warm; taking over");
+            return;
+        }
+        if started.elapsed() >= WARM_UP_LIMIT {
+            tracing::warn!(listed, prefetching, limit = ?WARM_UP_LIMIT, "taking over with caches still cold");
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Connects to a running agent's handover socket, if there is one.
+async fn find_predecessor(config: &Config) -> Option<Predecessor> {
+    let path = config.handover_socket.as_ref()?;
+    match handover::connect(path).await {
+        Ok(Some(p)) => {
+            tracing::info!(pid = p.pid(), "taking over from the running agent");
+            Some(p)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not take over from a running agent; starting afresh");
+            None
+        }
+    }
+}
+
+/// The agent's own cgroup id when it runs inside the attached cgroup (as a hostNetwork
+/// DaemonSet pod does): its own connects to the metadata service must reach the real one.
+fn own_exemption(config: &Config) -> Result<u64, Error> {
+    let mut own = cgroup::own_cgroup(&config.cgroup_root)?;
+    if own == config.cgroup_root {
+        // A private cgroup namespace shows `0::/`: find ourselves in the host's hierarchy.
+        if let Some(found) = cgroup::find_pid_cgroup(&config.cgroup, std::process::id()) {
+            tracing::info!(cgroup = %found.display(), "found the agent's cgroup behind its cgroup namespace");
+            own = found;
+        }
+    }
+    if !own.starts_with(&config.cgroup) {
+        return Ok(0);
+    }
+    let id = cgroup::cgroup_id(&own)?;
+    tracing::info!(cgroup = %own.display(), id, "the agent runs inside the attached cgroup; its own connects are exempt");
+    Ok(id)
+}
+
+/// The region for STS: `--region`, else the SDK's chain (AWS_REGION, profile, the metadata
+/// service's placement).
+async fn region(config: &Config) -> Option<String> {
+    if let Some(r) = &config.sts.region {
+        return Some(r.clone());
+    }
+    aws_config::default_provider::region::DefaultRegionChain::builder()
+        .build()
+        .region()
+        .await
+        .map(|r| r.to_string())
+}
+
+/// The bindings: loaded at validation, or, for a file with bare role names and no
+/// `--base-role-arn`, now, with the node's own account read from the metadata service's
+/// `iam/info`.
+async fn bindings_with_detected_base(
+    config: &Config,
+) -> Result<Option<Arc<StaticBindings>>, Error> {
+    if let Some(b) = &config.bindings {
+        return Ok(Some(b.clone()));
+    }
+    let Some(path) = &config.deferred_bindings else {
+        return Ok(None);
+    };
+    let base = detect_base_arn(config).await?;
+    let b = load_bindings(
+        path,
+        &config.attached_relative,
+        Some(&base),
+        config.session_tags_node.as_deref(),
+    )?;
+    Ok(Some(Arc::new(b)))
+}
+
+/// `arn:<partition>:iam::<account>:role/` of the node's own account, from the metadata
+/// service's `iam/info` (the node's instance profile).
+async fn detect_base_arn(config: &Config) -> Result<String, Error> {
+    let uri = config
+        .upstream
+        .clone()
+        .ok_or(Error::BaseArn(BaseArnError::NoUpstream))?;
+    let upstream = Upstream::new(uri, config.upstream_timeout);
+    let answer = upstream
+        .get_for_agent("/latest/meta-data/iam/info")
+        .await
+        .map_err(|e| Error::BaseArn(BaseArnError::Upstream(e)))?;
+    if answer.status != 200 {
+        return Err(Error::BaseArn(BaseArnError::Status(answer.status)));
+    }
+    let doc: serde_json::Value = serde_json::from_slice(&answer.body)
+        .map_err(|e| Error::BaseArn(BaseArnError::NotJson(e)))?;
+    let base = doc["InstanceProfileArn"]
+        .as_str()
+        .and_then(role::base_arn_from_instance_profile)
+        .ok_or_else(|| Error::BaseArn(BaseArnError::NoInstanceProfile(doc.clone())))?;
+    tracing::info!(%base, "bare role names are expanded with the node's account");
+    Ok(base)
+}
+
+/// The Kubernetes role source: the resolver requests use, and the watch to run.
+struct KubeSource {
+    roles: Arc<KubeRoles>,
+    index: Arc<PodIndex>,
+    client: kube::Client,
+    state: ClusterState,
+    node: String,
+}
+
+async fn kube_source(config: &Config) -> Result<Option<KubeSource>, Error> {
+    let Some(k) = &config.kubernetes else {
+        return Ok(None);
+    };
+    let kcfg = match &k.kubeconfig {
+        Some(path) => {
+            let shown = || path.display().to_string();
+            let file = kube::config::Kubeconfig::read_from(path).map_err(|source| {
+                Error::Kube(KubeClientError::ReadKubeconfig {
+                    path: shown(),
+                    source,
+                })
+            })?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|source| {
+                    Error::Kube(KubeClientError::Kubeconfig {
+                        path: shown(),
+                        source,
+                    })
+                })?
+        }
+        None => {
+            kube::Config::incluster().map_err(|e| Error::Kube(KubeClientError::InCluster(e)))?
+        }
+    };
+    let client =
+        kube::Client::try_from(kcfg).map_err(|e| Error::Kube(KubeClientError::Client(e)))?;
+    let base_arn = match &k.base_role_arn {
+        Some(b) => Some(b.clone()),
+        None => match detect_base_arn(config).await {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::warn!(error = %e, "bare role names in annotations will be refused");
+                None
+            }
+        },
+    };
+    let settings = PolicySettings {
+        base_arn,
+        use_service_account_annotation: k.service_account_roles,
+        default_role: k.default_role.clone(),
+        namespace_policy: k.namespace_policy,
+        session_tags: k.session_tags,
+        node: k.node.clone(),
+    };
+    let index = Arc::new(PodIndex::new());
+    Ok(Some(KubeSource {
+        roles: Arc::new(KubeRoles::new(index.clone(), k.pod_wait)),
+        index: index.clone(),
+        client,
+        state: ClusterState::new(settings, index),
+        node: k.node.clone(),
+    }))
+}
+
+/// The STS cache, when roles can be served and no static credentials are configured.
+async fn build_engine(config: &Config, has_roles: bool) -> Result<Option<StsCache>, Error> {
+    if config.static_credentials.is_some() || !has_roles {
+        return Ok(None);
+    }
+    let region = region(config).await.ok_or(Error::NoRegion)?;
+    let mut settings = StsSettings::new(region.clone(), config.sts.session_duration);
+    settings.endpoint = config.sts.endpoint.clone();
+    settings.attempt_timeout = config.sts.attempt_timeout;
+    settings.read_timeout = config.sts.attempt_timeout;
+    settings.max_attempts = config.sts.max_attempts;
+    tracing::info!(%region, endpoint = ?settings.endpoint, "STS credentials cache");
+    let sts = Sts::new(settings).await;
+    Ok(Some(StsCache::new(
+        Arc::new(sts),
+        config.sts.sts_cache.clone(),
+    )))
+}
+
+fn build_imds(
+    config: &Config,
+    tokens: TokenKey,
+    roles: Arc<dyn RoleResolver>,
+    sts_cache: Option<&StsCache>,
+) -> Result<Imds, Error> {
+    let credentials: Arc<dyn CredentialSource> = match (&config.static_credentials, sts_cache) {
+        (Some(c), _) => c.clone(),
+        (None, Some(e)) => Arc::new(e.clone()),
+        (None, None) => Arc::new(NoCredentials),
+    };
+    let upstream = config
+        .upstream
+        .clone()
+        .map(|uri| Upstream::new(uri, config.upstream_timeout));
+    Ok(Imds::new(
+        config.imds.clone(),
+        tokens,
+        roles,
+        credentials,
+        upstream,
+    ))
+}
+
+/// How often the cgroup index is rebuilt so that removed cgroups leave it (new ones are found
+/// at once, on a miss).
+const INDEX_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
+
+async fn refresh_index(index: Arc<CgroupIndex>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(INDEX_REFRESH) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let index = index.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || index.refresh()).await {
+            tracing::warn!(error = %e, "cgroup index refresh failed");
+        }
+    }
+}
+
+/// How often the datapath is checked (and repaired) while the agent runs.
+const DATAPATH_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Runs [`Datapath::check`] every [`DATAPATH_CHECK`]: repairs are logged and counted; a check
+/// that fails makes the agent not ready until one succeeds again.
+async fn watch_datapath(
+    datapath: Arc<Datapath>,
+    admin: Arc<Admin>,
+    metrics: Metrics,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(DATAPATH_CHECK) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let dp = datapath.clone();
+        let result = tokio::task::spawn_blocking(move || dp.check()).await;
+        match result {
+            Ok(Ok(repairs)) => {
+                for r in &repairs {
+                    metrics.datapath_repair(r.kind());
+                }
+                if failing {
+                    tracing::info!("the datapath is in place again");
+                }
+                failing = false;
+                admin.set_datapath_ok(true);
+            }
+            Ok(Err(e)) => {
+                if !failing {
+                    tracing::error!(error = %e, "the datapath is not in place and could not be put back; not ready");
+                }
+                failing = true;
+                metrics.datapath_repair("failed");
+                admin.set_datapath_ok(false);
+            }
+            Err(e) => tracing::error!(error = %e, "datapath check panicked"),
+        }
+    }
+}
+
+/// Runs the agent until SIGTERM or SIGINT, then drains and detaches.
+pub async fn run(config: Config) -> Result<(), Error> {
+    raise_open_file_limit();
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut sigterm = signal(SignalKind::terminate()).map_err(Error::Signal)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(Error::Signal)?;
+
+    // A running agent (an upgrade in progress) hands its sockets and its pin directory over;
+    // otherwise another live agent on the same pins makes this one stop here.
+    let mut predecessor = find_predecessor(&config).await;
+    let index = Arc::new(CgroupIndex::new(
+        config.cgroup_root.clone(),
+        config.cgroup.clone(),
+    )?);
+    let own_cgroup = own_exemption(&config)?;
+    let predecessor_cgroup = predecessor.as_ref().map_or(0, Predecessor::cgroup_id);
+    let datapath = Arc::new(Datapath::load(
+        &DatapathConfig {
+            cgroup: config.cgroup.clone(),
+            pin_dir: config.bpffs_dir.clone(),
+            listen_v4: config.listen_v4,
+            listen_v6: config.listen_v6,
+            exempt_cgroup_ids: [own_cgroup, predecessor_cgroup],
+            on_exit: config.on_exit,
+            forward_guard: config.forward_guard,
+        },
+        predecessor.as_mut().and_then(Predecessor::take_pin_lock),
+    )?);
+    // Listen before the programs are attached: redirected connects must find a socket.
+    let mut listeners = Vec::new();
+    if let Some(v4) = config.listen_v4 {
+        listeners.push(listen(SocketAddr::V4(v4), predecessor.as_mut()).await?);
+    }
+    if let Some(v6) = config.listen_v6 {
+        listeners.push(listen(SocketAddr::V6(v6), predecessor.as_mut()).await?);
+    }
+    let admin_listener = listen(config.admin_listen, predecessor.as_mut()).await?;
+    // The predecessor's token key keeps the tokens SDKs cached valid.
+    let tokens = match &predecessor {
+        Some(p) => TokenKey::from_bytes(p.token_key()),
+        None => TokenKey::random().map_err(Error::Random)?,
+    };
+    let mut offer = Offer {
+        listeners: Vec::new(),
+        cgroup_id: own_cgroup,
+        token_key: tokens.to_bytes(),
+        pin_lock: datapath.share_lock().map_err(Error::ShareLock)?,
+    };
+    for listener in listeners.iter().chain([&admin_listener]) {
+        offer.listeners.push(offered(listener)?);
+    }
+
+    let bindings = bindings_with_detected_base(&config).await?;
+    let kube = kube_source(&config).await?;
+    let sts_cache = build_engine(&config, bindings.is_some() || kube.is_some()).await?;
+    let roles: Arc<dyn RoleResolver> = match (&bindings, &kube) {
+        (Some(b), _) => b.clone(),
+        (None, Some(k)) => k.roles.clone(),
+        (None, None) => Arc::new(NoRoles),
+    };
+    let metrics = Metrics::default();
+    // Connections the proxy holds (its listeners share one count and one limit).
+    let held = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let admin = Admin::new(metrics::registry(
+        &metrics,
+        Some(datapath.clone()),
+        sts_cache.clone(),
+        Some(held.clone()),
+    ));
+    let proxy = Proxy::new(
+        Attributor::new(datapath.clone(), index.clone()),
+        build_imds(&config, tokens, roles, sts_cache.as_ref())?,
+        metrics.clone(),
+    );
+    let limits = ServerLimits {
+        shutdown_grace: config.shutdown_grace,
+        max_connections: config.max_connections,
+        max_connections_per_client: config.max_connections_per_pod,
+        max_waiting_per_client: config.max_waiting_per_pod,
+        header_read_timeout: config.header_timeout,
+        ..ServerLimits::default()
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let accept = AcceptControl::default();
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(refresh_index(index.clone(), stop_rx.clone())));
+    let pods = kube.as_ref().map(|k| k.index.clone());
+    if let Some(k) = kube {
+        tracing::info!(node = %k.node, "watching Kubernetes for this node's pods");
+        tasks.push(tokio::spawn(k8s::watch::run(
+            k.client,
+            k.node,
+            k.state,
+            sts_cache.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    if let Some(sts_cache) = &sts_cache {
+        tasks.push(tokio::spawn(sts_cache.clone().run(stop_rx.clone())));
+        if let (Some(bindings), true) = (&bindings, config.sts.sts_cache.prefetch) {
+            tasks.push(tokio::spawn(prefetch::run(
+                bindings.clone(),
+                index.clone(),
+                sts_cache.clone(),
+                stop_rx.clone(),
+            )));
+        }
+    }
+    // Taking over: let the running agent serve until this one's pod list and prefetches
+    // are in, so requests after the switch find warm caches.
+    if predecessor.is_some() {
+        warm_up(pods.as_deref(), sts_cache.as_ref()).await;
+    }
+    for listener in listeners {
+        let local = listener.local_addr().ok();
+        tracing::info!(listen = ?local, "metadata proxy listening");
+        tasks.push(tokio::spawn(server::serve(
+            "proxy",
+            listener,
+            proxy.clone(),
+            limits,
+            accept.gate(),
+            held.clone(),
+        )));
+    }
+    tasks.push(tokio::spawn(crate::server::heap_trim::run(
+        held.clone(),
+        stop_rx.clone(),
+    )));
+    tracing::info!(listen = %config.admin_listen, "admin server listening");
+    tasks.push(tokio::spawn(server::serve(
+        "admin",
+        admin_listener,
+        admin.clone(),
+        limits,
+        accept.gate(),
+        Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+    )));
+    // Serving now: the running agent may stop accepting, and the programs switch over.
+    if let Some(p) = predecessor {
+        match p.stop_accepting().await {
+            Ok(()) => tracing::info!("the running agent stopped accepting"),
+            Err(e) => {
+                tracing::warn!(error = %e, "the running agent did not confirm it stopped accepting")
+            }
+        }
+    }
+    datapath.attach()?;
+    if let Some(path) = &config.handover_socket {
+        let socket = handover::bind(path)?;
+        let retire = AgentRetire {
+            datapath: datapath.clone(),
+            accept: accept.clone(),
+            admin: admin.clone(),
+        };
+        let stop = stop_rx.clone();
+        let path = path.clone();
+        tasks.push(tokio::spawn(async move {
+            handover::serve(path, socket, offer, retire, stop).await;
+        }));
+    }
+    tasks.push(tokio::spawn(watch_datapath(
+        datapath.clone(),
+        admin.clone(),
+        metrics.clone(),
+        stop_rx.clone(),
+    )));
+    admin.set_ready(true);
+    tracing::info!(cgroup = %config.cgroup.display(), "iamlet ready");
+
+    tokio::select! {
+        _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    admin.set_ready(false);
+    accept.stop();
+    let _ = stop_tx.send(true);
+    for task in tasks {
+        let _ = task.await;
+    }
+    drop(proxy);
+    drop(admin);
+    match Arc::try_unwrap(datapath) {
+        Ok(datapath) => drop(datapath),
+        Err(_) => tracing::warn!(
+            "datapath still referenced at exit; the kernel detaches it when the process ends"
+        ),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

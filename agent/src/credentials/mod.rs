@@ -1,0 +1,90 @@
+//! Where a role's credentials come from: the [`CredentialSource`] trait and the
+//! [`Credentials`] it returns; the production source, the STS cache ([`sts_cache`], filled by
+//! the STS client [`sts_client`] and warmed by [`prefetch`]); and fixed credentials from a
+//! file ([`static_file`], for development and tests).
+
+pub(crate) mod prefetch;
+pub(crate) mod static_file;
+pub(crate) mod sts_cache;
+pub(crate) mod sts_client;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::role::{BoxFuture, RoleBinding};
+use crate::timefmt;
+
+/// Temporary credentials of one role session.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Credentials {
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret access key.
+    pub secret_access_key: String,
+    /// Session token.
+    pub session_token: String,
+    /// When they stop working.
+    pub expiration: SystemTime,
+    /// When they were obtained.
+    pub last_updated: SystemTime,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .field("session_token", &"<redacted>")
+            .field("expiration", &timefmt::format_utc(self.expiration))
+            .finish()
+    }
+}
+
+/// Why credentials could not be had. `code` is an AWS-style error code (`AccessDenied`,
+/// `Throttling`, `RequestTimeout`, ...) that the metadata response passes on to the SDK.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub(crate) struct CredentialError {
+    /// Error code.
+    pub code: String,
+    /// Human-readable cause.
+    pub message: String,
+}
+
+impl CredentialError {
+    /// An error with the given code and message.
+    pub(crate) fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        CredentialError {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Produces credentials for role bindings.
+pub(crate) trait CredentialSource: Send + Sync + std::fmt::Debug + 'static {
+    /// Credentials for `binding`.
+    fn credentials<'a>(
+        &'a self,
+        binding: &'a RoleBinding,
+    ) -> BoxFuture<'a, Result<Arc<Credentials>, CredentialError>>;
+}
+
+/// The source when none is configured: every request fails with `NoCredentialSource`.
+#[derive(Debug, Default)]
+pub(crate) struct NoCredentials;
+
+impl CredentialSource for NoCredentials {
+    fn credentials<'a>(
+        &'a self,
+        binding: &'a RoleBinding,
+    ) -> BoxFuture<'a, Result<Arc<Credentials>, CredentialError>> {
+        Box::pin(std::future::ready(Err(CredentialError::new(
+            "NoCredentialSource",
+            format!(
+                "iamlet has no credential source configured, so it cannot serve {}",
+                binding.role_arn
+            ),
+        ))))
+    }
+}

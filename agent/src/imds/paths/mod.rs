@@ -1,0 +1,324 @@
+//! Request paths: canonical form, the routes iamlet answers itself, and the passthrough
+//! allow-list.
+//!
+//! Every path is made canonical before anything looks at it, and only the canonical form is
+//! ever forwarded (rebuilt from its segments, so no escape reaches the real service):
+//!
+//! * percent-escapes are decoded once; an escape that decodes to anything whose meaning
+//!   depends on who decodes it (`/`, `\`, `%`, `;`, `?`, `#`, a control or non-ASCII byte,
+//!   or any other byte outside the segment alphabet) is refused with 400, and so are raw
+//!   backslashes, `;` parameters and bytes outside that alphabet;
+//! * empty and `.` segments are dropped and `..` is resolved without climbing above the root.
+//!
+//! The segment alphabet is `A-Z a-z 0-9 - . _ ~ : @ = + ,`: enough for every path of the
+//! real service (MAC addresses, `public-keys/0=name`, block device names) and nothing that a
+//! server could read two ways. Because escapes of `%` are refused, a path cannot carry a
+//! second layer of encoding (`%252e%252e`) either.
+//!
+//! The credential paths of the real service (`iam/...`, `identity-credentials/...`, compared
+//! case-insensitively and at any depth) are answered by iamlet or refused; they are never
+//! forwarded, whatever the allow-list says, and neither is a path naming the node's own role.
+//! `user-data` is forwarded only with its own flag (`--allow-user-data`), never through a
+//! pattern.
+
+use regex::RegexSet;
+
+/// A request path in canonical form.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct NormalPath {
+    /// Segments, none empty, `.` or `..`, each made only of the segment alphabet.
+    pub segments: Vec<String>,
+    /// Whether the original path ended in `/`.
+    pub trailing_slash: bool,
+}
+
+/// Why a path is refused before routing (answered 400 with this text).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum PathError {
+    /// The path does not start with `/`.
+    #[error("the path must start with /")]
+    NotAbsolute,
+    /// A `%` not followed by two hex digits.
+    #[error("malformed percent-escape")]
+    BadEscape,
+    /// An escape that decodes to a byte whose meaning depends on who decodes it.
+    #[error("percent-escape of {0:?} is not accepted (its meaning depends on who decodes it)")]
+    AmbiguousEscape(char),
+    /// A backslash.
+    #[error("backslashes are not accepted")]
+    Backslash,
+    /// A `;` (path parameters).
+    #[error("path parameters (;) are not accepted")]
+    Parameter,
+    /// A byte outside the segment alphabet.
+    #[error("character {0:?} is not accepted in a metadata path")]
+    Character(char),
+    /// More segments or bytes than any metadata path has.
+    #[error("path too long")]
+    TooLong,
+}
+
+/// Longest raw path accepted (the real service's longest paths are far shorter).
+pub(crate) const MAX_PATH_BYTES: usize = 2048;
+
+impl NormalPath {
+    /// The path as text, starting with `/`; made of the segment alphabet and `/` only.
+    pub(crate) fn render(&self) -> String {
+        let mut s = String::from("/");
+        s.push_str(&self.segments.join("/"));
+        if self.trailing_slash && !self.segments.is_empty() {
+            s.push('/');
+        }
+        s
+    }
+
+    /// The path below the version segment (`meta-data/instance-id`), as text.
+    pub(crate) fn below_version(&self) -> String {
+        let mut s = self.segments.get(1..).unwrap_or_default().join("/");
+        if self.trailing_slash && self.segments.len() > 1 {
+            s.push('/');
+        }
+        s
+    }
+}
+
+/// Whether `b` may appear in a canonical segment.
+pub(crate) const fn is_segment_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.' | b'_' | b'~' | b':' | b'@' | b'=' | b'+' | b','
+        )
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// The character a refused byte is reported as (non-ASCII bytes as U+FFFD).
+fn shown(b: u8) -> char {
+    if b.is_ascii() {
+        char::from(b)
+    } else {
+        char::REPLACEMENT_CHARACTER
+    }
+}
+
+/// Decodes the raw path once, refusing anything ambiguous; `/` separates segments only where
+/// it was written as `/`.
+fn decode(raw: &str) -> Result<Vec<u8>, PathError> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'%' => {
+                let (Some(hi), Some(lo)) = (
+                    bytes.get(i + 1).copied().and_then(hex),
+                    bytes.get(i + 2).copied().and_then(hex),
+                ) else {
+                    return Err(PathError::BadEscape);
+                };
+                let decoded = hi << 4 | lo;
+                if !is_segment_byte(decoded) {
+                    return Err(PathError::AmbiguousEscape(shown(decoded)));
+                }
+                out.push(decoded);
+                i += 3;
+            }
+            b'/' => {
+                out.push(b);
+                i += 1;
+            }
+            b'\\' => return Err(PathError::Backslash),
+            b';' => return Err(PathError::Parameter),
+            b if is_segment_byte(b) => {
+                out.push(b);
+                i += 1;
+            }
+            other => return Err(PathError::Character(shown(other))),
+        }
+    }
+    Ok(out)
+}
+
+/// Makes a request path (without query) canonical, or says why it is refused.
+pub(crate) fn normalize(raw: &str) -> Result<NormalPath, PathError> {
+    if raw.len() > MAX_PATH_BYTES {
+        return Err(PathError::TooLong);
+    }
+    if !raw.starts_with('/') {
+        return Err(PathError::NotAbsolute);
+    }
+    let decoded = decode(raw)?;
+    let mut segments: Vec<String> = Vec::new();
+    let mut last_was_dir = true;
+    for seg in decoded.split(|b| *b == b'/') {
+        last_was_dir = true;
+        match seg {
+            b"" | b"." => {}
+            b".." => {
+                segments.pop();
+            }
+            s => {
+                // Only segment bytes are left: ASCII.
+                segments.push(s.iter().map(|b| char::from(*b)).collect());
+                last_was_dir = false;
+            }
+        }
+    }
+    Ok(NormalPath {
+        segments,
+        trailing_slash: last_was_dir,
+    })
+}
+
+/// Whether a first segment is an API version of the metadata service (`latest`, `1.0`,
+/// `2021-07-15`).
+pub(crate) fn is_version(seg: &str) -> bool {
+    if seg == "latest" || seg == "1.0" {
+        return true;
+    }
+    let b = seg.as_bytes();
+    b.len() == 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
+}
+
+/// What a canonical path asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// `/<v>/api/token`.
+    Token,
+    /// `/<v>/meta-data/iam` (a listing).
+    IamListing,
+    /// `/<v>/meta-data/iam/info`.
+    IamInfo,
+    /// `/<v>/meta-data/iam/security-credentials[/]`; `extended` for
+    /// `security-credentials-extended`.
+    RoleList { extended: bool },
+    /// `/<v>/meta-data/iam/security-credentials/<role>`.
+    RoleCredentials { role: String, extended: bool },
+    /// Any other credential path of the real service, in any letter case: never forwarded.
+    Forbidden,
+    /// `/iamlet/whoami`.
+    Whoami,
+    /// Everything else: a candidate for passthrough.
+    Other,
+}
+
+/// Whether a segment names a credential area of the real service, in any letter case.
+pub(crate) fn is_credential_segment(seg: &str) -> bool {
+    seg.eq_ignore_ascii_case("iam")
+        || starts_with_ignore_case(seg, "identity-credentials")
+        || starts_with_ignore_case(seg, "security-credentials")
+}
+
+fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
+    s.get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+}
+
+/// Classifies a canonical path. iamlet's own routes match in the exact letter case the SDKs
+/// use; a credential area in any other case (or at any other depth) is [`Route::Forbidden`].
+pub(crate) fn route(path: &NormalPath) -> Route {
+    let s: Vec<&str> = path.segments.iter().map(String::as_str).collect();
+    match s.as_slice() {
+        ["iamlet", "whoami"] => Route::Whoami,
+        [v, "api", "token"] if is_version(v) => Route::Token,
+        [v, "meta-data", "iam"] if is_version(v) => Route::IamListing,
+        [v, "meta-data", "iam", "info"] if is_version(v) => Route::IamInfo,
+        [v, "meta-data", "iam", kind] if is_version(v) && is_creds(kind) => Route::RoleList {
+            extended: *kind != "security-credentials",
+        },
+        [v, "meta-data", "iam", kind, role] if is_version(v) && is_creds(kind) => {
+            Route::RoleCredentials {
+                role: (*role).to_owned(),
+                extended: *kind != "security-credentials",
+            }
+        }
+        segs if segs.iter().any(|x| is_credential_segment(x)) => Route::Forbidden,
+        _ => Route::Other,
+    }
+}
+
+fn is_creds(seg: &str) -> bool {
+    seg == "security-credentials" || seg == "security-credentials-extended"
+}
+
+/// Whether the path asks for user data (`/<v>/user-data...`, any letter case).
+pub(crate) fn is_user_data(path: &NormalPath) -> bool {
+    path.segments
+        .get(1)
+        .is_some_and(|s| s.eq_ignore_ascii_case("user-data"))
+}
+
+/// Whether a segment of the path is `role` (the node's own role name), in any letter case.
+pub(crate) fn names_role(path: &NormalPath, role: &str) -> bool {
+    !role.is_empty() && path.segments.iter().any(|s| s.eq_ignore_ascii_case(role))
+}
+
+/// The default passthrough allow-list: instance identity basics. Matched against the path
+/// below the version, e.g. `meta-data/placement/region`.
+pub(crate) const DEFAULT_ALLOW: &[&str] = &[
+    r"meta-data/(ami-id|instance-id|instance-type|hostname|local-hostname|local-ipv4|mac|reservation-id|availability-zone|instance-life-cycle)",
+    r"meta-data/placement(/.*)?",
+    r"meta-data/network(/.*)?",
+    r"dynamic/instance-identity/document",
+];
+
+/// Which paths may be forwarded to the real metadata service.
+#[derive(Clone, Debug)]
+pub(crate) struct AllowList {
+    set: RegexSet,
+    user_data: bool,
+}
+
+impl AllowList {
+    /// An allow-list of regexes, each anchored at both ends. User data stays refused.
+    pub(crate) fn new<S: AsRef<str>>(patterns: &[S]) -> Result<Self, regex::Error> {
+        let anchored: Vec<String> = patterns
+            .iter()
+            .map(|p| format!("^(?:{})$", p.as_ref()))
+            .collect();
+        Ok(AllowList {
+            set: RegexSet::new(anchored)?,
+            user_data: false,
+        })
+    }
+
+    /// The same list, forwarding `user-data` too (`--allow-user-data`).
+    #[must_use]
+    pub(crate) fn with_user_data(mut self, allowed: bool) -> Self {
+        self.user_data = allowed;
+        self
+    }
+
+    /// Whether the canonical path may be forwarded, as far as the path alone says. Credential
+    /// paths never may; user data only with its own flag. The caller also refuses a path
+    /// that [`names_role`] the node's own role.
+    pub(crate) fn allows(&self, path: &NormalPath) -> bool {
+        let Some(first) = path.segments.first() else {
+            return false;
+        };
+        if !is_version(first) || route(path) != Route::Other {
+            return false;
+        }
+        if is_user_data(path) {
+            return self.user_data;
+        }
+        self.set.is_match(&path.below_version())
+    }
+}
+
+#[cfg(test)]
+mod tests;

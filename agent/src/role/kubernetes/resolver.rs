@@ -1,0 +1,56 @@
+//! The role resolver requests use in Kubernetes mode: names the pod from its cgroup's pod UID
+//! and reads its decision from the pod index, waiting (bounded) for a pod the watch has not
+//! delivered yet.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::pod_index::{Lookup, PodIndex};
+use super::policy::Decision;
+use crate::caller::attribution::Caller;
+use crate::role::{BoxFuture, RoleBinding, RoleError, RoleResolver};
+
+/// Role resolution for requests, from the pod index.
+#[derive(Debug)]
+pub(crate) struct KubeRoles {
+    index: Arc<PodIndex>,
+    wait: Duration,
+}
+
+impl KubeRoles {
+    /// A resolver over `index` that waits up to `wait` for pods not seen yet.
+    pub(crate) fn new(index: Arc<PodIndex>, wait: Duration) -> Self {
+        KubeRoles { index, wait }
+    }
+}
+
+impl RoleResolver for KubeRoles {
+    fn role_for<'a>(
+        &'a self,
+        caller: &'a Caller,
+    ) -> BoxFuture<'a, Result<Option<Arc<RoleBinding>>, RoleError>> {
+        Box::pin(async move {
+            let Some(uid) = caller.pod_uid.as_deref() else {
+                return Ok(None);
+            };
+            match self.index.wait_for(uid, self.wait).await {
+                Lookup::Found(entry) => match &entry.decision {
+                    Decision::Role(b) => Ok(Some(Arc::new(b.clone()))),
+                    Decision::Denied { role, reason } => {
+                        tracing::info!(pod_uid = uid, %role, %reason, "role refused");
+                        Ok(None)
+                    }
+                    Decision::NoRole => Ok(None),
+                },
+                Lookup::Deleted => Ok(None),
+                Lookup::Unknown => Err(RoleError::Lookup {
+                    cgroup: caller.cgroup_path.clone().unwrap_or_default(),
+                    reason: format!(
+                        "pod {uid} is not known to the Kubernetes watch after {:?}",
+                        self.wait
+                    ),
+                }),
+            }
+        })
+    }
+}

@@ -1,0 +1,116 @@
+//! The metadata proxy: the listener pods' metadata connects are redirected to.
+//!
+//! Every connection is attributed once, when it is accepted, from the kernel's record of the
+//! connecting socket (see `attribution`). A connection the kernel did not record gets 403 on
+//! every request, with the reason; all others are answered by the metadata API (`imds`, whose
+//! module doc lists the routes).
+//!
+//! Connections are admitted per pod (see `server::admission`): the attribution names the
+//! pod before any byte is read, so a pod over its limit waits or is closed without costing
+//! any other pod a thing. Connections nobody can be named for (no kernel record) share one
+//! limit.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hyper::body::Incoming;
+use hyper::Request;
+
+use crate::caller::attribution::{Attributor, Caller, Unattributed};
+use crate::imds::{Imds, Subject};
+use crate::server::admission::Refusal;
+use crate::server::{self, ConnHandler, Resp};
+use crate::telemetry::metrics::{ConnResult, Metrics};
+
+/// Whose limit a connection counts against.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum ClientKey {
+    /// A pod (or a cgroup that is no pod's).
+    Subject(Subject),
+    /// Connections without a kernel record (all share one limit).
+    Unattributed,
+}
+
+/// The proxy's shared state.
+#[derive(Debug)]
+pub(crate) struct Proxy {
+    attributor: Attributor,
+    imds: Imds,
+    metrics: Metrics,
+    /// Second of the last warning about refused connections (one per second at most).
+    refused_warned_at: AtomicU64,
+}
+
+impl Proxy {
+    /// A proxy attributing connections with `attributor` and answering with `imds`.
+    pub(crate) fn new(attributor: Attributor, imds: Imds, metrics: Metrics) -> Arc<Self> {
+        Arc::new(Proxy {
+            attributor,
+            imds,
+            metrics,
+            refused_warned_at: AtomicU64::new(0),
+        })
+    }
+}
+
+impl ConnHandler for Proxy {
+    type Conn = Result<Caller, Unattributed>;
+    type Key = ClientKey;
+
+    fn admission_key(&self, conn: &Self::Conn) -> Option<ClientKey> {
+        Some(match conn {
+            Ok(caller) => ClientKey::Subject(Subject::of(caller)),
+            Err(_) => ClientKey::Unattributed,
+        })
+    }
+
+    fn on_refused(&self, peer: SocketAddr, refusal: Refusal) {
+        self.metrics.connection(match refusal {
+            Refusal::Total => ConnResult::OverTotalLimit,
+            Refusal::PerKey => ConnResult::OverPodLimit,
+            Refusal::WaitTimedOut => ConnResult::WaitTimedOut,
+        });
+        // A flood must not turn into a flood of log lines: one warning a second at most.
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if self.refused_warned_at.swap(now, Ordering::Relaxed) != now {
+            tracing::warn!(%peer, reason = refusal.as_str(), "closing a connection unserved (see iamlet_proxy_connections_total for how many)");
+        } else {
+            tracing::debug!(%peer, reason = refusal.as_str(), "closing a connection unserved");
+        }
+    }
+
+    fn on_connect(&self, peer: SocketAddr) -> Self::Conn {
+        let caller = self.attributor.attribute(peer);
+        match &caller {
+            Ok(c) => {
+                self.metrics.connection(ConnResult::Attributed);
+                tracing::debug!(%peer, cgroup_id = c.cgroup_id, pod_uid = ?c.pod_uid, "connection attributed");
+            }
+            Err(reason) => {
+                self.metrics.connection(ConnResult::Unattributed);
+                tracing::info!(%peer, %reason, "refusing unattributed connection");
+            }
+        }
+        caller
+    }
+
+    async fn handle(&self, caller: &Self::Conn, req: Request<Incoming>) -> Resp {
+        let (route, resp) = match caller {
+            Err(reason) => (
+                "unattributed",
+                server::response(403, "text/plain", format!("{reason}\n")),
+            ),
+            Ok(caller) => {
+                self.imds
+                    .handle(caller, req.method(), req.uri().path(), req.headers())
+                    .await
+            }
+        };
+        self.metrics.request(route, resp.status().as_u16());
+        resp
+    }
+}
