@@ -17,6 +17,7 @@
 //! | `server` | the HTTP accept loop, per-pod admission, the metadata proxy, the admin server, heap trimming |
 //! | `handover` | upgrades: a new agent takes the running one's sockets and pins over |
 //! | `telemetry` | logs and Prometheus metrics |
+//! | `clock` | time, read in one place so that tests can pause it |
 //! | `timefmt` | UTC timestamps as AWS writes them |
 // Raw system calls live in the `iamlet-sys` crate (agent/sys), behind safe functions.
 #![forbid(unsafe_code)]
@@ -24,6 +25,7 @@
 
 mod app;
 mod caller;
+mod clock;
 mod config;
 mod credentials;
 mod datapath;

@@ -7,6 +7,7 @@ use tokio::sync::watch;
 
 use crate::caller::attribution::Attributor;
 use crate::caller::cgroup::{self, CgroupIndex};
+use crate::clock;
 use crate::config::{load_bindings, Config};
 use crate::credentials::prefetch;
 use crate::credentials::sts_cache::StsCache;
@@ -129,23 +130,23 @@ const WARM_UP_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Waits (at most [`WARM_UP_LIMIT`]) until the pod watch has listed this node's pods and the
 /// credentials of the pods known so far are fetched.
 async fn warm_up(pods: Option<&PodIndex>, sts_cache: Option<&StsCache>) {
-    let started = std::time::Instant::now();
+    let started = clock::now();
     let mut listed_at = None;
     loop {
         let listed = pods.is_none_or(PodIndex::is_listed);
         if listed && listed_at.is_none() {
-            listed_at = Some(std::time::Instant::now());
+            listed_at = Some(clock::now());
         }
         // Prefetches start just after the list is applied (and, standalone, at the first
         // cgroup poll): count them once that has had a moment.
         let settled =
-            listed_at.is_some_and(|t| t.elapsed() >= std::time::Duration::from_millis(200));
+            listed_at.is_some_and(|t| clock::since(t) >= std::time::Duration::from_millis(200));
         let prefetching = sts_cache.map_or(0, StsCache::prefetching);
         if settled && prefetching == 0 {
-            tracing::info!(took = ?started.elapsed(), "caches warm; taking over");
+            tracing::info!(took = ?clock::since(started), "caches warm; taking over");
             return;
         }
-        if started.elapsed() >= WARM_UP_LIMIT {
+        if clock::since(started) >= WARM_UP_LIMIT {
             tracing::warn!(listed, prefetching, limit = ?WARM_UP_LIMIT, "taking over with caches still cold");
             return;
         }

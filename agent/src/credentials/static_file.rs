@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime};
 use serde::Deserialize;
 
 use super::{CredentialError, CredentialSource, Credentials};
+use crate::clock;
 use crate::role::{validate_role_arn, BoxFuture, RoleBinding};
 use crate::timefmt;
 
@@ -198,7 +199,7 @@ impl CredentialSource for StaticCredentials {
         &'a self,
         binding: &'a RoleBinding,
     ) -> BoxFuture<'a, Result<Arc<Credentials>, CredentialError>> {
-        Box::pin(std::future::ready(self.issue(binding, SystemTime::now())))
+        Box::pin(std::future::ready(self.issue(binding, clock::wall())))
     }
 }
 

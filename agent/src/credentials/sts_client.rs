@@ -16,6 +16,7 @@ use aws_config::{BehaviorVersion, Region};
 use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sts::types::Tag;
 
+use crate::clock;
 use crate::credentials::{CredentialError, Credentials};
 use crate::role::{BoxFuture, RoleBinding};
 
@@ -138,7 +139,7 @@ impl Sts {
             secret_access_key: creds.secret_access_key().to_owned(),
             session_token: creds.session_token().to_owned(),
             expiration,
-            last_updated: SystemTime::now(),
+            last_updated: clock::wall(),
         })
     }
 }

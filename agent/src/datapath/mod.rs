@@ -47,6 +47,8 @@ mod repair;
 
 use pin_lock::PinLock;
 
+use crate::clock;
+
 /// The eBPF object built by `cargo xtask build-ebpf`, embedded at compile time (see build.rs).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("IAMLET_EBPF_OBJECT"));
 
@@ -407,7 +409,7 @@ impl Datapath {
             .unwrap_or_else(|p| p.into_inner())
             .as_mut()
         {
-            previous.until = Some(Instant::now() + PREVIOUS_WINDOW);
+            previous.until = Some(clock::now() + PREVIOUS_WINDOW);
         }
         Ok(())
     }
@@ -430,7 +432,7 @@ impl Datapath {
         let Some(prev) = previous.as_ref() else {
             return Ok(None);
         };
-        if prev.until.is_some_and(|until| Instant::now() > until) {
+        if prev.until.is_some_and(|until| clock::now() > until) {
             tracing::info!("the predecessor's peers map is no longer consulted");
             *previous = None;
             return Ok(None);

@@ -23,7 +23,7 @@ pub(crate) mod ratelimit;
 pub(crate) mod token;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use hyper::header::{HeaderMap, HeaderValue};
 use hyper::Method;
@@ -31,6 +31,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::caller::attribution::Caller;
+use crate::clock;
 use crate::credentials::{CredentialError, CredentialSource, Credentials};
 use crate::role::{RoleBinding, RoleResolver};
 use crate::server::{self, Resp};
@@ -174,7 +175,7 @@ fn error_json(status: u16, code: &str, message: &str) -> Resp {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
+    clock::wall()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
@@ -226,7 +227,7 @@ impl Imds {
             // as "no IMDSv2", so it is not rate limited.
             return ("token", self.token(&subject, method, headers));
         }
-        if !self.limiter.allow(&subject, Instant::now()) {
+        if !self.limiter.allow(&subject, clock::now()) {
             let mut resp = text(429, "Too Many Requests\n");
             resp.headers_mut()
                 .insert("retry-after", HeaderValue::from_static("1"));
@@ -377,7 +378,7 @@ impl Imds {
         let profile_arn = binding.role_arn.replacen(":role/", ":instance-profile/", 1);
         let doc = InfoDoc {
             code: "Success",
-            last_updated: format_utc(SystemTime::now()),
+            last_updated: format_utc(clock::wall()),
             instance_profile_id: instance_profile_id(&binding.role_arn),
             instance_profile_arn: profile_arn,
         };

@@ -16,6 +16,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use crate::clock;
+
 /// TTL of the agent's own upstream token.
 const UPSTREAM_TOKEN_TTL: u64 = 21_600;
 /// Largest upstream body passed on.
@@ -142,7 +144,7 @@ impl Upstream {
     /// The agent's own token, fetched or refreshed as needed; `None` when the upstream does
     /// not do IMDSv2.
     async fn token(&self) -> Result<Option<String>, PassthroughError> {
-        let now = Instant::now();
+        let now = clock::now();
         {
             let state = self.token.lock().unwrap_or_else(|p| p.into_inner());
             match &*state {
@@ -182,7 +184,7 @@ impl Upstream {
     /// The node's own role name, from the upstream's role listing (kept for
     /// [`NODE_ROLE_TTL`]); `None` when the node has none or the upstream cannot say.
     pub(crate) async fn node_role(&self) -> Option<String> {
-        let now = Instant::now();
+        let now = clock::now();
         if let Some((role, until)) = &*self.node_role.lock().unwrap_or_else(|p| p.into_inner()) {
             if *until > now {
                 return role.clone();

@@ -193,7 +193,7 @@ impl StaticBindings {
         })
     }
 
-    #[cfg(any(test, feature = "fuzzing"))]
+    #[cfg(feature = "fuzzing")]
     /// The role ARN of every binding, in file order.
     pub(crate) fn role_arns(&self) -> Vec<String> {
         self.bindings.iter().map(|b| b.role_arn.clone()).collect()

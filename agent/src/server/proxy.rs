@@ -13,12 +13,13 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use hyper::body::Incoming;
 use hyper::Request;
 
 use crate::caller::attribution::{Attributor, Caller, Unattributed};
+use crate::clock;
 use crate::imds::{Imds, Subject};
 use crate::server::admission::Refusal;
 use crate::server::{self, ConnHandler, Resp};
@@ -73,7 +74,7 @@ impl ConnHandler for Proxy {
             Refusal::WaitTimedOut => ConnResult::WaitTimedOut,
         });
         // A flood must not turn into a flood of log lines: one warning a second at most.
-        let now = SystemTime::now()
+        let now = clock::wall()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         if self.refused_warned_at.swap(now, Ordering::Relaxed) != now {

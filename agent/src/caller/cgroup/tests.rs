@@ -1,7 +1,6 @@
 //! Unit tests of `cgroup`.
 
 use super::*;
-use std::time::Duration;
 
 #[test]
 fn own_cgroup_from_proc() {
@@ -191,15 +190,25 @@ fn index_finds_new_cgroups_at_once_and_single_flights() {
 
     // Concurrent misses share one walk: hold the scan lock (as a running rescan would)
     // while they all miss, then release it.
+    // (Whether a thread reaches the lock before or after it is released, the id is missing
+    // from a rescan that started after its lookup, so one rescan answers all 32.)
     let index = new();
     let guard = index.scan.lock().unwrap();
+    let ready = Arc::new(std::sync::Barrier::new(33));
     let threads: Vec<_> = (0..32)
         .map(|_| {
             let index = Arc::clone(&index);
-            std::thread::spawn(move || index.path_of(u64::MAX - 1))
+            let ready = Arc::clone(&ready);
+            std::thread::spawn(move || {
+                ready.wait();
+                index.path_of(u64::MAX - 1)
+            })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(200));
+    ready.wait();
+    for _ in 0..1000 {
+        std::thread::yield_now();
+    }
     drop(guard);
     for thread in threads {
         assert_eq!(thread.join().unwrap(), None);

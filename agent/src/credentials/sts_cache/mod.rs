@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_util::future::{FutureExt, Shared};
 use tokio::sync::{watch, Semaphore};
 
+use crate::clock;
 use crate::credentials::sts_client::Assumer;
 use crate::credentials::{CredentialError, CredentialSource, Credentials};
 use crate::role::{BoxFuture, RoleBinding};
@@ -161,7 +162,7 @@ impl StsCache {
         if let Some(slot) = self.inner.cache.get(binding) {
             return slot;
         }
-        let now = Instant::now();
+        let now = clock::now();
         self.inner.cache.get_with(binding.clone(), || {
             Arc::new(Slot {
                 binding: binding.clone(),
@@ -206,13 +207,13 @@ impl StsCache {
                     st.current = Some(c.clone());
                     st.failures = 0;
                     st.last_error = None;
-                    st.next_attempt = Instant::now();
+                    st.next_attempt = clock::now();
                 }
                 Err(e) => {
                     inner.stats.sts_failures.fetch_add(1, Ordering::Relaxed);
                     st.failures = st.failures.saturating_add(1);
                     st.last_error = Some(e.clone());
-                    st.next_attempt = Instant::now() + backoff(&inner.settings, st.failures);
+                    st.next_attempt = clock::now() + backoff(&inner.settings, st.failures);
                     tracing::warn!(role = %slot2.binding.role_arn, session = %slot2.binding.session_name, failures = st.failures, code = %e.code, message = %e.message, "AssumeRole failed");
                 }
             }
@@ -238,8 +239,8 @@ impl StsCache {
     /// call fails.
     pub(crate) async fn get(&self, binding: &RoleBinding) -> FetchResult {
         let slot = self.slot(binding);
-        let now = Instant::now();
-        let wall = SystemTime::now();
+        let now = clock::now();
+        let wall = clock::wall();
         let fetch = {
             let mut st = slot.lock();
             st.last_used = now;
@@ -275,7 +276,7 @@ impl StsCache {
     /// Still-valid cached credentials if there are any, else the error.
     fn fallback(&self, st: &SlotState, err: CredentialError) -> FetchResult {
         match &st.current {
-            Some(c) if remaining(c, SystemTime::now()) > Duration::from_secs(30) => Ok(c.clone()),
+            Some(c) if remaining(c, clock::wall()) > Duration::from_secs(30) => Ok(c.clone()),
             _ => Err(err),
         }
     }
@@ -299,9 +300,8 @@ impl StsCache {
         let slot = self.slot(binding);
         let mut st = slot.lock();
         st.users += 1;
-        st.last_used = Instant::now();
-        if self.inner.settings.prefetch && st.current.is_none() && Instant::now() >= st.next_attempt
-        {
+        st.last_used = clock::now();
+        if self.inner.settings.prefetch && st.current.is_none() && clock::now() >= st.next_attempt {
             self.start_fetch(&slot, &mut st);
         }
     }
@@ -311,14 +311,14 @@ impl StsCache {
         if let Some(slot) = self.inner.cache.get(binding) {
             let mut st = slot.lock();
             st.users = st.users.saturating_sub(1);
-            st.last_used = Instant::now();
+            st.last_used = clock::now();
         }
     }
 
     /// One pass of background work: refreshes due, retries after failures, evictions.
     pub(crate) fn sweep(&self) {
-        let now = Instant::now();
-        let wall = SystemTime::now();
+        let now = clock::now();
+        let wall = clock::wall();
         let grace = self.inner.settings.grace;
         let mut evict = Vec::new();
         for (key, slot) in self.inner.cache.iter() {
@@ -358,12 +358,16 @@ impl StsCache {
 /// Delay before the next call after `failures` consecutive failures: exponential, capped,
 /// with ±20 % jitter so that many entries do not retry in lockstep.
 fn backoff(settings: &StsCacheSettings, failures: u32) -> Duration {
+    let jitter = f64::from(getrandom::u32().unwrap_or(0) % 401) / 1000.0 - 0.2;
+    backoff_with_jitter(settings, failures, jitter)
+}
+
+/// [`backoff`] with the jitter given (-0.2 to 0.2).
+fn backoff_with_jitter(settings: &StsCacheSettings, failures: u32, jitter: f64) -> Duration {
     let exp = settings
         .retry_base
         .saturating_mul(1u32 << failures.saturating_sub(1).min(16));
-    let capped = exp.min(settings.retry_max);
-    let jitter = f64::from(getrandom::u32().unwrap_or(0) % 401) / 1000.0 - 0.2;
-    capped.mul_f64(1.0 + jitter)
+    exp.min(settings.retry_max).mul_f64(1.0 + jitter)
 }
 
 impl CredentialSource for StsCache {

@@ -54,7 +54,7 @@ impl Assumer for FakeSts {
             match mode {
                 Mode::Ok => {
                     let n = self.serial.fetch_add(1, Ordering::SeqCst);
-                    let now = SystemTime::now();
+                    let now = crate::clock::wall();
                     Ok(Credentials {
                         access_key_id: format!("ASIA{n}{}", binding.session_name),
                         secret_access_key: "s".into(),
@@ -93,7 +93,7 @@ fn settings() -> StsCacheSettings {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn concurrent_misses_make_one_call() {
     let sts = FakeSts::new(Duration::from_millis(100), Duration::from_secs(3600));
     let sts_cache = StsCache::new(sts.clone(), settings());
@@ -115,20 +115,21 @@ async fn concurrent_misses_make_one_call() {
     assert_eq!(sts.calls(), 2);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn registration_prefetches() {
     let sts = FakeSts::new(Duration::from_millis(10), Duration::from_secs(3600));
     let sts_cache = StsCache::new(sts.clone(), settings());
     let b = binding("a");
     sts_cache.register(&b);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The call takes 10 ms; just after, its credentials are cached, with no request made.
+    tokio::time::sleep(Duration::from_millis(11)).await;
     assert_eq!(sts.calls(), 1);
     sts_cache.get(&b).await.expect("creds");
     assert_eq!(sts.calls(), 1, "the request was served from the prefetch");
     assert_eq!(sts_cache.stats().hits.load(Ordering::Relaxed), 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn without_prefetch_registration_only_keeps_the_entry() {
     let sts = FakeSts::new(Duration::from_millis(10), Duration::from_secs(3600));
     let sts_cache = StsCache::new(
@@ -152,35 +153,65 @@ async fn without_prefetch_registration_only_keeps_the_entry() {
     assert_eq!(sts.calls(), 1, "the first request fetches");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refresh_ahead_keeps_serving_fresh_credentials() {
+#[tokio::test(start_paused = true)]
+async fn refresh_ahead_happens_at_half_life_in_the_background() {
     let lifetime = Duration::from_millis(1200);
     let sts = FakeSts::new(Duration::from_millis(20), lifetime);
     let s = settings();
     let min_remaining = s.min_remaining;
+    let tick = s.tick;
     let sts_cache = StsCache::new(sts.clone(), s);
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(sts_cache.clone().run(stop_rx));
     let b = binding("a");
-    let started = Instant::now();
-    let mut seen = std::collections::HashSet::new();
-    while started.elapsed() < Duration::from_secs(4) {
+    let started = crate::clock::now();
+    let first = sts_cache.get(&b).await.expect("first");
+    assert_eq!(
+        crate::clock::since(started),
+        Duration::from_millis(20),
+        "one call"
+    );
+    let mut seen = vec![first.access_key_id.clone()];
+    // 4 s of requests every 10 ms: never an error, never less than min_remaining left,
+    // never a request that waits for STS.
+    while crate::clock::since(started) < Duration::from_secs(4) {
+        let asked = crate::clock::now();
         let c = sts_cache.get(&b).await.expect("never an error");
-        let left = remaining(&c, SystemTime::now());
+        assert_eq!(
+            crate::clock::since(asked),
+            Duration::ZERO,
+            "served from the cache"
+        );
+        let left = remaining(&c, crate::clock::wall());
         assert!(
             left > min_remaining,
             "served credentials with {left:?} left"
         );
-        seen.insert(c.access_key_id.clone());
+        if seen.last() != Some(&c.access_key_id) {
+            seen.push(c.access_key_id.clone());
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let _ = stop_tx.send(true);
-    // ~4 s of 1.2 s sessions refreshed at half-life: several refreshes, not one per request.
-    assert!(seen.len() >= 4, "only {} sessions", seen.len());
-    assert!(sts.calls() <= 12, "{} calls", sts.calls());
+    // Each 1.2 s session is replaced once 600 ms are left (half-life), found by the sweep
+    // within one tick and fetched in 20 ms: a new session every 600 ms + at most a tick +
+    // 20 ms. One call per session: none wasted, none from a request.
+    let period = lifetime / 2 + tick + Duration::from_millis(20);
+    let min_sessions = (Duration::from_secs(4).as_millis() / period.as_millis()) as usize + 1;
+    assert!(
+        seen.len() >= min_sessions,
+        "{} sessions in 4 s, expected at least {min_sessions}",
+        seen.len()
+    );
+    assert!(
+        sts.calls() <= seen.len() + 1,
+        "{} calls for {} sessions",
+        sts.calls(),
+        seen.len()
+    );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn sts_failure_keeps_serving_cached_credentials() {
     let sts = FakeSts::new(Duration::from_millis(5), Duration::from_secs(3600));
     // Refresh on every request, so that each one tries (and fails) in the background.
@@ -206,7 +237,7 @@ async fn sts_failure_keeps_serving_cached_credentials() {
     assert!(sts_cache.stats().sts_failures.load(Ordering::Relaxed) >= 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn nothing_cached_and_sts_down_fails_fast_with_the_code() {
     let sts = FakeSts::new(Duration::from_millis(5), Duration::from_secs(3600));
     sts.set(Mode::Fail);
@@ -215,20 +246,21 @@ async fn nothing_cached_and_sts_down_fails_fast_with_the_code() {
     let e = sts_cache.get(&b).await.expect_err("no credentials");
     assert_eq!(e.code, "Throttling");
     assert_eq!(sts.calls(), 1);
-    // Within the backoff: the same error at once, no new call.
-    let started = Instant::now();
+    // Within the backoff (200 ms ± 20 %): the same error at once, no new call.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let started = crate::clock::now();
     let e = sts_cache.get(&b).await.expect_err("still failing");
     assert_eq!(e.code, "Throttling");
-    assert!(started.elapsed() < Duration::from_millis(50));
+    assert_eq!(crate::clock::since(started), Duration::ZERO);
     assert_eq!(sts.calls(), 1);
     // After the backoff STS is tried again, and recovers.
     sts.set(Mode::Ok);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     sts_cache.get(&b).await.expect("recovered");
     assert_eq!(sts.calls(), 2);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_hung_sts_does_not_hold_cached_roles() {
     let sts = FakeSts::new(Duration::from_millis(1), Duration::from_secs(3600));
     let sts_cache = StsCache::new(sts.clone(), settings());
@@ -239,11 +271,12 @@ async fn a_hung_sts_does_not_hold_cached_roles() {
     let e2 = sts_cache.clone();
     let u2 = uncached.clone();
     let hung = tokio::spawn(async move { e2.get(&u2).await });
-    let started = Instant::now();
+    tokio::task::yield_now().await;
+    let started = crate::clock::now();
     for _ in 0..100 {
         sts_cache.get(&cached).await.expect("cached");
     }
-    assert!(started.elapsed() < Duration::from_millis(100));
+    assert_eq!(crate::clock::since(started), Duration::ZERO);
     assert!(
         !hung.is_finished(),
         "the uncached request waits (the IMDS layer bounds it)"
@@ -251,7 +284,7 @@ async fn a_hung_sts_does_not_hold_cached_roles() {
     hung.abort();
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn unused_entries_are_dropped_after_grace() {
     let sts = FakeSts::new(Duration::from_millis(1), Duration::from_secs(3600));
     let sts_cache = StsCache::new(sts.clone(), settings());
@@ -261,7 +294,11 @@ async fn unused_entries_are_dropped_after_grace() {
     sts_cache.register(&gone);
     tokio::time::sleep(Duration::from_millis(50)).await;
     sts_cache.unregister(&gone);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Just before the grace (200 ms) both are kept; just after, the unregistered one goes.
+    tokio::time::sleep(Duration::from_millis(199)).await;
+    sts_cache.sweep();
+    assert_eq!(sts_cache.entries(), 2);
+    tokio::time::sleep(Duration::from_millis(2)).await;
     sts_cache.sweep();
     assert_eq!(sts_cache.entries(), 1);
     sts_cache.get(&kept).await.expect("kept");
@@ -269,18 +306,22 @@ async fn unused_entries_are_dropped_after_grace() {
 }
 
 #[test]
-fn backoff_grows_and_is_capped() {
+fn backoff_doubles_per_failure_is_capped_and_jittered_within_20_percent() {
     let s = StsCacheSettings::default();
-    let b1 = backoff(&s, 1);
-    let b5 = backoff(&s, 5);
-    let b30 = backoff(&s, 30);
-    assert!(
-        b1 >= Duration::from_millis(800) && b1 <= Duration::from_millis(1200),
-        "{b1:?}"
+    let exact: Vec<Duration> = [1, 2, 3, 5, 7, 30]
+        .iter()
+        .map(|f| backoff_with_jitter(&s, *f, 0.0))
+        .collect();
+    let secs = |n| Duration::from_secs(n);
+    assert_eq!(
+        exact,
+        [secs(1), secs(2), secs(4), secs(16), secs(60), secs(60)]
     );
-    assert!(
-        b5 >= Duration::from_millis(12_800) && b5 <= Duration::from_millis(19_200),
-        "{b5:?}"
-    );
-    assert!(b30 <= Duration::from_secs(72), "{b30:?}");
+    assert_eq!(backoff_with_jitter(&s, 1, -0.2), Duration::from_millis(800));
+    assert_eq!(backoff_with_jitter(&s, 30, 0.2), Duration::from_secs(72));
+    for failures in [1, 5, 30] {
+        let b = backoff(&s, failures);
+        let base = backoff_with_jitter(&s, failures, 0.0);
+        assert!(b >= base.mul_f64(0.8) && b <= base.mul_f64(1.2), "{b:?}");
+    }
 }

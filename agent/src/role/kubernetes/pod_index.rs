@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use crate::clock;
 use crate::role::kubernetes::policy::{Decision, PodInfo};
 
 /// How long a deleted pod's UID is remembered.
@@ -73,7 +74,7 @@ impl PodIndex {
     pub(crate) fn remove(&self, uid: &str) -> Option<Arc<PodEntry>> {
         let removed = {
             let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
-            let now = Instant::now();
+            let now = clock::now();
             st.deleted
                 .retain(|_, at| now.duration_since(*at) < TOMBSTONE_TTL);
             st.deleted.insert(uid.to_owned(), now);
@@ -92,7 +93,7 @@ impl PodIndex {
                 .into_iter()
                 .map(|e| (e.info.uid.clone(), Arc::new(e)))
                 .collect();
-            let now = Instant::now();
+            let now = clock::now();
             let mut removed = Vec::new();
             let previous = std::mem::take(&mut st.pods);
             for (uid, old) in previous {
@@ -179,37 +180,55 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_pod_that_appears_during_the_wait_is_found() {
+    #[tokio::test(start_paused = true)]
+    async fn a_pod_that_appears_during_the_wait_is_found_at_once() {
         let index = Arc::new(PodIndex::new());
         let i2 = index.clone();
-        let waiter = tokio::spawn(async move { i2.wait_for("u1", Duration::from_secs(5)).await });
+        let started = clock::now();
+        let waiter = tokio::spawn(async move {
+            let got = i2.wait_for("u1", Duration::from_secs(5)).await;
+            (got, clock::since(started))
+        });
         tokio::time::sleep(Duration::from_millis(50)).await;
         index.upsert(entry("u1"));
-        let got = waiter.await.expect("join");
+        let (got, waited) = waiter.await.expect("join");
         assert!(matches!(got, Lookup::Found(e) if e.info.uid == "u1"));
+        assert_eq!(waited, Duration::from_millis(50), "found when it appeared");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn unknown_pods_wait_only_the_bound_and_deleted_pods_not_at_all() {
         let index = PodIndex::new();
-        let started = Instant::now();
+        let started = clock::now();
         assert_eq!(
             index.wait_for("nope", Duration::from_millis(100)).await,
             Lookup::Unknown
         );
-        assert!(started.elapsed() >= Duration::from_millis(100));
+        assert_eq!(clock::since(started), Duration::from_millis(100));
         index.upsert(entry("u2"));
         index.remove("u2");
-        let started = Instant::now();
+        let started = clock::now();
         assert_eq!(
             index.wait_for("u2", Duration::from_secs(5)).await,
             Lookup::Deleted
         );
-        assert!(started.elapsed() < Duration::from_millis(50));
+        assert_eq!(clock::since(started), Duration::ZERO);
         // Re-added (same UID cannot come back in Kubernetes, but the index copes).
         index.upsert(entry("u2"));
         assert!(matches!(index.get("u2"), Lookup::Found(_)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deleted_pod_is_remembered_for_the_tombstone_ttl_then_forgotten() {
+        let index = PodIndex::new();
+        index.upsert(entry("old"));
+        index.remove("old");
+        tokio::time::sleep(TOMBSTONE_TTL - Duration::from_secs(1)).await;
+        index.remove("other");
+        assert_eq!(index.get("old"), Lookup::Deleted, "still within the TTL");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        index.remove("other");
+        assert_eq!(index.get("old"), Lookup::Unknown, "forgotten after the TTL");
     }
 
     #[test]
