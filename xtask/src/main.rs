@@ -33,7 +33,8 @@ enum Cmd {
     BuildEbpf,
     /// Everything CI runs: setup, build-ebpf, fmt, clippy, unit and privileged tests.
     Test {
-        /// Only run integration tests whose name contains this.
+        /// Only run integration tests whose name contains this; a test's name is its module
+        /// path, so `kube_churn::` runs one area (see tests/tests/integration/main.rs).
         #[arg(long)]
         filter: Option<String>,
         /// Skip setup (the machine is known to be ready).

@@ -23,8 +23,9 @@ fn whoami(pod: &FakePod, family: Family, host: &str) -> Result<Value> {
     answer.json()
 }
 
-fn assert_is(pod: &FakePod, who: &Value, dest: &str) -> Result<()> {
-    ensure!(
+#[track_caller]
+fn assert_is(pod: &FakePod, who: &Value, dest: &str) {
+    assert!(
         who["cgroup_id"].as_u64() == Some(pod.cgroup_id()),
         "{}: cgroup_id {} != inode {} of {}",
         pod.name(),
@@ -33,25 +34,24 @@ fn assert_is(pod: &FakePod, who: &Value, dest: &str) -> Result<()> {
         pod.cgroup_path().display()
     );
     let expected_path = format!("/{}", pod.cgroup_relative().trim_start_matches('/'));
-    ensure!(
+    assert!(
         who["cgroup_path"].as_str() == Some(expected_path.as_str()),
         "{}: cgroup_path {} != {expected_path}",
         pod.name(),
         who["cgroup_path"]
     );
-    ensure!(
+    assert!(
         who["original_destination"].as_str() == Some(dest),
         "{}: original_destination {} != {dest}",
         pod.name(),
         who["original_destination"]
     );
-    ensure!(
+    assert!(
         who["kind"] == "redirected",
         "{}: kind {}",
         pod.name(),
         who["kind"]
     );
-    Ok(())
 }
 
 fn bpftool_json(args: &[&str]) -> Result<Value> {
@@ -84,37 +84,47 @@ fn map_entries(agent: &Agent, map: &str) -> Result<Vec<Value>> {
 }
 
 #[test]
-fn pods_sharing_one_netns_are_told_apart_by_cgroup() -> Result<()> {
-    skip_unless_privileged!(Ok(()));
-    let node = TestNode::new()?;
-    let a = node.add_pod("pod-a")?;
-    let b = node.add_pod_in_netns("pod-b", &a)?;
-    ensure!(a.ipv4() == b.ipv4(), "the two pods must share one IP");
-    let agent = Agent::start(&node, &[])?;
+fn pods_sharing_one_netns_are_told_apart_by_cgroup() {
+    skip_unless_privileged!();
+    let node = TestNode::new().expect("creating the test node");
+    let a = node.add_pod("pod-a").expect("adding pod pod-a");
+    let b = node
+        .add_pod_in_netns("pod-b", &a)
+        .expect("adding pod pod-b in the network namespace of a");
+    assert!(a.ipv4() == b.ipv4(), "the two pods must share one IP");
+    let agent = Agent::start(&node, &[]).expect("starting the agent");
 
-    let who_a = whoami(&a, Family::V4, "169.254.169.254")?;
-    let who_b = whoami(&b, Family::V4, "169.254.169.254")?;
-    assert_is(&a, &who_a, "169.254.169.254:80")?;
-    assert_is(&b, &who_b, "169.254.169.254:80")?;
-    ensure!(who_a["cgroup_id"] != who_b["cgroup_id"]);
+    let who_a =
+        whoami(&a, Family::V4, "169.254.169.254").expect("whoami from a to 169.254.169.254");
+    let who_b =
+        whoami(&b, Family::V4, "169.254.169.254").expect("whoami from b to 169.254.169.254");
+    assert_is(&a, &who_a, "169.254.169.254:80");
+    assert_is(&b, &who_b, "169.254.169.254:80");
+    assert!(who_a["cgroup_id"] != who_b["cgroup_id"]);
     drop(agent);
-    Ok(())
 }
 
 #[test]
-fn pods_in_separate_netns_over_v4_v6_and_v4_mapped() -> Result<()> {
-    skip_unless_privileged!(Ok(()));
-    let node = TestNode::new()?;
-    let a = node.add_pod("pod-a")?;
-    let c = node.add_pod("pod-c")?;
-    let agent = Agent::start(&node, &[])?;
+fn pods_in_separate_netns_over_v4_v6_and_v4_mapped() {
+    skip_unless_privileged!();
+    let node = TestNode::new().expect("creating the test node");
+    let a = node.add_pod("pod-a").expect("adding pod pod-a");
+    let c = node.add_pod("pod-c").expect("adding pod pod-c");
+    let agent = Agent::start(&node, &[]).expect("starting the agent");
     for pod in [&a, &c] {
-        let v4 = whoami(pod, Family::V4, "169.254.169.254")?;
-        assert_is(pod, &v4, "169.254.169.254:80")?;
-        let v6 = whoami(pod, Family::V6, "fd00:ec2::254")?;
-        assert_is(pod, &v6, "[fd00:ec2::254]:80")?;
-        let mapped = whoami(pod, Family::Mapped, "::ffff:169.254.169.254")?;
-        assert_is(pod, &mapped, "[::ffff:169.254.169.254]:80")?;
+        let v4 = whoami(pod, Family::V4, "169.254.169.254")
+            .unwrap_or_else(|e| panic!("whoami from {} to 169.254.169.254: {e:#}", pod.name()));
+        assert_is(pod, &v4, "169.254.169.254:80");
+        let v6 = whoami(pod, Family::V6, "fd00:ec2::254")
+            .unwrap_or_else(|e| panic!("whoami from {} to fd00:ec2::254: {e:#}", pod.name()));
+        assert_is(pod, &v6, "[fd00:ec2::254]:80");
+        let mapped = whoami(pod, Family::Mapped, "::ffff:169.254.169.254").unwrap_or_else(|e| {
+            panic!(
+                "whoami from {} to ::ffff:169.254.169.254: {e:#}",
+                pod.name()
+            )
+        });
+        assert_is(pod, &mapped, "[::ffff:169.254.169.254]:80");
     }
     // curl, as a real client would use it.
     let out = a
@@ -124,24 +134,26 @@ fn pods_in_separate_netns_over_v4_v6_and_v4_mapped() -> Result<()> {
             "-m",
             "5",
             "http://169.254.169.254/iamlet/whoami",
-        ])?
-        .ensure_success()?;
-    let who: Value = serde_json::from_str(&out.stdout)?;
-    assert_is(&a, &who, "169.254.169.254:80")?;
+        ])
+        .expect("running `curl -s -m 5 http://169.254.169.254/iamlet/whoami` in a")
+        .ensure_success()
+        .expect("`curl -s -m 5 http://169.254.169.254/iamlet/whoami` in a");
+    let who: Value = serde_json::from_str(&out.stdout).expect("parsing the JSON output");
+    assert_is(&a, &who, "169.254.169.254:80");
     drop(agent);
-    Ok(())
 }
 
 #[test]
-fn host_network_pod_is_identified_by_its_cgroup() -> Result<()> {
-    skip_unless_privileged!(Ok(()));
-    let node = TestNode::new()?;
-    let h = node.add_host_network_pod("hostnet")?;
-    let agent = Agent::start(&node, &[])?;
-    let who = whoami(&h, Family::V4, "169.254.169.254")?;
-    assert_is(&h, &who, "169.254.169.254:80")?;
+fn host_network_pod_is_identified_by_its_cgroup() {
+    skip_unless_privileged!();
+    let node = TestNode::new().expect("creating the test node");
+    let h = node
+        .add_host_network_pod("hostnet")
+        .expect("adding host-network pod hostnet");
+    let agent = Agent::start(&node, &[]).expect("starting the agent");
+    let who = whoami(&h, Family::V4, "169.254.169.254").expect("whoami from h to 169.254.169.254");
+    assert_is(&h, &who, "169.254.169.254:80");
     drop(agent);
-    Ok(())
 }
 
 /// Whether a TCP connect (and a byte back) or a UDP echo to `host:port` gets through from a
@@ -187,17 +199,20 @@ fn reach_from_node(node: &TestNode, proto: &str, port: u16) -> Result<String> {
 }
 
 #[test]
-fn other_traffic_and_outside_processes_are_untouched() -> Result<()> {
-    skip_unless_privileged!(Ok(()));
-    let node = TestNode::new()?;
-    let pod = node.add_pod("pod-a")?;
-    let outside = node.add_outside_netns("outside")?;
+fn other_traffic_and_outside_processes_are_untouched() {
+    skip_unless_privileged!();
+    let node = TestNode::new().expect("creating the test node");
+    let pod = node.add_pod("pod-a").expect("adding pod pod-a");
+    let outside = node
+        .add_outside_netns("outside")
+        .expect("adding the outside host");
     let imds4 = SocketAddr::new(IMDS_V4.into(), 80);
     let imds4_81 = SocketAddr::new(IMDS_V4.into(), 81);
     let imds6 = SocketAddr::new(IMDS_V6.into(), 80);
     let other = SocketAddr::new(NODE_PROXY_V4.into(), 9000);
-    let _upstream = FakeUpstream::start(&node, &[imds4, imds4_81, imds6, other], &[imds4, other])?;
-    let agent = Agent::start(&node, &[])?;
+    let _upstream = FakeUpstream::start(&node, &[imds4, imds4_81, imds6, other], &[imds4, other])
+        .expect("starting the fake upstreams");
+    let agent = Agent::start(&node, &[]).expect("starting the agent");
 
     // From the pod: other addresses reach their real servers, over TCP and UDP.
     let a = http(
@@ -207,34 +222,42 @@ fn other_traffic_and_outside_processes_are_untouched() -> Result<()> {
         9000,
         "GET",
         "/y",
-    )?;
-    ensure!(
+    )
+    .expect("GET /y from the pod to another address");
+    assert!(
         a.body == "upstream 198.18.255.1 9000 /y",
         "other address: {a:?}"
     );
-    let reply = udp_probe(pod.command("python3"), "198.18.255.1", 9000, "ping")?;
-    ensure!(reply == "upstream-udp ping", "udp elsewhere: {reply:?}");
+    let reply = udp_probe(pod.command("python3"), "198.18.255.1", 9000, "ping")
+        .expect("UDP probe to 198.18.255.1:9000");
+    assert!(reply == "upstream-udp ping", "udp elsewhere: {reply:?}");
     // UDP and other ports of the metadata address are not redirected, and the egress filter
     // lets nothing of them out: whatever reaches the metadata address goes through iamlet.
-    let tcp_81 = reach(&pod, "tcp", "169.254.169.254", 81)?;
-    ensure!(tcp_81.starts_with("blocked"), "tcp port 81: {tcp_81}");
-    let udp_80 = reach(&pod, "udp", "169.254.169.254", 80)?;
-    ensure!(udp_80.starts_with("blocked"), "udp port 80: {udp_80}");
-    let dropped = agent.metric(
-        &node,
-        "iamlet_ebpf_egress_dropped_total{reason=\"imds_v4\"}",
-    )?;
-    ensure!(dropped >= 2.0, "egress drops counted: {dropped}");
+    let tcp_81 =
+        reach(&pod, "tcp", "169.254.169.254", 81).expect("tcp to 169.254.169.254:81 from pod");
+    assert!(tcp_81.starts_with("blocked"), "tcp port 81: {tcp_81}");
+    let udp_80 =
+        reach(&pod, "udp", "169.254.169.254", 80).expect("udp to 169.254.169.254:80 from pod");
+    assert!(udp_80.starts_with("blocked"), "udp port 80: {udp_80}");
+    let dropped = agent
+        .metric(
+            &node,
+            "iamlet_ebpf_egress_dropped_total{reason=\"imds_v4\"}",
+        )
+        .expect("reading metric iamlet_ebpf_egress_dropped_total{reason=\"imds_v4\"}");
+    assert!(dropped >= 2.0, "egress drops counted: {dropped}");
     // From outside the pods' cgroup (the node's own processes), both reach the (fake)
     // metadata service; a host in another namespace is forwarded by the node, which the
     // forwarding guard refuses.
-    ensure!(reach_from_node(&node, "tcp", 81)? == "open");
-    ensure!(reach_from_node(&node, "udp", 80)? == "open");
-    let forwarded = reach_with(outside.command("python3"), "tcp", "169.254.169.254", 80)?;
-    ensure!(forwarded.starts_with("blocked"), "forwarded: {forwarded}");
+    assert!(reach_from_node(&node, "tcp", 81).expect("tcp to port 81 from the node") == "open");
+    assert!(reach_from_node(&node, "udp", 80).expect("udp to port 80 from the node") == "open");
+    let forwarded = reach_with(outside.command("python3"), "tcp", "169.254.169.254", 80)
+        .expect("tcp to 169.254.169.254:80 from the outside host");
+    assert!(forwarded.starts_with("blocked"), "forwarded: {forwarded}");
     // The pod itself is redirected (sanity check on the same setup).
-    let who = whoami(&pod, Family::V4, "169.254.169.254")?;
-    assert_is(&pod, &who, "169.254.169.254:80")?;
+    let who =
+        whoami(&pod, Family::V4, "169.254.169.254").expect("whoami from pod to 169.254.169.254");
+    assert_is(&pod, &who, "169.254.169.254:80");
 
     // A process outside the attached cgroup reaches the real (here: fake) metadata service.
     let a = http(
@@ -244,8 +267,9 @@ fn other_traffic_and_outside_processes_are_untouched() -> Result<()> {
         80,
         "GET",
         WHOAMI,
-    )?;
-    ensure!(
+    )
+    .expect("GET whoami over v4 from the node");
+    assert!(
         a.body == format!("upstream 169.254.169.254 80 {WHOAMI}"),
         "outside v4: {a:?}"
     );
@@ -256,8 +280,9 @@ fn other_traffic_and_outside_processes_are_untouched() -> Result<()> {
         80,
         "GET",
         WHOAMI,
-    )?;
-    ensure!(
+    )
+    .expect("GET whoami over v6 from the node");
+    assert!(
         a.body == format!("upstream fd00:ec2::254 80 {WHOAMI}"),
         "outside v6: {a:?}"
     );
@@ -274,9 +299,10 @@ fn other_traffic_and_outside_processes_are_untouched() -> Result<()> {
             PROXY_PORT,
             "GET",
             WHOAMI,
-        )?;
-        ensure!(a.status == 403, "outside direct {host}: {a:?}");
-        ensure!(
+        )
+        .unwrap_or_else(|e| panic!("outside direct {host}: {e:#}"));
+        assert!(a.status == 403, "outside direct {host}: {a:?}");
+        assert!(
             a.body
                 .contains("not made from a cgroup iamlet is attached to"),
             "{a:?}"
@@ -288,8 +314,9 @@ fn other_traffic_and_outside_processes_are_untouched() -> Result<()> {
             PROXY_PORT,
             "GET",
             WHOAMI,
-        )?;
-        ensure!(a.status == 403, "node direct {host}: {a:?}");
+        )
+        .unwrap_or_else(|e| panic!("node direct {host}: {e:#}"));
+        assert!(a.status == 403, "node direct {host}: {a:?}");
     }
     // A direct connect from inside the cgroup is recorded and attributed.
     let a = http(
@@ -299,23 +326,23 @@ fn other_traffic_and_outside_processes_are_untouched() -> Result<()> {
         PROXY_PORT,
         "GET",
         WHOAMI,
-    )?;
-    let who = a.json()?;
-    ensure!(
+    )
+    .expect("GET whoami directly at the proxy from the pod");
+    let who = a.json().expect("the direct answer as JSON");
+    assert!(
         a.status == 200 && who["kind"] == "direct",
         "pod direct: {a:?}"
     );
-    ensure!(who["cgroup_id"].as_u64() == Some(pod.cgroup_id()));
+    assert!(who["cgroup_id"].as_u64() == Some(pod.cgroup_id()));
     drop(agent);
-    Ok(())
 }
 
 #[test]
-fn maps_pretty_print_and_empty_after_close() -> Result<()> {
-    skip_unless_privileged!(Ok(()));
-    let node = TestNode::new()?;
-    let pod = node.add_pod("pod-a")?;
-    let agent = Agent::start(&node, &[])?;
+fn maps_pretty_print_and_empty_after_close() {
+    skip_unless_privileged!();
+    let node = TestNode::new().expect("creating the test node");
+    let pod = node.add_pod("pod-a").expect("adding pod pod-a");
+    let agent = Agent::start(&node, &[]).expect("starting the agent");
 
     // Hold one connection open and look at the peers map with bpftool.
     let mut holder = pod.command("python3");
@@ -324,14 +351,15 @@ fn maps_pretty_print_and_empty_after_close() -> Result<()> {
         "import socket,time\ns=socket.create_connection(('169.254.169.254',80))\nprint('up',flush=True)\ntime.sleep(30)",
     ]);
     holder.stdout(std::process::Stdio::piped());
-    let mut holder = iamlet_tests::ChildGuard::spawn(&mut holder)?;
+    let mut holder =
+        iamlet_tests::ChildGuard::spawn(&mut holder).expect("spawning the connection holder");
     let deadline = Instant::now() + Duration::from_secs(10);
     let entry = loop {
-        let peers = map_entries(&agent, "PEERS_V1")?;
+        let peers = map_entries(&agent, "PEERS_V1").expect("reading map PEERS_V1");
         if let Some(e) = peers.into_iter().next() {
             break e;
         }
-        ensure!(
+        assert!(
             Instant::now() < deadline,
             "no PEERS_V1 entry while a connection is open"
         );
@@ -339,61 +367,59 @@ fn maps_pretty_print_and_empty_after_close() -> Result<()> {
     };
     // BTF makes bpftool print field names.
     let value = &entry["formatted"]["value"];
-    ensure!(
+    assert!(
         value["cgroup_id"].as_u64() == Some(pod.cgroup_id()),
         "PEERS_V1 entry lacks a named cgroup_id field: {entry}"
     );
-    ensure!(
+    assert!(
         entry["formatted"]["key"]["port"].is_u64(),
         "key fields: {entry}"
     );
-    holder.kill_and_wait()?;
+    holder
+        .kill_and_wait()
+        .expect("killing the connection holder");
 
     // Many short connections, v4, v6 and v4-mapped; then nothing may be left behind.
     for _ in 0..5 {
-        whoami(&pod, Family::V4, "169.254.169.254")?;
-        whoami(&pod, Family::V6, "fd00:ec2::254")?;
-        whoami(&pod, Family::Mapped, "::ffff:169.254.169.254")?;
+        whoami(&pod, Family::V4, "169.254.169.254").expect("whoami from pod to 169.254.169.254");
+        whoami(&pod, Family::V6, "fd00:ec2::254").expect("whoami from pod to fd00:ec2::254");
+        whoami(&pod, Family::Mapped, "::ffff:169.254.169.254")
+            .expect("whoami from pod to ::ffff:169.254.169.254");
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let peers = map_entries(&agent, "PEERS_V1")?;
-        let cookies = map_entries(&agent, "COOKIES_V1")?;
+        let peers = map_entries(&agent, "PEERS_V1").expect("reading map PEERS_V1");
+        let cookies = map_entries(&agent, "COOKIES_V1").expect("reading map COOKIES_V1");
         if peers.is_empty() && cookies.is_empty() {
             break;
         }
-        ensure!(
+        assert!(
             Instant::now() < deadline,
             "entries left after close: PEERS_V1 {peers:?} COOKIES_V1 {cookies:?}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
     drop(agent);
-    Ok(())
 }
 
 #[test]
-fn bpftool_lists_programs_and_exit_detaches_them() -> Result<()> {
-    skip_unless_privileged!(Ok(()));
-    let node = TestNode::new()?;
-    let pod = node.add_pod("pod-a")?;
-    let cgroup = node
-        .pods_cgroup()
-        .to_str()
-        .context("utf-8 path")?
-        .to_string();
-    let mut agent = Agent::start(&node, &["--on-exit", "detach"])?;
+fn bpftool_lists_programs_and_exit_detaches_them() {
+    skip_unless_privileged!();
+    let node = TestNode::new().expect("creating the test node");
+    let pod = node.add_pod("pod-a").expect("adding pod pod-a");
+    let cgroup = node.pods_cgroup().to_str().expect("utf-8 path").to_string();
+    let mut agent = Agent::start(&node, &["--on-exit", "detach"]).expect("starting the agent");
     let pin_dir = agent.bpffs_dir().to_path_buf();
 
-    let attached = bpftool_json(&["cgroup", "show", &cgroup])?;
+    let attached = bpftool_json(&["cgroup", "show", &cgroup]).expect("bpftool cgroup show");
     let mut names: Vec<String> = attached
         .as_array()
-        .context("bpftool cgroup show: not a list")?
+        .expect("bpftool cgroup show: not a list")
         .iter()
         .filter_map(|p| p["name"].as_str().map(str::to_string))
         .collect();
     names.sort();
-    ensure!(
+    assert!(
         names
             == [
                 "iamlet_connect4",
@@ -406,7 +432,8 @@ fn bpftool_lists_programs_and_exit_detaches_them() -> Result<()> {
     // The tree view shows them too, and only on the test cgroup.
     let tree = std::process::Command::new("bpftool")
         .args(["cgroup", "tree", &cgroup])
-        .output()?;
+        .output()
+        .expect("running bpftool cgroup tree");
     let tree = String::from_utf8_lossy(&tree.stdout);
     for name in [
         "iamlet_connect4",
@@ -414,21 +441,21 @@ fn bpftool_lists_programs_and_exit_detaches_them() -> Result<()> {
         "iamlet_egress",
         "iamlet_sock_ops",
     ] {
-        ensure!(
+        assert!(
             tree.contains(name),
             "bpftool cgroup tree lacks {name}:\n{tree}"
         );
     }
-    whoami(&pod, Family::V4, "169.254.169.254")?;
+    whoami(&pod, Family::V4, "169.254.169.254").expect("whoami from pod to 169.254.169.254");
 
-    let status = agent.stop()?;
-    ensure!(status.success(), "agent exit status {status}");
-    let attached = bpftool_json(&["cgroup", "show", &cgroup])?;
-    ensure!(
+    let status = agent.stop().expect("stopping the agent");
+    assert!(status.success(), "agent exit status {status}");
+    let attached = bpftool_json(&["cgroup", "show", &cgroup]).expect("bpftool cgroup show");
+    assert!(
         attached.as_array().is_none_or(Vec::is_empty),
         "programs still attached after exit: {attached}"
     );
-    ensure!(!pin_dir.exists(), "pins left at {}", pin_dir.display());
+    assert!(!pin_dir.exists(), "pins left at {}", pin_dir.display());
     // With the agent gone, the pod's connect is no longer rewritten (it reaches whatever
     // serves 169.254.169.254 in the node; nothing does here, so it fails rather than hangs).
     let a = http(
@@ -439,28 +466,30 @@ fn bpftool_lists_programs_and_exit_detaches_them() -> Result<()> {
         "GET",
         WHOAMI,
     );
-    ensure!(a.is_err(), "connect after exit was still answered: {a:?}");
-    Ok(())
+    assert!(a.is_err(), "connect after exit was still answered: {a:?}");
 }
 
 #[test]
-fn bad_configuration_exits_64_with_a_clear_message() -> Result<()> {
-    skip_unless_privileged!(Ok(()));
+fn bad_configuration_exits_64_with_a_clear_message() {
+    skip_unless_privileged!();
     let bin = iamlet_tests::agent::agent_bin();
-    let run = |args: &[&str]| -> Result<(i32, String)> {
-        let out = std::process::Command::new(&bin).args(args).output()?;
-        Ok((
+    let run = |args: &[&str]| -> (i32, String) {
+        let out = std::process::Command::new(&bin)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("running iamlet {args:?}: {e}"));
+        (
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stderr).into_owned(),
-        ))
+        )
     };
-    let (code, err) = run(&["--cgroup", "/tmp"])?;
-    ensure!(
+    let (code, err) = run(&["--cgroup", "/tmp"]);
+    assert!(
         code == 64 && err.contains("listen"),
         "no listener: {code} {err}"
     );
-    let (code, err) = run(&["--listen-v4", "127.0.0.1:8181", "--cgroup", "/"])?;
-    ensure!(
+    let (code, err) = run(&["--listen-v4", "127.0.0.1:8181", "--cgroup", "/"]);
+    assert!(
         code == 64 && err.contains("root"),
         "root cgroup: {code} {err}"
     );
@@ -469,14 +498,13 @@ fn bad_configuration_exits_64_with_a_clear_message() -> Result<()> {
         "127.0.0.1:8181",
         "--cgroup",
         "/no/such/cgroup",
-    ])?;
-    ensure!(code == 64, "missing cgroup: {code} {err}");
-    let (code, err) = run(&["--listen-v4", "nonsense"])?;
-    ensure!(
+    ]);
+    assert!(code == 64, "missing cgroup: {code} {err}");
+    let (code, err) = run(&["--listen-v4", "nonsense"]);
+    assert!(
         code == 64 && err.contains("nonsense"),
         "bad address: {code} {err}"
     );
-    let (code, _) = run(&["--help"])?;
-    ensure!(code == 0, "--help exits 0");
-    Ok(())
+    let (code, _) = run(&["--help"]);
+    assert!(code == 0, "--help exits 0");
 }

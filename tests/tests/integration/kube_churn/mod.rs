@@ -33,16 +33,17 @@ use iamlet_tests::{skip_unless_privileged, ChildGuard, TestNode};
 use serde_json::json;
 
 #[test]
-fn kube_churn_200_pods_in_waves_get_only_their_own_roles() -> Result<()> {
-    skip_unless_privileged!(Ok(()));
+fn kube_churn_200_pods_in_waves_get_only_their_own_roles() {
+    skip_unless_privileged!();
     let started = Instant::now();
-    let node = TestNode::new()?;
-    let (s, agent) = setup(&node, "10s")?;
+    let node = TestNode::new().expect("creating the test node");
+    let (s, agent) = setup(&node, "10s").expect("setting up the fake API server and the agent");
     // One network namespace per slot: each wave's pod in slot i has the same IP. Each pod's
     // cgroup is created as its process starts, as the container runtime does.
     let slots = (0..PER_WAVE)
         .map(|i| node.add_pod(&format!("netslot-{i:02}")))
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>>>()
+        .expect("adding the network slots");
     let mut t = Tally::default();
     let mut previous: Vec<Churner> = Vec::new();
     for w in 0..WAVES {
@@ -56,40 +57,49 @@ fn kube_churn_200_pods_in_waves_get_only_their_own_roles() -> Result<()> {
         };
         for (i, c) in wave.iter_mut().enumerate() {
             if c.order == Order::ProcessFirst {
-                c.start(&node, &slots[i], before(i))?;
+                c.start(&node, &slots[i], before(i))
+                    .unwrap_or_else(|e| panic!("starting {}: {e:#}", name(c.n)));
             }
         }
         for c in wave.iter_mut().filter(|c| c.order == Order::ProcessFirst) {
-            c.line(true)?;
+            c.line(true)
+                .unwrap_or_else(|e| panic!("the first answer in {}: {e:#}", name(c.n)));
         }
         std::thread::sleep(Duration::from_millis(100)); // their requests are in flight
         for (i, c) in wave.iter_mut().enumerate() {
             if let Some(old) = previous.get(i) {
-                unpublish(&s.api, old.n)?;
+                unpublish(&s.api, old.n)
+                    .unwrap_or_else(|e| panic!("deleting {}: {e:#}", name(old.n)));
             }
             if c.order == Order::Together {
-                c.start(&node, &slots[i], before(i))?;
+                c.start(&node, &slots[i], before(i))
+                    .unwrap_or_else(|e| panic!("starting {}: {e:#}", name(c.n)));
             }
-            publish(&s.api, c.n, role_of(c.n))?;
+            publish(&s.api, c.n, role_of(c.n))
+                .unwrap_or_else(|e| panic!("publishing {}: {e:#}", name(c.n)));
             if c.order == Order::ApiFirst {
-                c.start(&node, &slots[i], before(i))?;
+                c.start(&node, &slots[i], before(i))
+                    .unwrap_or_else(|e| panic!("starting {}: {e:#}", name(c.n)));
             }
         }
         for c in &mut wave {
-            t.first_round(c)?;
+            t.first_round(c)
+                .unwrap_or_else(|e| panic!("the first round in {}: {e:#}", name(c.n)));
         }
         let roles: Vec<usize> = wave.iter().map(|c| role_of(c.n)).collect();
-        check_leftovers(&mut t, &mut previous, &roles)?;
+        check_leftovers(&mut t, &mut previous, &roles)
+            .expect("asking from the previous wave's leftover processes");
         previous = wave; // the old pods go: processes killed, cgroups removed
     }
     for c in &previous {
-        unpublish(&s.api, c.n)?;
+        unpublish(&s.api, c.n).unwrap_or_else(|e| panic!("deleting {}: {e:#}", name(c.n)));
     }
     let others: Vec<_> = previous
         .iter()
         .map(|c| (role_of(c.n) + 1) % ROLES)
         .collect();
-    check_leftovers(&mut t, &mut previous, &others)?;
+    check_leftovers(&mut t, &mut previous, &others)
+        .expect("asking from the last wave's leftover processes");
     drop(previous);
 
     let lookups = |o: Option<Order>| {
@@ -124,38 +134,45 @@ fn kube_churn_200_pods_in_waves_get_only_their_own_roles() -> Result<()> {
   runtime: {secs:.1} s",
         t.requests, t.wrong, t.node, t.stale_rounds
     );
-    t.finish(&agent)
+    t.finish(&agent).expect("the churn verdict");
 }
 
 /// A burst of container starts a few milliseconds apart (a Job's parallel pods, a scale-up),
 /// each container a fast client (`curl`, like a Go program) listing its role at once: each
 /// must get its role, though its cgroup appeared just before the agent hears from it.
 #[test]
-fn kube_churn_burst_of_container_starts_gets_their_roles() -> Result<()> {
-    skip_unless_privileged!(Ok(()));
-    let node = TestNode::new()?;
-    let (s, agent) = setup(&node, "10s")?;
-    let slot = node.add_pod("netslot")?;
+fn kube_churn_burst_of_container_starts_gets_their_roles() {
+    skip_unless_privileged!();
+    let node = TestNode::new().expect("creating the test node");
+    let (s, agent) = setup(&node, "10s").expect("setting up the fake API server and the agent");
+    let slot = node.add_pod("netslot").expect("adding pod netslot");
     let mut t = Tally::default();
     let ns: Vec<usize> = (500..500 + PER_WAVE).collect();
     for &n in &ns {
-        publish(&s.api, n, role_of(n))?;
+        publish(&s.api, n, role_of(n)).unwrap_or_else(|e| panic!("publishing {}: {e:#}", name(n)));
     }
     std::thread::sleep(Duration::from_millis(500)); // the agent has seen the pods
     let mut started = Vec::new();
     for (i, &n) in ns.iter().enumerate() {
-        let pod = node.add_pod_in_netns(&container(n), &slot)?;
+        let pod = node
+            .add_pod_in_netns(&container(n), &slot)
+            .unwrap_or_else(|e| {
+                panic!("adding container {n} in the slot's network namespace: {e:#}")
+            });
         let mut cmd = pod.command("curl");
         let url = format!("http://169.254.169.254{LIST}");
         cmd.args(["-s", "-m", "20", "-w", "\n%{http_code}", &url]);
-        let child = ChildGuard::spawn(cmd.stdout(Stdio::piped()))?;
+        let child = ChildGuard::spawn(cmd.stdout(Stdio::piped())).expect("spawning curl");
         let mut c = Churner::new(n, Order::ApiFirst);
         c.pod = Some(pod);
         started.push((c, child));
         std::thread::sleep(Duration::from_millis(3 * (i as u64 % 8)));
     }
     for (c, child) in started {
-        let out = child.into_inner().wait_with_output()?;
+        let out = child
+            .into_inner()
+            .wait_with_output()
+            .expect("waiting for curl");
         let out = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, status) = out.rsplit_once('\n').unwrap_or(("", &out));
         let v = Verdict::of(
@@ -171,5 +188,5 @@ fn kube_churn_burst_of_container_starts_gets_their_roles() -> Result<()> {
         "kube churn, a burst of {} container starts: {} pods not served their role, {} wrong roles, {} node credentials",
         ns.len(), t.failed_cgroups.len(), t.wrong, t.node
     );
-    t.finish(&agent)
+    t.finish(&agent).expect("the churn verdict");
 }

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::Result;
 use iamlet_tests::kube_fake::{FakeApiServer, KubeControl, RemoteApiServer};
 use iamlet_tests::{
     fetch_credentials, http, skip_unless_privileged, sts_available, Agent, FakePod, Family,
@@ -144,67 +144,82 @@ fn wait_for(what: &str, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
 }
 
 #[test]
-fn pods_get_their_annotated_roles_and_policy_is_enforced() -> Result<()> {
-    skip_unless_privileged!(Ok(()));
-    let node = TestNode::new()?;
+fn pods_get_their_annotated_roles_and_policy_is_enforced() {
+    skip_unless_privileged!();
+    let node = TestNode::new().expect("creating the test node");
     let ua = "11111111-2222-4333-8444-555555555555";
     let ub = "66666666-7777-4888-9999-aaaaaaaaaaaa";
     let uh = "bbbbbbbb-cccc-4ddd-8eee-ffffffffffff";
-    let (s, _agent) = setup(&node, &["app-a", "app-b", "host-role"])?;
-    s.api.apply(&namespace_json("team-a", ".*"))?;
-    s.api.apply(&namespace_json(
-        "locked",
-        "arn:aws:iam::.*:role/nothing-allowed",
-    ))?;
+    let (s, _agent) = setup(&node, &["app-a", "app-b", "host-role"])
+        .expect("setting up the fake API server and the agent");
     s.api
-        .apply(&pod_json("team-a", "a", ua, Some("app-a"), NODE))?;
+        .apply(&namespace_json("team-a", ".*"))
+        .expect("applying namespace team-a");
     s.api
-        .apply(&pod_json("locked", "b", ub, Some("app-b"), NODE))?;
+        .apply(&namespace_json(
+            "locked",
+            "arn:aws:iam::.*:role/nothing-allowed",
+        ))
+        .expect("applying namespace locked");
     s.api
-        .apply(&pod_json("team-a", "h", uh, Some("host-role"), NODE))?;
+        .apply(&pod_json("team-a", "a", ua, Some("app-a"), NODE))
+        .expect("applying pod team-a/a");
+    s.api
+        .apply(&pod_json("locked", "b", ub, Some("app-b"), NODE))
+        .expect("applying pod locked/b");
+    s.api
+        .apply(&pod_json("team-a", "h", uh, Some("host-role"), NODE))
+        .expect("applying pod team-a/h");
     // A pod on another node is not watched.
-    s.api.apply(&pod_json(
-        "team-a",
-        "elsewhere",
-        "00000000-0000-4000-8000-000000000000",
-        Some("app-a"),
-        "node-2",
-    ))?;
-    let a = node.add_pod(&container(ua))?;
-    let b = node.add_pod(&container(ub))?;
-    let h = node.add_host_network_pod(&container(uh))?;
-    ensure!(
-        role_list(&a)? == (200, "app-a".into()),
+    s.api
+        .apply(&pod_json(
+            "team-a",
+            "elsewhere",
+            "00000000-0000-4000-8000-000000000000",
+            Some("app-a"),
+            "node-2",
+        ))
+        .expect("applying pod team-a/elsewhere (on node-2)");
+    let a = node.add_pod(&container(ua)).expect("adding pod a");
+    let b = node.add_pod(&container(ub)).expect("adding pod b");
+    let h = node
+        .add_host_network_pod(&container(uh))
+        .expect("adding host-network pod h");
+    assert!(
+        role_list(&a).expect("the role list of pod a") == (200, "app-a".into()),
         "pod a: {:?}",
-        role_list(&a)?
+        role_list(&a).expect("the role list of pod a")
     );
-    ensure!(
-        role_list(&h)? == (200, "host-role".into()),
+    assert!(
+        role_list(&h).expect("the role list of pod h") == (200, "host-role".into()),
         "hostNetwork pod: {:?}",
-        role_list(&h)?
+        role_list(&h).expect("the role list of pod h")
     );
-    ensure!(
-        role_list(&b)?.0 == 404,
+    assert!(
+        role_list(&b).expect("the role list of pod b").0 == 404,
         "forbidden role served: {:?}",
-        role_list(&b)?
+        role_list(&b).expect("the role list of pod b")
     );
     wait_for("the IamletRoleForbidden Event", || {
         Ok(s.api.events()?.iter().any(|e| {
             e.to_string().contains("IamletRoleForbidden") && e.to_string().contains("\"b\"")
         }))
-    })?;
-    Ok(())
+    })
+    .expect("waiting for the IamletRoleForbidden Event");
 }
 
 #[test]
-fn pod_start_race_annotation_change_and_deletion() -> Result<()> {
-    skip_unless_privileged!(Ok(()));
-    let node = TestNode::new()?;
+fn pod_start_race_annotation_change_and_deletion() {
+    skip_unless_privileged!();
+    let node = TestNode::new().expect("creating the test node");
     let uid = "12121212-3434-4565-8787-909090909090";
-    let (s, _agent) = setup(&node, &["early", "later"])?;
-    s.api.apply(&namespace_json("team-a", ".*"))?;
+    let (s, _agent) =
+        setup(&node, &["early", "later"]).expect("setting up the fake API server and the agent");
+    s.api
+        .apply(&namespace_json("team-a", ".*"))
+        .expect("applying namespace team-a");
     // The container runs before the API server publishes its pod.
-    let pod = node.add_pod(&container(uid))?;
+    let pod = node.add_pod(&container(uid)).expect("adding the pod");
     let asking = std::thread::spawn({
         let mut cmd = pod.command("python3");
         cmd.args(["-c", "import urllib.request as u; r=u.urlopen('http://169.254.169.254/latest/meta-data/iam/security-credentials/', timeout=10); print(r.status, r.read().decode())"]);
@@ -212,42 +227,53 @@ fn pod_start_race_annotation_change_and_deletion() -> Result<()> {
     });
     std::thread::sleep(Duration::from_millis(800));
     s.api
-        .apply(&pod_json("team-a", "racer", uid, Some("early"), NODE))?;
+        .apply(&pod_json("team-a", "racer", uid, Some("early"), NODE))
+        .expect("applying pod team-a/racer");
     let out = asking
         .join()
-        .map_err(|_| anyhow::anyhow!("thread panicked"))??;
-    ensure!(out.stdout.trim() == "200 early", "pod-start race: {out}");
+        .expect("the asking thread panicked")
+        .expect("running the asking pod's request");
+    assert!(out.stdout.trim() == "200 early", "pod-start race: {out}");
     // Annotation change applies on the next request.
     s.api
-        .apply(&pod_json("team-a", "racer", uid, Some("later"), NODE))?;
+        .apply(&pod_json("team-a", "racer", uid, Some("later"), NODE))
+        .expect("applying pod team-a/racer");
     wait_for("the new role", || {
         Ok(role_list(&pod)? == (200, "later".into()))
-    })?;
+    })
+    .expect("waiting for the new role");
     // Deleted pods lose access at once.
-    s.api.delete(iamlet_tests::kube_fake::ObjRef {
-        api_version: "v1".into(),
-        kind: "Pod".into(),
-        namespace: Some("team-a".into()),
-        name: "racer".into(),
-    })?;
-    wait_for("404 after deletion", || Ok(role_list(&pod)?.0 == 404))?;
-    Ok(())
+    s.api
+        .delete(iamlet_tests::kube_fake::ObjRef {
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            namespace: Some("team-a".into()),
+            name: "racer".into(),
+        })
+        .expect("deleting pod team-a/racer");
+    wait_for("404 after deletion", || Ok(role_list(&pod)?.0 == 404))
+        .expect("waiting for 404 after deletion");
 }
 
 #[test]
-fn watched_pods_are_prefetched_from_sts_with_kiam_and_irsa_annotations() -> Result<()> {
-    skip_unless_privileged!(Ok(()));
-    sts_available().map_err(anyhow::Error::msg)?;
-    let node = TestNode::new()?;
-    let moto = MotoSts::start(&node)?;
-    let proxy = FaultProxy::start(&node, moto.addr())?;
+fn watched_pods_are_prefetched_from_sts_with_kiam_and_irsa_annotations() {
+    skip_unless_privileged!();
+    sts_available().unwrap_or_else(|e| panic!("{e}"));
+    let node = TestNode::new().expect("creating the test node");
+    let moto = MotoSts::start(&node).expect("starting moto STS");
+    let proxy = FaultProxy::start(&node, moto.addr()).expect("starting the fault proxy");
     let endpoint = proxy.endpoint();
     let (s, agent) = setup_with(
         &node,
         Creds::Sts(&endpoint, &["--service-account-roles", "--log", "info"]),
-    )?;
-    s.api.apply(&namespace_json("team-a", ".*"))?;
-    proxy.reset_stats()?;
+    )
+    .expect("setting up the fake API server and the agent");
+    s.api
+        .apply(&namespace_json("team-a", ".*"))
+        .expect("applying namespace team-a");
+    proxy
+        .reset_stats()
+        .expect("resetting the fault proxy stats");
 
     // A pod with kiam's annotations: prefetched as soon as the watch delivers it, before its
     // container exists.
@@ -256,54 +282,67 @@ fn watched_pods_are_prefetched_from_sts_with_kiam_and_irsa_annotations() -> Resu
     pod["metadata"]["annotations"]["iam.amazonaws.com/external-id"] = json!("ext-123");
     pod["metadata"]["annotations"]["iam.amazonaws.com/session-name"] = json!("nightly-report");
     let published = Instant::now();
-    s.api.apply(&pod)?;
+    s.api.apply(&pod).expect("applying pod team-a/annotated");
     proxy
         .wait_assume_role_calls(1, Duration::from_secs(15))
-        .context("no prefetch after the watch delivered the pod")?;
+        .expect("no prefetch after the watch delivered the pod");
     let prefetched_after = published.elapsed();
     let role_arn = format!("arn:aws:iam::{ACCOUNT}:role/app-sts");
-    let stats = proxy.stats()?;
+    let stats = proxy.stats().expect("the fault proxy stats");
     let call = stats
         .assume_role_log
         .iter()
         .find(|c| c.role_arn.as_deref() == Some(role_arn.as_str()))
-        .with_context(|| format!("AssumeRole for {role_arn}: {:?}", stats.assume_role_log))?;
-    ensure!(call.external_id.as_deref() == Some("ext-123"), "{call:?}");
-    ensure!(
+        .unwrap_or_else(|| panic!("AssumeRole for {role_arn}: {:?}", stats.assume_role_log));
+    assert!(call.external_id.as_deref() == Some("ext-123"), "{call:?}");
+    assert!(
         call.role_session_name.as_deref() == Some("nightly-report"),
         "{call:?}"
     );
-    let container_a = node.add_pod(&container(uid))?;
+    let container_a = node
+        .add_pod(&container(uid))
+        .expect("adding pod container_a");
     let before = proxy.assume_role_calls();
-    let got = fetch_credentials(&container_a, Sdk::Boto3)?;
-    ensure!(
+    let got = fetch_credentials(&container_a, Sdk::Boto3)
+        .expect("credentials through boto3 in container_a");
+    assert!(
         proxy.assume_role_calls() == before,
         "the pod's first request called STS"
     );
-    ensure!(got.access_key_id.starts_with("ASIA"), "{got:?}");
+    assert!(got.access_key_id.starts_with("ASIA"), "{got:?}");
 
     // A pod without an annotation whose service account names a role (IRSA style).
     let sa_role = format!("arn:aws:iam::{ACCOUNT}:role/from-service-account");
-    s.api.apply(&json!({
-        "apiVersion": "v1", "kind": "ServiceAccount",
-        "metadata": {"name": "reporter", "namespace": "team-a",
-                     "annotations": {"eks.amazonaws.com/role-arn": sa_role}}
-    }))?;
+    s.api
+        .apply(&json!({
+            "apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": "reporter", "namespace": "team-a",
+                         "annotations": {"eks.amazonaws.com/role-arn": sa_role}}
+        }))
+        .expect("applying service account team-a/reporter");
     let uid_b = "64646464-7575-4868-9797-a8a8a8a8a8a8";
     let mut pod_b = pod_json("team-a", "irsa", uid_b, None, NODE);
     pod_b["spec"]["serviceAccountName"] = json!("reporter");
-    s.api.apply(&pod_b)?;
-    let container_b = node.add_pod(&container(uid_b))?;
+    s.api.apply(&pod_b).expect("applying pod team-a/irsa");
+    let container_b = node
+        .add_pod(&container(uid_b))
+        .expect("adding pod container_b");
     wait_for("the service account's role", || {
         Ok(role_list(&container_b)? == (200, "from-service-account".into()))
-    })?;
-    let got_b = fetch_credentials(&container_b, Sdk::Boto3)?;
-    ensure!(
+    })
+    .expect("waiting for the service account's role");
+    let got_b = fetch_credentials(&container_b, Sdk::Boto3)
+        .expect("credentials through boto3 in container_b");
+    assert!(
         got_b.access_key_id != got.access_key_id,
         "two roles, one key: {got_b:?}"
     );
-    ensure!(
-        proxy.stats()?.assume_role_calls_for(&sa_role) >= 1,
+    assert!(
+        proxy
+            .stats()
+            .expect("the fault proxy stats")
+            .assume_role_calls_for(&sa_role)
+            >= 1,
         "no AssumeRole for the service account's role"
     );
     eprintln!("prefetched {prefetched_after:?} after the API server published the pod");
@@ -311,59 +350,70 @@ fn watched_pods_are_prefetched_from_sts_with_kiam_and_irsa_annotations() -> Resu
     // An upgrade: the successor lists the pods and fetches their credentials before it takes
     // the sockets over, so the pods' next requests, now answered by it, call no STS.
     let before_successor = proxy.assume_role_calls();
-    let successor = s.successor(&node, &agent)?;
+    let successor = s
+        .successor(&node, &agent)
+        .expect("starting the successor agent");
     let at_takeover = proxy.assume_role_calls();
-    ensure!(
+    assert!(
         at_takeover >= before_successor + 2,
         "the successor did not prefetch both roles before taking over ({before_successor} -> {at_takeover} AssumeRole calls):\n{}",
         successor.log_text()
     );
-    ensure!(
+    assert!(
         agent.log_text().contains("handed over to the successor"),
         "no handover:\n{}",
         agent.log_text()
     );
     for pod in [&container_a, &container_b] {
-        fetch_credentials(pod, Sdk::Boto3)?;
+        fetch_credentials(pod, Sdk::Boto3)
+            .unwrap_or_else(|e| panic!("credentials through boto3 in {}: {e:#}", pod.name()));
     }
-    ensure!(
+    assert!(
         proxy.assume_role_calls() == at_takeover,
         "requests after the takeover called STS"
     );
-    Ok(())
 }
 
 #[test]
-fn no_prefetch_fetches_only_when_a_pod_asks() -> Result<()> {
-    skip_unless_privileged!(Ok(()));
-    sts_available().map_err(anyhow::Error::msg)?;
-    let node = TestNode::new()?;
-    let moto = MotoSts::start(&node)?;
-    let proxy = FaultProxy::start(&node, moto.addr())?;
+fn no_prefetch_fetches_only_when_a_pod_asks() {
+    skip_unless_privileged!();
+    sts_available().unwrap_or_else(|e| panic!("{e}"));
+    let node = TestNode::new().expect("creating the test node");
+    let moto = MotoSts::start(&node).expect("starting moto STS");
+    let proxy = FaultProxy::start(&node, moto.addr()).expect("starting the fault proxy");
     let endpoint = proxy.endpoint();
-    let (s, _agent) = setup_with(&node, Creds::Sts(&endpoint, &["--no-prefetch"]))?;
-    s.api.apply(&namespace_json("team-a", ".*"))?;
-    proxy.reset_stats()?;
+    let (s, _agent) = setup_with(&node, Creds::Sts(&endpoint, &["--no-prefetch"]))
+        .expect("setting up the fake API server and the agent");
+    s.api
+        .apply(&namespace_json("team-a", ".*"))
+        .expect("applying namespace team-a");
+    proxy
+        .reset_stats()
+        .expect("resetting the fault proxy stats");
     let uid = "52525252-6363-4747-8585-969696969696";
     s.api
-        .apply(&pod_json("team-a", "lazy", uid, Some("app-lazy"), NODE))?;
-    let container_a = node.add_pod(&container(uid))?;
+        .apply(&pod_json("team-a", "lazy", uid, Some("app-lazy"), NODE))
+        .expect("applying pod team-a/lazy");
+    let container_a = node
+        .add_pod(&container(uid))
+        .expect("adding pod container_a");
     // The watch has delivered the pod (its role is listed) and nothing was fetched.
     wait_for("the pod's role", || {
         Ok(role_list(&container_a)? == (200, "app-lazy".into()))
-    })?;
+    })
+    .expect("waiting for the pod's role");
     std::thread::sleep(Duration::from_secs(2));
-    ensure!(
+    assert!(
         proxy.assume_role_calls() == 0,
         "--no-prefetch: {} AssumeRole calls before the pod asked",
         proxy.assume_role_calls()
     );
-    let got = fetch_credentials(&container_a, Sdk::Boto3)?;
-    ensure!(got.access_key_id.starts_with("ASIA"), "{got:?}");
-    ensure!(
+    let got = fetch_credentials(&container_a, Sdk::Boto3)
+        .expect("credentials through boto3 in container_a");
+    assert!(got.access_key_id.starts_with("ASIA"), "{got:?}");
+    assert!(
         proxy.assume_role_calls() == 1,
         "the first request fetched once: {}",
         proxy.assume_role_calls()
     );
-    Ok(())
 }

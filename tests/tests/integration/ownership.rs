@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, Context, Result};
 use iamlet_tests::agent::ADMIN_ADDR;
 use iamlet_tests::{
     skip_unless_privileged, Agent, FakePod, PodRole, StaticRoles, TestNode, NODE_PROXY_V4,
@@ -70,32 +70,39 @@ fn pins_present(agent: &Agent) -> bool {
 }
 
 #[test]
-fn removing_the_pins_detaches_nothing_and_they_come_back() -> Result<()> {
-    skip_unless_privileged!(Ok(()));
-    let node = TestNode::new()?;
-    let pod = node.add_pod(&iamlet_tests::besteffort_container_cgroup(A.uid, 1))?;
-    let roles = StaticRoles::write(&[A])?;
-    let agent = start(&node, &roles)?;
-    ensure!(pins_present(&agent), "pins after start");
-    std::fs::remove_dir_all(agent.bpffs_dir()).context("removing the pin directory")?;
+fn removing_the_pins_detaches_nothing_and_they_come_back() {
+    skip_unless_privileged!();
+    let node = TestNode::new().expect("creating the test node");
+    let pod = node
+        .add_pod(&iamlet_tests::besteffort_container_cgroup(A.uid, 1))
+        .expect("adding the pod");
+    let roles = StaticRoles::write(&[A]).expect("writing the static roles");
+    let agent = start(&node, &roles).expect("starting the agent");
+    assert!(pins_present(&agent), "pins after start");
+    std::fs::remove_dir_all(agent.bpffs_dir()).expect("removing the pin directory");
     // No gap: the agent holds its links, so the pod stays redirected at once.
-    ensure!(
-        redirected(&pod)?,
+    assert!(
+        redirected(&pod).expect("asking through the redirect"),
         "the pod lost the redirect when the pins went"
     );
     wait_for("pins back", Duration::from_secs(5), || {
         Ok(pins_present(&agent))
-    })?;
-    ensure!(redirected(&pod)?);
-    let repinned = agent.metric(&node, "iamlet_datapath_repairs_total{what=\"link_pin\"}")?;
-    ensure!(repinned >= 4.0, "link_pin repairs: {repinned}");
-    ensure!(
+    })
+    .expect("waiting for pins back");
+    assert!(redirected(&pod).expect("asking through the redirect"));
+    let repinned = agent
+        .metric(&node, "iamlet_datapath_repairs_total{what=\"link_pin\"}")
+        .expect("reading metric iamlet_datapath_repairs_total{what=\"link_pin\"}");
+    assert!(repinned >= 4.0, "link_pin repairs: {repinned}");
+    assert!(
         agent.log_text().contains("pinned it again"),
         "no log line:\n{}",
         agent.log_text()
     );
-    ensure!(ready(&node)?, "not ready after the repair");
-    Ok(())
+    assert!(
+        ready(&node).expect("asking /ready"),
+        "not ready after the repair"
+    );
 }
 
 /// The id of the link pinned at `pin`.
@@ -110,18 +117,22 @@ fn link_id(pin: &std::path::Path) -> Result<u64> {
 }
 
 #[test]
-fn a_program_detached_behind_its_back_is_put_back() -> Result<()> {
-    skip_unless_privileged!(Ok(()));
-    let node = TestNode::new()?;
-    let pod = node.add_pod(&iamlet_tests::besteffort_container_cgroup(A.uid, 1))?;
-    let roles = StaticRoles::write(&[A])?;
-    let agent = start(&node, &roles)?;
+fn a_program_detached_behind_its_back_is_put_back() {
+    skip_unless_privileged!();
+    let node = TestNode::new().expect("creating the test node");
+    let pod = node
+        .add_pod(&iamlet_tests::besteffort_container_cgroup(A.uid, 1))
+        .expect("adding the pod");
+    let roles = StaticRoles::write(&[A]).expect("writing the static roles");
+    let agent = start(&node, &roles).expect("starting the agent");
     for hook in ["connect4", "egress"] {
-        let id = link_id(&agent.bpffs_dir().join(format!("link_iamlet_{hook}")))?;
+        let id =
+            link_id(&agent.bpffs_dir().join(format!("link_iamlet_{hook}"))).expect("the link id");
         let out = std::process::Command::new("bpftool")
             .args(["link", "detach", "id", &id.to_string()])
-            .output()?;
-        ensure!(
+            .output()
+            .expect("running bpftool link detach");
+        assert!(
             out.status.success(),
             "bpftool link detach: {}",
             String::from_utf8_lossy(&out.stderr)
@@ -129,48 +140,59 @@ fn a_program_detached_behind_its_back_is_put_back() -> Result<()> {
     }
     wait_for("the programs back", Duration::from_secs(5), || {
         Ok(agent.metric(&node, "iamlet_datapath_repairs_total{what=\"program\"}")? >= 2.0)
-    })?;
-    ensure!(redirected(&pod)?, "not redirected after the repair");
+    })
+    .expect("waiting for the programs back");
+    assert!(
+        redirected(&pod).expect("asking through the redirect"),
+        "not redirected after the repair"
+    );
     let log = agent.log_text();
-    ensure!(log.contains("no longer attached"), "no log line:\n{log}");
-    ensure!(ready(&node)?);
-    Ok(())
+    assert!(log.contains("no longer attached"), "no log line:\n{log}");
+    assert!(ready(&node).expect("asking /ready"));
 }
 
 #[test]
-fn what_cannot_be_put_back_makes_the_agent_not_ready() -> Result<()> {
-    skip_unless_privileged!(Ok(()));
-    let node = TestNode::new()?;
-    let pod = node.add_pod(&iamlet_tests::besteffort_container_cgroup(A.uid, 1))?;
-    let roles = StaticRoles::write(&[A])?;
-    let agent = start(&node, &roles)?;
+fn what_cannot_be_put_back_makes_the_agent_not_ready() {
+    skip_unless_privileged!();
+    let node = TestNode::new().expect("creating the test node");
+    let pod = node
+        .add_pod(&iamlet_tests::besteffort_container_cgroup(A.uid, 1))
+        .expect("adding the pod");
+    let roles = StaticRoles::write(&[A]).expect("writing the static roles");
+    let agent = start(&node, &roles).expect("starting the agent");
     let dir = agent.bpffs_dir().to_owned();
     // The pin directory replaced by a dangling symlink: nothing can be pinned there.
-    std::fs::remove_dir_all(&dir)?;
-    std::os::unix::fs::symlink("/nonexistent/iamlet-pins", &dir)?;
-    wait_for("not ready", Duration::from_secs(5), || Ok(!ready(&node)?))?;
+    std::fs::remove_dir_all(&dir).expect("removing the pin directory");
+    std::os::unix::fs::symlink("/nonexistent/iamlet-pins", &dir)
+        .expect("replacing the pin directory with a dangling symlink");
+    wait_for("not ready", Duration::from_secs(5), || Ok(!ready(&node)?))
+        .expect("waiting for not ready");
     // Pods are still served meanwhile: the links are held by the agent.
-    ensure!(redirected(&pod)?);
-    let failed = agent.metric(&node, "iamlet_datapath_repairs_total{what=\"failed\"}")?;
-    ensure!(failed >= 1.0, "failed checks: {failed}");
-    ensure!(
+    assert!(redirected(&pod).expect("asking through the redirect"));
+    let failed = agent
+        .metric(&node, "iamlet_datapath_repairs_total{what=\"failed\"}")
+        .expect("reading metric iamlet_datapath_repairs_total{what=\"failed\"}");
+    assert!(failed >= 1.0, "failed checks: {failed}");
+    assert!(
         agent.log_text().contains("not ready"),
         "{}",
         agent.log_text()
     );
-    std::fs::remove_file(&dir)?;
-    wait_for("ready again", Duration::from_secs(5), || ready(&node))?;
-    ensure!(pins_present(&agent));
-    Ok(())
+    std::fs::remove_file(&dir).expect("removing the dangling symlink");
+    wait_for("ready again", Duration::from_secs(5), || ready(&node))
+        .expect("waiting for ready again");
+    assert!(pins_present(&agent));
 }
 
 #[test]
-fn a_second_agent_on_the_same_pins_refuses_to_start() -> Result<()> {
-    skip_unless_privileged!(Ok(()));
-    let node = TestNode::new()?;
-    let pod = node.add_pod(&iamlet_tests::besteffort_container_cgroup(A.uid, 1))?;
-    let roles = StaticRoles::write(&[A])?;
-    let agent = start(&node, &roles)?;
+fn a_second_agent_on_the_same_pins_refuses_to_start() {
+    skip_unless_privileged!();
+    let node = TestNode::new().expect("creating the test node");
+    let pod = node
+        .add_pod(&iamlet_tests::besteffort_container_cgroup(A.uid, 1))
+        .expect("adding the pod");
+    let roles = StaticRoles::write(&[A]).expect("writing the static roles");
+    let agent = start(&node, &roles).expect("starting the agent");
     let mut second = node.command(iamlet_tests::agent::agent_bin());
     second
         .arg("--cgroup")
@@ -189,19 +211,19 @@ fn a_second_agent_on_the_same_pins_refuses_to_start() -> Result<()> {
         .arg(agent.bpffs_dir())
         .args(roles.args())
         .env("AWS_EC2_METADATA_DISABLED", "true");
-    let out = iamlet_tests::run_with_timeout(&mut second, Duration::from_secs(20))?;
+    let out = iamlet_tests::run_with_timeout(&mut second, Duration::from_secs(20))
+        .expect("running the second agent");
     let err = out.stderr.clone() + &out.stdout;
-    ensure!(!out.success(), "a second agent started: {err}");
-    let pid = agent.pid().context("pid")?;
-    ensure!(
+    assert!(!out.success(), "a second agent started: {err}");
+    let pid = agent.pid().expect("the first agent's pid");
+    assert!(
         err.contains(&format!(
             "another iamlet agent (pid {pid}) holds the pin directory"
         )),
         "{err}"
     );
     // The first one was not disturbed.
-    ensure!(redirected(&pod)?);
-    ensure!(pins_present(&agent));
-    ensure!(ready(&node)?);
-    Ok(())
+    assert!(redirected(&pod).expect("asking through the redirect"));
+    assert!(pins_present(&agent));
+    assert!(ready(&node).expect("asking /ready"));
 }

@@ -180,22 +180,24 @@ fn attached_programs(node: &TestNode) -> Result<Vec<u64>> {
 }
 
 #[test]
-fn upgrade_hands_over_without_losing_a_request() -> Result<()> {
-    skip_unless_privileged!(Ok(()));
-    let node = TestNode::new()?;
-    let _imds = FakeImds::start(&node)?;
-    let files = Files::write()?;
-    let pod = node.add_pod(&pod_cgroup())?;
+fn upgrade_hands_over_without_losing_a_request() {
+    skip_unless_privileged!();
+    let node = TestNode::new().expect("creating the test node");
+    let _imds = FakeImds::start(&node).expect("starting the fake IMDS");
+    let files = Files::write().expect("writing the agent config files");
+    let pod = node.add_pod(&pod_cgroup()).expect("adding the pod");
     // Each agent runs in its own host-network pod below the attached cgroup, as DaemonSet
     // pods do, so each must be exempt from the redirect (and its predecessor too).
     let agent_pods: Vec<FakePod> = (1..=3)
         .map(|i| {
             node.add_host_network_pod(&format!("kubepods-burstable.slice/iamlet-agent-{i}.scope"))
         })
-        .collect::<Result<_>>()?;
-    let mut first = Agent::start_in_pod(&node, &agent_pods[0], &refs(&files.args(&[])))?;
-    let programs_first = attached_programs(&node)?;
-    ensure!(
+        .collect::<Result<_>>()
+        .expect("adding the agents' host-network pods");
+    let mut first = Agent::start_in_pod(&node, &agent_pods[0], &refs(&files.args(&[])))
+        .expect("starting the first agent");
+    let programs_first = attached_programs(&node).expect("the attached programs");
+    assert!(
         programs_first.len() == PROGRAMS,
         "attached: {programs_first:?}"
     );
@@ -203,143 +205,151 @@ fn upgrade_hands_over_without_losing_a_request() -> Result<()> {
     let mut cmd = pod.command("python3");
     cmd.args(["-c", ASKER, "9", INSTANCE_ID])
         .stdout(Stdio::piped());
-    let asker = ChildGuard::spawn(&mut cmd)?;
+    let asker = ChildGuard::spawn(&mut cmd).expect("spawning the asking pod");
     std::thread::sleep(Duration::from_millis(1500));
 
     // Rollout, twice: the new agent starts next to the old one, then the old one is stopped.
     let mut second =
-        Agent::start_successor_in_pod(&node, &agent_pods[1], &first, &refs(&files.args(&[])))?;
+        Agent::start_successor_in_pod(&node, &agent_pods[1], &first, &refs(&files.args(&[])))
+            .expect("starting the second agent");
     std::thread::sleep(Duration::from_millis(1000));
-    let status = first.stop()?;
-    ensure!(status.success(), "first agent exit: {status}");
-    let programs_second = attached_programs(&node)?;
-    ensure!(
+    let status = first.stop().expect("stopping the first agent");
+    assert!(status.success(), "first agent exit: {status}");
+    let programs_second = attached_programs(&node).expect("the attached programs");
+    assert!(
         programs_second.len() == PROGRAMS && programs_second != programs_first,
         "the successor's programs were not swapped in: {programs_first:?} -> {programs_second:?}"
     );
     std::thread::sleep(Duration::from_millis(1500));
     let third =
-        Agent::start_successor_in_pod(&node, &agent_pods[2], &second, &refs(&files.args(&[])))?;
+        Agent::start_successor_in_pod(&node, &agent_pods[2], &second, &refs(&files.args(&[])))
+            .expect("starting the third agent");
     std::thread::sleep(Duration::from_millis(1000));
-    let status = second.stop()?;
-    ensure!(status.success(), "second agent exit: {status}");
+    let status = second.stop().expect("stopping the second agent");
+    assert!(status.success(), "second agent exit: {status}");
 
     let out = asker
         .into_inner()
         .wait_with_output()
-        .context("waiting for the asking pod")?;
-    let summary: Value = serde_json::from_slice(&out.stdout).with_context(|| {
-        format!(
-            "asker output: {}{}",
+        .expect("waiting for the asking pod");
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "asker output: {}{}: {e}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         )
-    })?;
+    });
     println!("pod asking through two handovers: {summary}");
     let ok = summary["ok"].as_u64().unwrap_or(0);
-    ensure!(
+    assert!(
         summary["errors"].as_array().is_some_and(Vec::is_empty),
         "requests failed during the handovers: {summary}"
     );
-    ensure!(ok >= 50, "too few requests to mean anything: {summary}");
-    ensure!(
+    assert!(ok >= 50, "too few requests to mean anything: {summary}");
+    assert!(
         summary["keys"].as_object().is_some_and(|k| k.len() == 1)
             && summary["keys"][KEY].as_u64() == Some(ok),
         "wrong credentials: {summary}"
     );
     for (name, log) in [("first", first.log_text()), ("second", second.log_text())] {
-        ensure!(
+        assert!(
             log.contains("handed over to the successor"),
             "{name} agent did not hand over:\n{log}"
         );
     }
-    ensure!(
+    assert!(
         third
             .log_text()
             .contains("taking over from the running agent"),
         "third agent did not take over:\n{}",
         third.log_text()
     );
-    Ok(())
 }
 
 #[test]
-fn exit_or_crash_without_successor_fails_closed_and_the_next_agent_adopts() -> Result<()> {
-    skip_unless_privileged!(Ok(()));
-    let node = TestNode::new()?;
-    let _imds = FakeImds::start(&node)?;
-    let files = Files::write()?;
-    let pod = node.add_pod(&pod_cgroup())?;
-    let served = |what: &str| -> Result<()> {
-        let creds = fetch_credentials(&pod).with_context(|| format!("{what}: no credentials"))?;
-        ensure!(creds.contains(KEY), "{what}: {creds}");
-        Ok(())
+fn exit_or_crash_without_successor_fails_closed_and_the_next_agent_adopts() {
+    skip_unless_privileged!();
+    let node = TestNode::new().expect("creating the test node");
+    let _imds = FakeImds::start(&node).expect("starting the fake IMDS");
+    let files = Files::write().expect("writing the agent config files");
+    let pod = node.add_pod(&pod_cgroup()).expect("adding the pod");
+    let served = |what: &str| {
+        let creds =
+            fetch_credentials(&pod).unwrap_or_else(|e| panic!("{what}: no credentials: {e:#}"));
+        assert!(creds.contains(KEY), "{what}: {creds}");
     };
-    let refused = |what: &str| -> Result<()> {
-        match fetch_credentials(&pod) {
-            Ok(answer) => anyhow::bail!("{what}: the pod was answered: {answer}"),
-            Err(e) => {
-                let text = format!("{e:#}");
-                ensure!(
-                    !text.contains(NODE_ACCESS_KEY) && !text.contains(NODE_ACCOUNT),
-                    "{what}: node credentials: {text}"
-                );
-                ensure!(
-                    text.contains("ConnectionRefused"),
-                    "{what}: expected connection refused, got: {text}"
-                );
-                Ok(())
-            }
+    let refused = |what: &str| match fetch_credentials(&pod) {
+        Ok(answer) => panic!("{what}: the pod was answered: {answer}"),
+        Err(e) => {
+            let text = format!("{e:#}");
+            assert!(
+                !text.contains(NODE_ACCESS_KEY) && !text.contains(NODE_ACCOUNT),
+                "{what}: node credentials: {text}"
+            );
+            assert!(
+                text.contains("ConnectionRefused"),
+                "{what}: expected connection refused, got: {text}"
+            );
         }
     };
 
-    let mut agent = Agent::start(&node, &refs(&files.args(&[])))?;
-    served("first agent")?;
-    let status = agent.stop()?;
-    ensure!(status.success(), "exit status {status}");
-    ensure!(
-        attached_programs(&node)?.len() == PROGRAMS,
+    let mut agent = Agent::start(&node, &refs(&files.args(&[]))).expect("starting the agent");
+    served("first agent");
+    let status = agent.stop().expect("stopping the first agent");
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        attached_programs(&node)
+            .expect("the attached programs")
+            .len()
+            == PROGRAMS,
         "programs detached on exit with --on-exit keep"
     );
-    refused("after a clean exit")?;
+    refused("after a clean exit");
 
     // The next agent adopts the pinned links (no handover partner: the first one is gone).
-    let mut next = Agent::start_successor(&node, &agent, &refs(&files.args(&[])))?;
-    ensure!(
+    let mut next = Agent::start_successor(&node, &agent, &refs(&files.args(&[])))
+        .expect("starting the adopting agent");
+    assert!(
         next.log_text().contains("Adopted"),
         "links not adopted:\n{}",
         next.log_text()
     );
-    served("adopting agent")?;
+    served("adopting agent");
 
     // A crash (SIGKILL: no clean-up runs at all) fails closed too.
-    let pid = next.pid().context("pid")?.to_string();
+    let pid = next.pid().expect("pid").to_string();
     std::process::Command::new("kill")
         .args(["-KILL", &pid])
-        .status()?;
+        .status()
+        .expect("running kill -KILL");
     let _ = next.stop();
-    ensure!(
-        attached_programs(&node)?.len() == PROGRAMS,
+    assert!(
+        attached_programs(&node)
+            .expect("the attached programs")
+            .len()
+            == PROGRAMS,
         "programs gone after a crash"
     );
-    refused("after a crash")?;
+    refused("after a crash");
     let mut last =
-        Agent::start_successor(&node, &next, &refs(&files.args(&["--on-exit", "detach"])))?;
-    served("agent after the crash")?;
+        Agent::start_successor(&node, &next, &refs(&files.args(&["--on-exit", "detach"])))
+            .expect("starting the agent after the crash");
+    served("agent after the crash");
 
     // Control: --on-exit detach removes everything, and then the pod does reach the metadata
     // service of the node (here the fake one with node credentials) — which is what `keep`
     // prevents.
-    let status = last.stop()?;
-    ensure!(status.success(), "exit status {status}");
-    ensure!(
-        attached_programs(&node)?.is_empty(),
+    let status = last.stop().expect("stopping the last agent");
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        attached_programs(&node)
+            .expect("the attached programs")
+            .is_empty(),
         "programs left after --on-exit detach"
     );
-    let leaked = fetch_credentials(&pod)?;
-    ensure!(
+    let leaked = fetch_credentials(&pod).expect("credentials after --on-exit detach (the control)");
+    assert!(
         leaked.contains(NODE_ACCESS_KEY),
         "the control did not reach the fake IMDS: {leaked}"
     );
-    Ok(())
 }

@@ -4,7 +4,7 @@ use super::support::*;
 
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use iamlet_tests::{skip_unless_privileged, FakePod, KubeControl, RemoteApiServer, TestNode};
 
 const OUTAGE: Duration = Duration::from_secs(6);
@@ -41,16 +41,17 @@ fn outage(
 }
 
 #[test]
-fn kube_churn_api_outage_serves_known_pods_and_resyncs() -> Result<()> {
-    skip_unless_privileged!(Ok(()));
+fn kube_churn_api_outage_serves_known_pods_and_resyncs() {
+    skip_unless_privileged!();
     let started = Instant::now();
-    let node = TestNode::new()?;
-    let (s, _agent) = setup(&node, "2s")?;
+    let node = TestNode::new().expect("creating the test node");
+    let (s, _agent) = setup(&node, "2s").expect("setting up the fake API server and the agent");
     let [keep, gone1, new1, gone2, new2, changed] = std::array::from_fn(|i| OUTAGE_PODS + i);
     let changed_role = (role_of(changed) + 1) % ROLES;
     let pods = (OUTAGE_PODS..OUTAGE_PODS + 6)
         .map(|n| node.add_pod(&container(n)))
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>>>()
+        .expect("adding the pods");
     let pod = |n: usize| &pods[n - OUTAGE_PODS];
     // Never a foreign role or the node's (errors are fine until the agent has resynced).
     let ask = |n: usize, r: usize| -> Result<Verdict> {
@@ -61,10 +62,11 @@ fn kube_churn_api_outage_serves_known_pods_and_resyncs() -> Result<()> {
     let serves = |n: usize, r: usize| Ok::<_, anyhow::Error>(ask(n, r)?.served());
     let is_gone = |n: usize| Ok::<_, anyhow::Error>(ask(n, role_of(n))?.gone());
     for n in [keep, gone1, gone2, changed] {
-        publish(&s.api, n, role_of(n))?;
+        publish(&s.api, n, role_of(n)).unwrap_or_else(|e| panic!("publishing {}: {e:#}", name(n)));
     }
     for n in [keep, gone1, gone2, changed] {
-        wait_until(&format!("{} served", name(n)), || serves(n, role_of(n)))?;
+        wait_until(&format!("{} served", name(n)), || serves(n, role_of(n)))
+            .unwrap_or_else(|e| panic!("{e:#}"));
     }
 
     // Outage 1: the watches resume from their resource version and replay what they missed.
@@ -78,13 +80,18 @@ fn kube_churn_api_outage_serves_known_pods_and_resyncs() -> Result<()> {
         let out = pod(new1).run(&["curl", "-s", "-w", " %{http_code}", &url])?;
         unknown = Some(out.stdout);
         Ok(())
-    })?;
-    let unknown = unknown.context("no answer")?;
-    ensure!(!unknown.ends_with(" 200"), "unknown pod served: {unknown}");
+    })
+    .expect("outage 1");
+    let unknown = unknown.expect("no answer");
+    assert!(!unknown.ends_with(" 200"), "unknown pod served: {unknown}");
     let resync1 = wait_until("the resync after outage 1", || {
         Ok(is_gone(gone1)? && serves(new1, role_of(new1))? && serves(keep, role_of(keep))?)
-    })?;
-    let lists1 = s.api.request_count("list", Some("/api/v1/pods"))?;
+    })
+    .expect("waiting until the resync after outage 1");
+    let lists1 = s
+        .api
+        .request_count("list", Some("/api/v1/pods"))
+        .expect("counting list requests");
 
     // Outage 2: the history is compacted meanwhile, so the watch's resource version is too
     // old: 410 Gone, and the agent must relist.
@@ -96,7 +103,8 @@ fn kube_churn_api_outage_serves_known_pods_and_resyncs() -> Result<()> {
         publish(&s.api, changed, changed_role)?;
         compacted = s.api.compact()?;
         Ok(())
-    })?;
+    })
+    .expect("outage 2");
     let resync2 = wait_until("the resync after outage 2", || {
         Ok(is_gone(gone2)?
             && serves(new2, role_of(new2))?
@@ -104,8 +112,12 @@ fn kube_churn_api_outage_serves_known_pods_and_resyncs() -> Result<()> {
             && serves(keep, role_of(keep))?
             && serves(new1, role_of(new1))?
             && is_gone(gone1)?)
-    })?;
-    let requests = s.api.requests()?;
+    })
+    .expect("waiting until the resync after outage 2");
+    let requests = s
+        .api
+        .requests()
+        .expect("the request log of the fake API server");
     let expired = (requests.iter())
         .filter(|q| q.verb == "watch" && q.path == "/api/v1/pods" && q.status == 200)
         .filter_map(|q| {
@@ -115,7 +127,10 @@ fn kube_churn_api_outage_serves_known_pods_and_resyncs() -> Result<()> {
         })
         .filter(|rv| *rv > 0 && *rv < compacted)
         .count();
-    let lists2 = s.api.request_count("list", Some("/api/v1/pods"))?;
+    let lists2 = s
+        .api
+        .request_count("list", Some("/api/v1/pods"))
+        .expect("counting list requests");
     println!(
         "kube churn, API outages of {OUTAGE:?}:
   outage 1 (replay): {summary1}
@@ -127,7 +142,6 @@ fn kube_churn_api_outage_serves_known_pods_and_resyncs() -> Result<()> {
   runtime: {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    ensure!(expired > 0, "no 410 for the pod watch: {requests:#?}");
-    ensure!(lists2 > 0, "no relist after 410 Gone: {requests:#?}");
-    Ok(())
+    assert!(expired > 0, "no 410 for the pod watch: {requests:#?}");
+    assert!(lists2 > 0, "no relist after 410 Gone: {requests:#?}");
 }

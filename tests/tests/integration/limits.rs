@@ -8,7 +8,7 @@ use std::io::Read;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::Result;
 use iamlet_tests::{
     http, skip_unless_privileged, Agent, ChildGuard, FakePod, Family, PodRole, StaticRoles,
     TestNode, NODE_PROXY_V4, PROXY_PORT,
@@ -73,11 +73,11 @@ print("served" if b" 200 " in third.recv(1000) else "not-served")
 "#;
 
 #[test]
-fn a_pod_over_its_connection_limit_waits_and_other_pods_are_served() -> Result<()> {
-    skip_unless_privileged!(Ok(()));
-    let node = TestNode::new()?;
-    let (a, b) = pods(&node)?;
-    let roles = StaticRoles::write(&[A, B])?;
+fn a_pod_over_its_connection_limit_waits_and_other_pods_are_served() {
+    skip_unless_privileged!();
+    let node = TestNode::new().expect("creating the test node");
+    let (a, b) = pods(&node).expect("adding the pods");
+    let roles = StaticRoles::write(&[A, B]).expect("writing the static roles");
     let agent = start(
         &node,
         &roles,
@@ -89,48 +89,54 @@ fn a_pod_over_its_connection_limit_waits_and_other_pods_are_served() -> Result<(
             "--max-waiting-per-pod",
             "2",
         ],
-    )?;
+    )
+    .expect("starting the agent");
     let mut cmd = a.command("python3");
     cmd.args(["-c", OVER_THE_LIMIT]).stdout(Stdio::piped());
-    let mut script = ChildGuard::spawn(&mut cmd)?;
+    let mut script = ChildGuard::spawn(&mut cmd).expect("spawning the script in pod A");
     // While pod A's connections wait, pod B is served at once.
     std::thread::sleep(Duration::from_millis(1200));
     let started = Instant::now();
-    let answer = b.imds("GET", ROLE_LIST, &[])?;
-    ensure!(answer.status == 200, "pod B: {answer:?}");
+    let answer = b
+        .imds("GET", ROLE_LIST, &[])
+        .expect("GET the role list from pod B");
+    assert!(answer.status == 200, "pod B: {answer:?}");
     let b_took = started.elapsed();
     let status = script
-        .wait_timeout(Duration::from_secs(20))?
-        .context("pod A's script did not finish")?;
+        .wait_timeout(Duration::from_secs(20))
+        .expect("waiting for pod A's script")
+        .expect("pod A's script did not finish");
     let mut out = String::new();
     script
         .stdout
         .take()
-        .context("stdout")?
-        .read_to_string(&mut out)?;
-    ensure!(status.success(), "pod A's script failed: {out}");
-    ensure!(
+        .expect("the script's stdout")
+        .read_to_string(&mut out)
+        .expect("reading the script's stdout");
+    assert!(status.success(), "pod A's script failed: {out}");
+    assert!(
         out.split_whitespace().collect::<Vec<_>>() == ["fifth-closed", "waiting", "served"],
         "pod A: {out}"
     );
-    ensure!(
+    assert!(
         b_took < Duration::from_secs(3),
         "pod B waited {b_took:?} behind pod A"
     );
-    let refused = agent.metric(
-        &node,
-        "iamlet_proxy_connections_total{result=\"over_pod_limit\"}",
-    )?;
-    ensure!(refused >= 1.0, "over_pod_limit = {refused}");
-    Ok(())
+    let refused = agent
+        .metric(
+            &node,
+            "iamlet_proxy_connections_total{result=\"over_pod_limit\"}",
+        )
+        .expect("reading metric iamlet_proxy_connections_total{result=\"over_pod_limit\"}");
+    assert!(refused >= 1.0, "over_pod_limit = {refused}");
 }
 
 #[test]
-fn limits_header_size_slow_clients_and_rate() -> Result<()> {
-    skip_unless_privileged!(Ok(()));
-    let node = TestNode::new()?;
-    let (a, b) = pods(&node)?;
-    let roles = StaticRoles::write(&[A, B])?;
+fn limits_header_size_slow_clients_and_rate() {
+    skip_unless_privileged!();
+    let node = TestNode::new().expect("creating the test node");
+    let (a, b) = pods(&node).expect("adding the pods");
+    let roles = StaticRoles::write(&[A, B]).expect("writing the static roles");
     let _agent = start(
         &node,
         &roles,
@@ -144,10 +150,13 @@ fn limits_header_size_slow_clients_and_rate() -> Result<()> {
             "--rate-burst",
             "5",
         ],
-    )?;
+    )
+    .expect("starting the agent");
     let huge = "x".repeat(20_000);
-    let answer = a.imds("GET", "/iamlet/whoami", &[("X-Padding", &huge)])?;
-    ensure!(answer.status == 431, "oversized headers: {}", answer.status);
+    let answer = a
+        .imds("GET", "/iamlet/whoami", &[("X-Padding", &huge)])
+        .expect("GET /iamlet/whoami with 20 kB of headers from pod A");
+    assert!(answer.status == 431, "oversized headers: {}", answer.status);
 
     // A client that never finishes its headers is cut off after --header-timeout.
     let slow = a
@@ -155,15 +164,18 @@ fn limits_header_size_slow_clients_and_rate() -> Result<()> {
             "python3",
             "-c",
             "import socket,time\ns=socket.create_connection(('169.254.169.254',80))\ns.sendall(b'GET /iamlet/whoami HTTP/1.1\\r\\nHost: x\\r\\n')\nt=time.time()\ns.settimeout(10)\nd=s.recv(100)\nprint(round(time.time()-t,1), len(d))",
-        ])?
-        .ensure_success()?;
+        ])
+        .expect("running the slow client in pod A")
+        .ensure_success()
+        .expect("the slow client in pod A");
     let waited: f64 = slow
         .stdout
         .split_whitespace()
         .next()
-        .context("slow client output")?
-        .parse()?;
-    ensure!(
+        .expect("slow client output")
+        .parse()
+        .expect("the slow client's seconds");
+    assert!(
         waited < 5.0,
         "slow client held its connection for {waited} s"
     );
@@ -173,21 +185,28 @@ fn limits_header_size_slow_clients_and_rate() -> Result<()> {
     // unaffected.
     let mut statuses = Vec::new();
     for _ in 0..8 {
-        let answer = a.imds("GET", ROLE_LIST, &[])?;
+        let answer = a
+            .imds("GET", ROLE_LIST, &[])
+            .expect("GET the role list from pod A");
         if answer.status == 429 {
-            ensure!(
+            assert!(
                 answer.header("connection") == Some("close"),
                 "429 without Connection: close: {answer:?}"
             );
         }
         statuses.push(answer.status);
     }
-    ensure!(statuses.contains(&429), "no 429 in {statuses:?}");
-    ensure!(
+    assert!(statuses.contains(&429), "no 429 in {statuses:?}");
+    assert!(
         statuses.iter().filter(|s| **s == 200).count() >= 5,
         "{statuses:?}"
     );
-    ensure!(b.imds("GET", ROLE_LIST, &[])?.status == 200);
+    assert!(
+        b.imds("GET", ROLE_LIST, &[])
+            .expect("GET the role list from pod B")
+            .status
+            == 200
+    );
     // A keep-alive connection that goes over the rate is closed by the 429 answer.
     let keep_alive = r#"
 import socket
@@ -209,14 +228,20 @@ for _ in range(20):
         print("closed" if s.recv(100) == b"" else "kept-open")
         break
 "#;
-    let out = a.run(&["python3", "-c", keep_alive])?.ensure_success()?;
-    ensure!(
+    let out = a
+        .run(&["python3", "-c", keep_alive])
+        .expect("running the keep-alive client in pod A")
+        .ensure_success()
+        .expect("the keep-alive client in pod A");
+    assert!(
         out.stdout.split_whitespace().collect::<Vec<_>>() == ["429", "closed"],
         "keep-alive over the rate: {}",
         out.stdout
     );
     // A direct connect from outside the cgroup is still refused.
-    let outside = node.add_outside_netns("outside")?;
+    let outside = node
+        .add_outside_netns("outside")
+        .expect("adding the outside host");
     let answer = http(
         outside.command("python3"),
         Family::V4,
@@ -224,18 +249,18 @@ for _ in range(20):
         PROXY_PORT,
         "GET",
         ROLE_LIST,
-    )?;
-    ensure!(answer.status == 403, "{answer:?}");
-    Ok(())
+    )
+    .expect("GET from outside the cgroup");
+    assert!(answer.status == 403, "{answer:?}");
 }
 
 #[test]
-fn http2_prior_knowledge_gets_505() -> Result<()> {
-    skip_unless_privileged!(Ok(()));
-    let node = TestNode::new()?;
-    let (a, _) = pods(&node)?;
-    let roles = StaticRoles::write(&[A])?;
-    let _agent = start(&node, &roles, &["--upstream", "off"])?;
+fn http2_prior_knowledge_gets_505() {
+    skip_unless_privileged!();
+    let node = TestNode::new().expect("creating the test node");
+    let (a, _) = pods(&node).expect("adding the pods");
+    let roles = StaticRoles::write(&[A]).expect("writing the static roles");
+    let _agent = start(&node, &roles, &["--upstream", "off"]).expect("starting the agent");
     let script = r#"
 import socket
 s = socket.create_connection(("169.254.169.254", 80))
@@ -249,36 +274,46 @@ while True:
     data += chunk
 print(data.split(b"\r\n")[0].decode())
 "#;
-    let out = a.run(&["python3", "-c", script])?.ensure_success()?;
-    ensure!(
+    let out = a
+        .run(&["python3", "-c", script])
+        .expect("running the HTTP/2 preface in pod A")
+        .ensure_success()
+        .expect("the HTTP/2 preface in pod A");
+    assert!(
         out.stdout.trim() == "HTTP/1.1 505 HTTP Version Not Supported",
         "{}",
         out.stdout
     );
     // curl's own HTTP/2 prior-knowledge client gets the same answer, not a hang.
-    let curl = a.run(&[
-        "curl",
-        "-s",
-        "-m",
-        "5",
-        "--http2-prior-knowledge",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
-    ])?;
-    ensure!(
+    let curl = a
+        .run(&[
+            "curl",
+            "-s",
+            "-m",
+            "5",
+            "--http2-prior-knowledge",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+        ])
+        .expect("running curl --http2-prior-knowledge in pod A");
+    assert!(
         curl.stdout.trim() != "000" || curl.status.code() != Some(28),
         "curl timed out: {curl:?}"
     );
     // The connection after it is plain HTTP/1.1 and served.
-    ensure!(a.imds("GET", ROLE_LIST, &[])?.status == 200);
-    Ok(())
+    assert!(
+        a.imds("GET", ROLE_LIST, &[])
+            .expect("GET the role list from pod A")
+            .status
+            == 200
+    );
 }
 
 #[test]
-fn numeric_flags_out_of_range_exit_64_with_a_message() -> Result<()> {
+fn numeric_flags_out_of_range_exit_64_with_a_message() {
     for (flag, value) in [
         ("--max-connections", "2305843009213693952"),
         ("--max-connections-per-pod", "0"),
@@ -290,17 +325,16 @@ fn numeric_flags_out_of_range_exit_64_with_a_message() -> Result<()> {
             .args(["--listen-v4", "198.18.0.1:8181", "--cgroup", "/nonexistent"])
             .args([flag, value])
             .output()
-            .context("running iamlet")?;
+            .expect("running iamlet");
         let err = String::from_utf8_lossy(&out.stderr);
-        ensure!(
+        assert!(
             out.status.code() == Some(64),
             "{flag} {value}: exit {:?}: {err}",
             out.status
         );
-        ensure!(
+        assert!(
             err.contains(flag) && err.contains("must be between"),
             "{flag} {value}: {err}"
         );
     }
-    Ok(())
 }

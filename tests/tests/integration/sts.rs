@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{Context, Result};
 use iamlet_tests::{
     fetch_credentials, http, skip_unless_privileged, sts_available, Agent, FakePod, Family, Fault,
     FaultProxy, MotoSts, Sdk, TestNode,
@@ -182,27 +182,36 @@ fn load(pod: &FakePod, role: &str, n: usize, concurrency: usize) -> Result<Load>
 }
 
 #[test]
-fn concurrent_first_requests_make_one_assume_role() -> Result<()> {
-    skip_unless_privileged!(Ok(()));
-    let node = TestNode::new()?;
-    let sts = Sts::start(&node)?;
-    let a = node.add_pod(&pod_cgroup(UID_A))?;
+fn concurrent_first_requests_make_one_assume_role() {
+    skip_unless_privileged!();
+    let node = TestNode::new().expect("creating the test node");
+    let sts = Sts::start(&node).expect("starting moto STS and the fault proxy");
+    let a = node.add_pod(&pod_cgroup(UID_A)).expect("adding pod a");
     // Slow STS, no prefetch: every request below is a first request for the role.
     sts.proxy
-        .set_fault(Fault::Latency(Duration::from_millis(1500)))?;
-    let _agent = sts.agent(&node, &["--no-prefetch", "--credentials-timeout", "10s"])?;
-    sts.proxy.reset_stats()?;
-    let l = load(&a, "app-a", 1000, 1000)?;
+        .set_fault(Fault::Latency(Duration::from_millis(1500)))
+        .expect("setting a latency of 1.5 s");
+    let _agent = sts
+        .agent(&node, &["--no-prefetch", "--credentials-timeout", "10s"])
+        .expect("starting the agent");
+    sts.proxy
+        .reset_stats()
+        .expect("resetting the fault proxy stats");
+    let l = load(&a, "app-a", 1000, 1000).expect("1000 requests for app-a");
     let ok = l.statuses.iter().filter(|s| **s == 200).count();
-    ensure!(
+    assert!(
         ok == 1000,
         "{ok}/1000 answered 200: {:?}",
         &l.statuses[..10]
     );
     let distinct: std::collections::HashSet<_> = l.keys.iter().flatten().collect();
-    ensure!(distinct.len() == 1, "{} different keys", distinct.len());
-    let calls = sts.proxy.stats()?.assume_role_calls_for(ROLE_A);
-    ensure!(
+    assert!(distinct.len() == 1, "{} different keys", distinct.len());
+    let calls = sts
+        .proxy
+        .stats()
+        .expect("the fault proxy stats")
+        .assume_role_calls_for(ROLE_A);
+    assert!(
         calls == 1,
         "{calls} AssumeRole calls for 1000 concurrent first requests"
     );
@@ -211,60 +220,64 @@ fn concurrent_first_requests_make_one_assume_role() -> Result<()> {
         l.p(0.5),
         l.p(0.99)
     );
-    Ok(())
 }
 
 #[test]
-fn a_new_pod_is_prefetched_before_it_asks() -> Result<()> {
-    skip_unless_privileged!(Ok(()));
-    let node = TestNode::new()?;
-    let sts = Sts::start(&node)?;
-    let _agent = sts.agent(&node, &["--session-tags", "--node-name", "node-7"])?;
-    sts.proxy.reset_stats()?;
+fn a_new_pod_is_prefetched_before_it_asks() {
+    skip_unless_privileged!();
+    let node = TestNode::new().expect("creating the test node");
+    let sts = Sts::start(&node).expect("starting moto STS and the fault proxy");
+    let _agent = sts
+        .agent(&node, &["--session-tags", "--node-name", "node-7"])
+        .expect("starting the agent");
+    sts.proxy
+        .reset_stats()
+        .expect("resetting the fault proxy stats");
     let started = Instant::now();
-    let a = node.add_pod(&pod_cgroup(UID_A))?;
+    let a = node.add_pod(&pod_cgroup(UID_A)).expect("adding pod a");
     sts.proxy
         .wait_assume_role_calls(1, Duration::from_secs(15))
-        .context("no prefetch after the pod appeared")?;
+        .expect("no prefetch after the pod appeared");
     let prefetch_delay = started.elapsed();
-    let before = sts.proxy.stats()?;
-    let got = fetch_credentials(&a, Sdk::Boto3)?;
-    let after = sts.proxy.stats()?;
-    ensure!(
+    let before = sts.proxy.stats().expect("the fault proxy stats");
+    let got = fetch_credentials(&a, Sdk::Boto3).expect("credentials through boto3 in a");
+    let after = sts.proxy.stats().expect("the fault proxy stats");
+    assert!(
         after.assume_role_calls() == before.assume_role_calls(),
         "the pod's first request called STS"
     );
-    ensure!(got.access_key_id.starts_with("ASIA") || got.access_key_id.starts_with("AKIA"));
+    assert!(got.access_key_id.starts_with("ASIA") || got.access_key_id.starts_with("AKIA"));
     let call = after
         .assume_role_log
         .iter()
         .find(|c| c.role_arn.as_deref() == Some(ROLE_A))
-        .context("AssumeRole for app-a in the log")?;
-    ensure!(call.external_id.as_deref() == Some("ext-a"), "{call:?}");
-    ensure!(call.duration_seconds == Some(3600), "{call:?}");
-    ensure!(
+        .expect("AssumeRole for app-a in the log");
+    assert!(call.external_id.as_deref() == Some("ext-a"), "{call:?}");
+    assert!(call.duration_seconds == Some(3600), "{call:?}");
+    assert!(
         call.role_session_name
             .as_deref()
             .is_some_and(|n| n.starts_with("iamlet-")),
         "{call:?}"
     );
-    ensure!(
+    assert!(
         call.tags
             .iter()
             .any(|t| t.key == "node" && t.value == "node-7"),
         "{call:?}"
     );
     eprintln!("prefetch {prefetch_delay:?} after the pod's cgroup appeared");
-    Ok(())
 }
 
 #[test]
-fn refresh_ahead_never_serves_stale_credentials() -> Result<()> {
-    skip_unless_privileged!(Ok(()));
-    let node = TestNode::new()?;
-    let sts = Sts::start(&node)?;
-    let a = node.add_pod(&pod_cgroup(UID_A))?;
-    let _agent = sts.agent(&node, &["--session-duration", "12s"])?;
+fn refresh_ahead_never_serves_stale_credentials() {
+    skip_unless_privileged!();
+    let node = TestNode::new().expect("creating the test node");
+    let sts = Sts::start(&node).expect("starting moto STS and the fault proxy");
+    let a = node.add_pod(&pod_cgroup(UID_A)).expect("adding pod a");
+    let _agent = sts
+        .agent(&node, &["--session-duration", "12s"])
+        .expect("starting the agent");
     let script = r#"
 import json, socket, sys, time, datetime
 end = time.time() + 30
@@ -290,45 +303,52 @@ while time.time() < end:
 print(json.dumps({"errors": errors, "keys": len(keys), "least": least}))
 "#;
     let out = a
-        .run_timeout(&["python3", "-c", script], Duration::from_secs(60))?
-        .ensure_success()?;
-    let r: Value = serde_json::from_str(out.stdout.trim())?;
-    let calls = sts.proxy.stats()?.assume_role_calls_for(ROLE_A);
+        .run_timeout(&["python3", "-c", script], Duration::from_secs(60))
+        .expect("running the expiry watcher in pod a")
+        .ensure_success()
+        .expect("the expiry watcher in pod a");
+    let r: Value = serde_json::from_str(out.stdout.trim()).expect("the expiry watcher's JSON");
+    let calls = sts
+        .proxy
+        .stats()
+        .expect("the fault proxy stats")
+        .assume_role_calls_for(ROLE_A);
     eprintln!("refresh-ahead over 30 s of 12 s sessions: {r}, {calls} AssumeRole calls");
-    ensure!(r["errors"] == 0, "errors while polling: {r}");
-    ensure!(
+    assert!(r["errors"] == 0, "errors while polling: {r}");
+    assert!(
         r["keys"].as_u64().unwrap_or(0) >= 3,
         "credentials were not renewed: {r}"
     );
     // The minimum left is a fifth of the session (2.4 s), less a second of rounding.
-    ensure!(
+    assert!(
         r["least"].as_f64().unwrap_or(0.0) >= 1.4,
         "served nearly expired credentials: {r}"
     );
-    ensure!(calls <= 8, "{calls} calls: refreshes are not per request");
-    Ok(())
+    assert!(calls <= 8, "{calls} calls: refreshes are not per request");
 }
 
 #[test]
-fn sts_faults_keep_cached_roles_served_and_fail_uncached_fast() -> Result<()> {
-    skip_unless_privileged!(Ok(()));
-    let node = TestNode::new()?;
-    let sts = Sts::start(&node)?;
-    let a = node.add_pod(&pod_cgroup(UID_A))?;
-    let _agent = sts.agent(
-        &node,
-        &[
-            "--no-prefetch",
-            "--sts-max-attempts",
-            "1",
-            "--sts-backoff-max",
-            "1s",
-        ],
-    )?;
+fn sts_faults_keep_cached_roles_served_and_fail_uncached_fast() {
+    skip_unless_privileged!();
+    let node = TestNode::new().expect("creating the test node");
+    let sts = Sts::start(&node).expect("starting moto STS and the fault proxy");
+    let a = node.add_pod(&pod_cgroup(UID_A)).expect("adding pod a");
+    let _agent = sts
+        .agent(
+            &node,
+            &[
+                "--no-prefetch",
+                "--sts-max-attempts",
+                "1",
+                "--sts-backoff-max",
+                "1s",
+            ],
+        )
+        .expect("starting the agent");
     // A is cached before the faults start; B never is.
-    ensure!(creds(&a, "app-a")?.0 == 200);
-    let baseline = load(&a, "app-a", 200, 4)?;
-    let b = node.add_pod(&pod_cgroup(UID_B))?;
+    assert!(creds(&a, "app-a").expect("credentials of app-a from a").0 == 200);
+    let baseline = load(&a, "app-a", 200, 4).expect("200 requests for app-a");
+    let b = node.add_pod(&pod_cgroup(UID_B)).expect("adding pod b");
     for (fault, codes) in [
         (Fault::Hang, &["RequestTimeout"][..]),
         (
@@ -341,23 +361,27 @@ fn sts_faults_keep_cached_roles_served_and_fail_uncached_fast() -> Result<()> {
         (Fault::Reset, &["ServiceUnavailable"][..]),
         (Fault::Deny, &["AccessDenied"][..]),
     ] {
-        sts.proxy.set_fault(fault)?;
-        let cached = load(&a, "app-a", 200, 4)?;
-        ensure!(
+        sts.proxy
+            .set_fault(fault)
+            .unwrap_or_else(|e| panic!("setting fault {fault:?}: {e:#}"));
+        let cached = load(&a, "app-a", 200, 4)
+            .unwrap_or_else(|e| panic!("{fault:?}: 200 requests for app-a: {e:#}"));
+        assert!(
             cached.statuses.iter().all(|s| *s == 200),
             "{fault:?}: cached role failed: {:?}",
             cached.codes
         );
         let started = Instant::now();
-        let (status, doc) = creds(&b, "app-b")?;
+        let (status, doc) = creds(&b, "app-b")
+            .unwrap_or_else(|e| panic!("{fault:?}: credentials of app-b from b: {e:#}"));
         let took = started.elapsed();
-        ensure!(
+        assert!(
             status == 500,
             "{fault:?}: uncached role got {status}: {doc}"
         );
         let code = doc["Code"].as_str().unwrap_or("");
-        ensure!(codes.contains(&code), "{fault:?}: code {code:?} ({doc})");
-        ensure!(
+        assert!(codes.contains(&code), "{fault:?}: code {code:?} ({doc})");
+        assert!(
             took < Duration::from_millis(3500),
             "{fault:?}: took {took:?}"
         );
@@ -368,12 +392,11 @@ fn sts_faults_keep_cached_roles_served_and_fail_uncached_fast() -> Result<()> {
             baseline.p(0.5) * 1e3,
             baseline.p(0.99) * 1e3
         );
-        sts.proxy.clear()?;
+        sts.proxy.clear().expect("clearing the fault");
         // Let the engine's backoff for B (at most 1.2 s here) pass before the next fault.
         std::thread::sleep(Duration::from_millis(1500));
     }
     // STS is back: B recovers.
-    let (status, doc) = creds(&b, "app-b")?;
-    ensure!(status == 200, "B after recovery: {status} {doc}");
-    Ok(())
+    let (status, doc) = creds(&b, "app-b").expect("credentials of app-b from b");
+    assert!(status == 200, "B after recovery: {status} {doc}");
 }

@@ -1,10 +1,10 @@
 //! Self-tests of the STS harness: moto behind `sts-fault-proxy` in a fake node's namespace,
 //! driven by boto3 from the SDK venv. Run as root:
-//! `cargo test -p iamlet-tests --test sts_harness -- --test-threads=1`.
+//! `cargo test -p iamlet-tests --test integration -- --test-threads=1 sts_harness::`.
 
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::Result;
 use iamlet_tests::sts::{MOTO_ACCOUNT, REGION};
 use iamlet_tests::{
     assume_role, boto3_sts, caller_identity, skip_unless_privileged, sts_available, Boto3Options,
@@ -54,73 +54,76 @@ fn call(sts: &Sts, session: &str, opts: &Boto3Options) -> Result<Boto3Outcome> {
     )
 }
 
-fn expect_client_error(outcome: &Boto3Outcome, want_code: &str, want_status: u16) -> Result<()> {
+#[track_caller]
+fn expect_client_error(outcome: &Boto3Outcome, want_code: &str, want_status: u16) {
     match outcome {
         Boto3Outcome::ClientError {
             code, http_status, ..
-        } if code == want_code && *http_status == want_status => Ok(()),
-        other => anyhow::bail!("expected ClientError {want_code} ({want_status}), got {other:?}"),
+        } if code == want_code && *http_status == want_status => {}
+        other => panic!("expected ClientError {want_code} ({want_status}), got {other:?}"),
     }
 }
 
-fn expect_ok(outcome: &Boto3Outcome) -> Result<&Value> {
+#[track_caller]
+fn expect_ok(outcome: &Boto3Outcome) -> &Value {
     match outcome {
-        Boto3Outcome::Ok { result, .. } => Ok(result),
-        other => anyhow::bail!("expected success, got {other:?}"),
+        Boto3Outcome::Ok { result, .. } => result,
+        other => panic!("expected success, got {other:?}"),
     }
 }
 
 #[test]
-fn assume_role_through_the_proxy_is_forwarded_and_logged() -> Result<()> {
-    skip_unless_privileged!(Ok(()));
-    let sts = start()?;
-    let out = call(&sts, "pod-web-0", &Boto3Options::default())?;
-    let result = expect_ok(&out)?;
-    ensure!(
+fn assume_role_through_the_proxy_is_forwarded_and_logged() {
+    skip_unless_privileged!();
+    let sts = start().expect("starting moto STS and the fault proxy");
+    let out =
+        call(&sts, "pod-web-0", &Boto3Options::default()).expect("boto3 AssumeRole as pod-web-0");
+    let result = expect_ok(&out);
+    assert!(
         result["AssumedRoleUser"]["Arn"]
             == "arn:aws:sts::123456789012:assumed-role/app-a/pod-web-0",
         "{result}"
     );
     let key = result["Credentials"]["AccessKeyId"].as_str().unwrap_or("");
-    ensure!(key.starts_with("ASIA"), "moto's key {key:?}");
+    assert!(key.starts_with("ASIA"), "moto's key {key:?}");
 
-    let stats = sts.proxy.stats()?;
-    ensure!(stats.total == 1 && stats.faulted == 0, "{stats:?}");
-    ensure!(stats.assume_role_calls() == 1, "{stats:?}");
-    ensure!(stats.assume_role_calls_for(ROLE) == 1, "{stats:?}");
-    ensure!(sts.proxy.assume_role_calls() == 1);
+    let stats = sts.proxy.stats().expect("the fault proxy stats");
+    assert!(stats.total == 1 && stats.faulted == 0, "{stats:?}");
+    assert!(stats.assume_role_calls() == 1, "{stats:?}");
+    assert!(stats.assume_role_calls_for(ROLE) == 1, "{stats:?}");
+    assert!(sts.proxy.assume_role_calls() == 1);
     let logged = &stats.assume_role_log[0];
-    ensure!(logged.role_arn.as_deref() == Some(ROLE), "{logged:?}");
-    ensure!(
+    assert!(logged.role_arn.as_deref() == Some(ROLE), "{logged:?}");
+    assert!(
         logged.role_session_name.as_deref() == Some("pod-web-0"),
         "{logged:?}"
     );
-    ensure!(
+    assert!(
         logged.external_id.as_deref() == Some("ext-123"),
         "{logged:?}"
     );
-    ensure!(logged.duration_seconds == Some(900), "{logged:?}");
+    assert!(logged.duration_seconds == Some(900), "{logged:?}");
     let tags: Vec<(&str, &str)> = logged
         .tags
         .iter()
         .map(|t| (t.key.as_str(), t.value.as_str()))
         .collect();
-    ensure!(
+    assert!(
         tags == [
             ("kubernetes-namespace", "default"),
             ("kubernetes-pod", "web-0")
         ],
         "{logged:?}"
     );
-    ensure!(
+    assert!(
         logged.signing_access_key_id.as_deref() == Some("testing"),
         "{logged:?}"
     );
-    ensure!(
+    assert!(
         logged.signing_region.as_deref() == Some(REGION),
         "{logged:?}"
     );
-    ensure!(logged.fault == "none", "{logged:?}");
+    assert!(logged.fault == "none", "{logged:?}");
 
     // Other actions are counted by action, not logged as AssumeRole.
     boto3_sts(
@@ -129,25 +132,28 @@ fn assume_role_through_the_proxy_is_forwarded_and_logged() -> Result<()> {
         "get_caller_identity",
         &json!({}),
         &Boto3Options::default(),
-    )?
-    .into_result()?;
-    let stats = sts.proxy.stats()?;
-    ensure!(stats.total == 2, "{stats:?}");
-    ensure!(
+    )
+    .expect("running boto3 GetCallerIdentity through the proxy")
+    .into_result()
+    .expect("GetCallerIdentity through the proxy");
+    let stats = sts.proxy.stats().expect("the fault proxy stats");
+    assert!(stats.total == 2, "{stats:?}");
+    assert!(
         stats.by_action.get("GetCallerIdentity") == Some(&1),
         "{stats:?}"
     );
-    ensure!(stats.assume_role_log.len() == 1, "{stats:?}");
+    assert!(stats.assume_role_log.len() == 1, "{stats:?}");
 
-    sts.proxy.reset_stats()?;
-    ensure!(sts.proxy.stats()? == Default::default());
-    Ok(())
+    sts.proxy
+        .reset_stats()
+        .expect("resetting the fault proxy stats");
+    assert!(sts.proxy.stats().expect("the fault proxy stats") == Default::default());
 }
 
 #[test]
-fn moto_credentials_identify_the_assumed_role() -> Result<()> {
-    skip_unless_privileged!(Ok(()));
-    let sts = start()?;
+fn moto_credentials_identify_the_assumed_role() {
+    skip_unless_privileged!();
+    let sts = start().expect("starting moto STS and the fault proxy");
     for (role, session, want) in [
         (
             ROLE,
@@ -161,12 +167,14 @@ fn moto_credentials_identify_the_assumed_role() -> Result<()> {
             "arn:aws:sts::210987654321:assumed-role/app-b/demo-batch",
         ),
     ] {
-        let assumed = assume_role(&sts.node, &sts.proxy.endpoint(), role, session)?;
-        ensure!(assumed.arn == want, "{assumed:?}");
+        let assumed = assume_role(&sts.node, &sts.proxy.endpoint(), role, session)
+            .unwrap_or_else(|e| panic!("AssumeRole {role} as {session}: {e:#}"));
+        assert!(assumed.arn == want, "{assumed:?}");
         for endpoint in [sts.proxy.endpoint(), sts.moto.endpoint()] {
-            let id = caller_identity(&sts.node, &endpoint, &assumed.creds)?;
-            ensure!(id.arn == want, "{endpoint}: {id:?}");
-            ensure!(
+            let id = caller_identity(&sts.node, &endpoint, &assumed.creds)
+                .unwrap_or_else(|e| panic!("GetCallerIdentity at {endpoint}: {e:#}"));
+            assert!(id.arn == want, "{endpoint}: {id:?}");
+            assert!(
                 id.user_id.starts_with("AROA") && id.user_id.ends_with(&format!(":{session}")),
                 "{id:?}"
             );
@@ -182,15 +190,15 @@ fn moto_credentials_identify_the_assumed_role() -> Result<()> {
             session_token: Some("y".into()),
             expiration: None,
         },
-    )?;
-    ensure!(id.account == MOTO_ACCOUNT, "{id:?}");
-    Ok(())
+    )
+    .expect("GetCallerIdentity with unknown credentials");
+    assert!(id.account == MOTO_ACCOUNT, "{id:?}");
 }
 
 #[test]
-fn moto_expiration_follows_duration_seconds() -> Result<()> {
-    skip_unless_privileged!(Ok(()));
-    let sts = start()?;
+fn moto_expiration_follows_duration_seconds() {
+    skip_unless_privileged!();
+    let sts = start().expect("starting moto STS and the fault proxy");
     for duration in [900u64, 3600, 43_200] {
         let before = std::time::SystemTime::now();
         let params =
@@ -201,10 +209,11 @@ fn moto_expiration_follows_duration_seconds() -> Result<()> {
             "assume_role",
             &params,
             &Boto3Options::default(),
-        )?;
-        let expiration = expect_ok(&out)?["Credentials"]["Expiration"]
+        )
+        .unwrap_or_else(|e| panic!("boto3 AssumeRole at moto for {duration} s: {e:#}"));
+        let expiration = expect_ok(&out)["Credentials"]["Expiration"]
             .as_str()
-            .context("no Expiration")?
+            .expect("no Expiration")
             .to_owned();
         // Ask Python for the offset, to avoid a date parser here.
         let check = sts.node.run(&[
@@ -212,112 +221,148 @@ fn moto_expiration_follows_duration_seconds() -> Result<()> {
             "-c",
             "import sys,datetime; e=datetime.datetime.fromisoformat(sys.argv[1]); print(e.timestamp())",
             &expiration,
-        ])?;
-        let expires: f64 = check.stdout.trim().parse().context(check.to_string())?;
-        let start = before.duration_since(std::time::UNIX_EPOCH)?.as_secs_f64();
+        ]).expect("converting the expiration to a timestamp with python3");
+        let expires: f64 = check
+            .stdout
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{check}: {e}"));
+        let start = before
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock before the epoch")
+            .as_secs_f64();
         let offset = expires - start;
-        ensure!(
+        assert!(
             (offset - duration as f64).abs() < 30.0,
             "DurationSeconds {duration}: expires {expiration}, {offset:.1} s after the call"
         );
     }
-    Ok(())
 }
 
 #[test]
-fn faults_do_what_they_say() -> Result<()> {
-    skip_unless_privileged!(Ok(()));
-    let sts = start()?;
+fn faults_do_what_they_say() {
+    skip_unless_privileged!();
+    let sts = start().expect("starting moto STS and the fault proxy");
     let opts = Boto3Options::default();
 
-    sts.proxy.set_fault(Fault::Throttle)?;
-    expect_client_error(&call(&sts, "throttled", &opts)?, "Throttling", 400)?;
+    sts.proxy
+        .set_fault(Fault::Throttle)
+        .expect("setting fault Throttle");
+    expect_client_error(
+        &call(&sts, "throttled", &opts).expect("boto3 AssumeRole as throttled"),
+        "Throttling",
+        400,
+    );
 
     for (code, name) in [(500, "InternalFailure"), (503, "ServiceUnavailable")] {
-        sts.proxy.set_fault(Fault::Status(code))?;
-        expect_client_error(&call(&sts, "status", &opts)?, name, code)?;
+        sts.proxy
+            .set_fault(Fault::Status(code))
+            .expect("setting fault Status(code)");
+        expect_client_error(
+            &call(&sts, "status", &opts).expect("boto3 AssumeRole as status"),
+            name,
+            code,
+        );
     }
 
-    sts.proxy.set_fault(Fault::Deny)?;
-    expect_client_error(&call(&sts, "denied", &opts)?, "AccessDenied", 403)?;
+    sts.proxy
+        .set_fault(Fault::Deny)
+        .expect("setting fault Deny");
+    expect_client_error(
+        &call(&sts, "denied", &opts).expect("boto3 AssumeRole as denied"),
+        "AccessDenied",
+        403,
+    );
 
-    sts.proxy.set_fault(Fault::Reset)?;
-    match call(&sts, "reset", &opts)? {
+    sts.proxy
+        .set_fault(Fault::Reset)
+        .expect("setting fault Reset");
+    match call(&sts, "reset", &opts).expect("boto3 AssumeRole as reset") {
         Boto3Outcome::ConnectionError { kind, .. } if kind == "ConnectionClosedError" => {}
-        other => anyhow::bail!("reset: {other:?}"),
+        other => panic!("reset: {other:?}"),
     }
 
-    sts.proxy.set_fault(Fault::Hang)?;
+    sts.proxy
+        .set_fault(Fault::Hang)
+        .expect("setting fault Hang");
     let short = Boto3Options {
         read_timeout: Duration::from_secs(1),
         ..Boto3Options::default()
     };
-    match call(&sts, "hang", &short)? {
+    match call(&sts, "hang", &short).expect("boto3 AssumeRole as hang") {
         Boto3Outcome::ConnectionError {
             kind, elapsed_ms, ..
         } if kind == "ReadTimeoutError" && elapsed_ms >= 900.0 => {}
-        other => anyhow::bail!("hang: {other:?}"),
+        other => panic!("hang: {other:?}"),
     }
 
     sts.proxy
-        .set_fault(Fault::Latency(Duration::from_millis(1500)))?;
-    let out = call(&sts, "slow", &opts)?;
-    expect_ok(&out)?;
-    ensure!(
+        .set_fault(Fault::Latency(Duration::from_millis(1500)))
+        .expect("setting a latency of 1.5 s");
+    let out = call(&sts, "slow", &opts).expect("boto3 AssumeRole as slow");
+    expect_ok(&out);
+    assert!(
         out.elapsed() >= Duration::from_millis(1500),
         "latency: {:?}",
         out.elapsed()
     );
 
-    sts.proxy.clear()?;
-    let out = call(&sts, "cleared", &opts)?;
-    expect_ok(&out)?;
-    ensure!(
+    sts.proxy.clear().expect("clearing the fault");
+    let out = call(&sts, "cleared", &opts).expect("boto3 AssumeRole as cleared");
+    expect_ok(&out);
+    assert!(
         out.elapsed() < Duration::from_millis(1500),
         "{:?}",
         out.elapsed()
     );
 
-    let stats = sts.proxy.stats()?;
+    let stats = sts.proxy.stats().expect("the fault proxy stats");
     let faults: Vec<&str> = stats
         .assume_role_log
         .iter()
         .map(|c| c.fault.as_str())
         .collect();
-    ensure!(
+    assert!(
         faults == ["throttle", "status", "status", "deny", "reset", "hang", "latency", "none"],
         "{faults:?}"
     );
-    ensure!(stats.faulted == 7 && stats.total == 8, "{stats:?}");
-    Ok(())
+    assert!(stats.faulted == 7 && stats.total == 8, "{stats:?}");
 }
 
 #[test]
-fn only_action_limits_the_fault() -> Result<()> {
-    skip_unless_privileged!(Ok(()));
-    let sts = start()?;
+fn only_action_limits_the_fault() {
+    skip_unless_privileged!();
+    let sts = start().expect("starting moto STS and the fault proxy");
     let opts = Boto3Options::default();
-    sts.proxy.set_fault_only(Fault::Deny, "AssumeRole")?;
-    expect_client_error(&call(&sts, "denied", &opts)?, "AccessDenied", 403)?;
+    sts.proxy
+        .set_fault_only(Fault::Deny, "AssumeRole")
+        .expect("setting fault Deny for AssumeRole");
+    expect_client_error(
+        &call(&sts, "denied", &opts).expect("boto3 AssumeRole as denied"),
+        "AccessDenied",
+        403,
+    );
     boto3_sts(
         &sts.node,
         &sts.proxy.endpoint(),
         "get_caller_identity",
         &json!({}),
         &opts,
-    )?
+    )
+    .expect("running boto3 GetCallerIdentity through the proxy")
     .into_result()
-    .context("GetCallerIdentity must pass")?;
-    let stats = sts.proxy.stats()?;
-    ensure!(stats.faulted == 1 && stats.total == 2, "{stats:?}");
-    Ok(())
+    .expect("GetCallerIdentity must pass");
+    let stats = sts.proxy.stats().expect("the fault proxy stats");
+    assert!(stats.faulted == 1 && stats.total == 2, "{stats:?}");
 }
 
 #[test]
-fn hang_is_released_when_cleared_and_retries_see_the_new_fault() -> Result<()> {
-    skip_unless_privileged!(Ok(()));
-    let sts = start()?;
-    sts.proxy.set_fault(Fault::Hang)?;
+fn hang_is_released_when_cleared_and_retries_see_the_new_fault() {
+    skip_unless_privileged!();
+    let sts = start().expect("starting moto STS and the fault proxy");
+    sts.proxy
+        .set_fault(Fault::Hang)
+        .expect("setting fault Hang");
     let started = Instant::now();
     let hung = std::thread::scope(|scope| -> Result<Boto3Outcome> {
         let handle = scope.spawn(|| {
@@ -335,25 +380,31 @@ fn hang_is_released_when_cleared_and_retries_see_the_new_fault() -> Result<()> {
         std::thread::sleep(Duration::from_millis(300));
         sts.proxy.clear()?;
         handle.join().expect("boto3 thread panicked")
-    })?;
+    })
+    .expect("a call held by the hang, released by clearing the fault");
     // The held connection is reset when the fault changes, well before the read timeout.
     match &hung {
         Boto3Outcome::ConnectionError { kind, .. } if kind == "ConnectionClosedError" => {}
-        other => anyhow::bail!("held call: {other:?}"),
+        other => panic!("held call: {other:?}"),
     }
-    ensure!(started.elapsed() < Duration::from_secs(15), "{hung:?}");
+    assert!(started.elapsed() < Duration::from_secs(15), "{hung:?}");
 
     // A retrying client's attempts are each counted: 3 attempts, all throttled.
-    sts.proxy.set_fault(Fault::Throttle)?;
+    sts.proxy
+        .set_fault(Fault::Throttle)
+        .expect("setting fault Throttle");
     let retrying = Boto3Options {
         max_attempts: 3,
         ..Boto3Options::default()
     };
-    expect_client_error(&call(&sts, "retry", &retrying)?, "Throttling", 400)?;
-    ensure!(
+    expect_client_error(
+        &call(&sts, "retry", &retrying).expect("boto3 AssumeRole as retry"),
+        "Throttling",
+        400,
+    );
+    assert!(
         sts.proxy.assume_role_calls() == 4,
         "{:?}",
-        sts.proxy.stats()?
+        sts.proxy.stats().expect("the fault proxy stats")
     );
-    Ok(())
 }
