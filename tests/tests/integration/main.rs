@@ -13,7 +13,7 @@
 //! * [`manifests`]: the Helm chart and the rendered manifests (no privileges needed).
 //! * [`ownership`]: the agent repairs its pins and attachment; one agent per pin directory.
 //! * [`redirect`]: the eBPF redirect and the cgroup attribution of each connection.
-//! * [`sts`]: the credentials engine against moto STS behind the fault proxy.
+//! * [`sts`]: the STS credentials cache against moto STS behind the fault proxy.
 //! * [`sts_harness`]: self-tests of the STS harness (moto, fault proxy, boto3).
 //! * [`upgrade`]: agent handovers, exits and crashes without a lost request or a leak.
 //!

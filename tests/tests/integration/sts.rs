@@ -1,4 +1,4 @@
-//! The credentials engine end to end: the agent assuming roles in moto's STS behind the
+//! The STS credentials cache end to end: the agent assuming roles in moto's STS behind the
 //! fault-injecting proxy, pods asking through the redirect. Single-flight, prefetch,
 //! refresh-ahead, and behaviour under STS faults. Run as root through `cargo xtask test`.
 
