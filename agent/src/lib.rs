@@ -1,8 +1,8 @@
 //! iamlet: gives each Kubernetes pod its own AWS IAM credentials through an instance metadata
 //! service that the kernel redirects pods to and that names pods by cgroup, never by IP.
 //!
-//! The library's public face is small: the flags ([`Args`]), the checked configuration
-//! ([`Config`]), logging ([`init_logging`]) and the agent itself ([`run`]), for `main.rs` and
+//! The library's public face is small: the flags ([`Args`]), checked into a [`Plan`] and
+//! loaded into the [`Config`], logging ([`init_logging`]) and the agent itself ([`run`]), for `main.rs` and
 //! the tests. Inside, one folder per concern:
 //!
 //! | module | what lives there |
@@ -40,5 +40,5 @@ mod telemetry;
 mod timefmt;
 
 pub use app::{run, Error};
-pub use config::{Args, Config, LogFormat};
+pub use config::{Args, Config, LoadError, LogFormat, Plan};
 pub use telemetry::init as init_logging;

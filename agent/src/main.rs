@@ -20,10 +20,18 @@ fn main() {
             std::process::exit(0);
         }
     };
+    // Check the flags (nothing read yet), then read what they name.
     let config = match args.validate() {
-        Ok(config) => config,
+        Ok(plan) => plan.load(),
         Err(e) => {
             eprintln!("iamlet: invalid configuration: {e}");
+            std::process::exit(EXIT_CONFIG);
+        }
+    };
+    let config = match config {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("iamlet: invalid configuration: {}", with_causes(&e));
             std::process::exit(EXIT_CONFIG);
         }
     };

@@ -8,31 +8,27 @@ use tokio::sync::watch;
 use crate::caller::attribution::Attributor;
 use crate::caller::cgroup::{self, CgroupIndex};
 use crate::clock;
-use crate::config::{load_bindings, Config};
+use crate::config::{Config, CredentialsConfig};
 use crate::credentials::prefetch;
 use crate::credentials::sts_cache::StsCache;
-use crate::credentials::sts_client::{Sts, StsSettings};
-use crate::credentials::{CredentialSource, NoCredentials};
 use crate::datapath::{self, Datapath, DatapathConfig};
 use crate::handover::{self, Offer, Predecessor, Retire};
-use crate::imds::passthrough::Upstream;
 use crate::imds::token::TokenKey;
-use crate::imds::Imds;
-use crate::role::bindings::{self, StaticBindings};
+use crate::role::bindings::{self};
 use crate::role::kubernetes as k8s;
-use crate::role::kubernetes::cluster_state::ClusterState;
 use crate::role::kubernetes::pod_index::PodIndex;
-use crate::role::kubernetes::policy::PolicySettings;
-use crate::role::kubernetes::resolver::KubeRoles;
-use crate::role::{self, NoRoles, RoleResolver};
+use crate::role::{NoRoles, RoleResolver};
 use crate::server::admin::Admin;
 use crate::server::proxy::Proxy;
 use crate::server::{self, AcceptControl, ServerLimits};
 use crate::telemetry::metrics::{self, Metrics};
 
 mod sockets;
+mod sources;
 
 use sockets::{listen, offered, raise_open_file_limit};
+use sources::{bindings, build_imds, build_sts_cache, kube_source};
+pub(crate) use sources::{BaseArnError, KubeClientError};
 
 /// Errors that stop the agent.
 #[derive(Debug, thiserror::Error)]
@@ -63,42 +59,6 @@ pub enum Error {
     Kube(#[source] KubeClientError),
     #[error("could not share the pin directory's lock for a handover: {0}")]
     ShareLock(#[source] std::io::Error),
-}
-
-/// Why the node's account could not be learned from the metadata service.
-#[derive(Debug, thiserror::Error)]
-pub enum BaseArnError {
-    #[error("passthrough is off")]
-    NoUpstream,
-    #[error("{0}")]
-    Upstream(#[source] crate::imds::passthrough::PassthroughError),
-    #[error("iam/info answered {0}")]
-    Status(hyper::StatusCode),
-    #[error("iam/info is not JSON: {0}")]
-    NotJson(#[source] serde_json::Error),
-    #[error("no usable InstanceProfileArn in iam/info: {0}")]
-    NoInstanceProfile(serde_json::Value),
-}
-
-/// Why the Kubernetes client could not be made.
-#[derive(Debug, thiserror::Error)]
-pub enum KubeClientError {
-    #[error("cannot read kubeconfig {path}: {source}")]
-    ReadKubeconfig {
-        path: String,
-        #[source]
-        source: kube::config::KubeconfigError,
-    },
-    #[error("kubeconfig {path}: {source}")]
-    Kubeconfig {
-        path: String,
-        #[source]
-        source: kube::config::KubeconfigError,
-    },
-    #[error("in-cluster configuration: {0}")]
-    InCluster(#[source] kube::config::InClusterError),
-    #[error("{0}")]
-    Client(#[source] kube::Error),
 }
 
 /// How this agent steps aside when a successor takes over.
@@ -156,7 +116,7 @@ async fn warm_up(pods: Option<&PodIndex>, sts_cache: Option<&StsCache>) {
 
 /// Connects to a running agent's handover socket, if there is one.
 async fn find_predecessor(config: &Config) -> Option<Predecessor> {
-    let path = config.handover_socket.as_ref()?;
+    let path = config.runtime.handover_socket.as_ref()?;
     match handover::connect(path).await {
         Ok(Some(p)) => {
             tracing::info!(pid = p.pid(), "taking over from the running agent");
@@ -187,174 +147,6 @@ fn own_exemption(config: &Config) -> Result<u64, Error> {
     let id = cgroup::cgroup_id(&own)?;
     tracing::info!(cgroup = %own.display(), id, "the agent runs inside the attached cgroup; its own connects are exempt");
     Ok(id)
-}
-
-/// The region for STS: `--region`, else the SDK's chain (AWS_REGION, profile, the metadata
-/// service's placement).
-async fn region(config: &Config) -> Option<String> {
-    if let Some(r) = &config.sts.region {
-        return Some(r.clone());
-    }
-    aws_config::default_provider::region::DefaultRegionChain::builder()
-        .build()
-        .region()
-        .await
-        .map(|r| r.to_string())
-}
-
-/// The bindings: loaded at validation, or, for a file with bare role names and no
-/// `--base-role-arn`, now, with the node's own account read from the metadata service's
-/// `iam/info`.
-async fn bindings_with_detected_base(
-    config: &Config,
-) -> Result<Option<Arc<StaticBindings>>, Error> {
-    if let Some(b) = &config.bindings {
-        return Ok(Some(b.clone()));
-    }
-    let Some(path) = &config.deferred_bindings else {
-        return Ok(None);
-    };
-    let base = detect_base_arn(config).await?;
-    let b = load_bindings(
-        path,
-        &config.attached_relative,
-        Some(&base),
-        config.session_tags_node.as_deref(),
-    )?;
-    Ok(Some(Arc::new(b)))
-}
-
-/// `arn:<partition>:iam::<account>:role/` of the node's own account, from the metadata
-/// service's `iam/info` (the node's instance profile).
-async fn detect_base_arn(config: &Config) -> Result<String, Error> {
-    let uri = config
-        .upstream
-        .clone()
-        .ok_or(Error::BaseArn(BaseArnError::NoUpstream))?;
-    let upstream = Upstream::new(uri, config.upstream_timeout);
-    let answer = upstream
-        .get_for_agent("/latest/meta-data/iam/info")
-        .await
-        .map_err(|e| Error::BaseArn(BaseArnError::Upstream(e)))?;
-    if answer.status != 200 {
-        return Err(Error::BaseArn(BaseArnError::Status(answer.status)));
-    }
-    let doc: serde_json::Value = serde_json::from_slice(&answer.body)
-        .map_err(|e| Error::BaseArn(BaseArnError::NotJson(e)))?;
-    let base = doc["InstanceProfileArn"]
-        .as_str()
-        .and_then(role::base_arn_from_instance_profile)
-        .ok_or_else(|| Error::BaseArn(BaseArnError::NoInstanceProfile(doc.clone())))?;
-    tracing::info!(%base, "bare role names are expanded with the node's account");
-    Ok(base)
-}
-
-/// The Kubernetes role source: the resolver requests use, and the watch to run.
-struct KubeSource {
-    roles: Arc<KubeRoles>,
-    index: Arc<PodIndex>,
-    client: kube::Client,
-    state: ClusterState,
-    node: String,
-}
-
-async fn kube_source(config: &Config) -> Result<Option<KubeSource>, Error> {
-    let Some(k) = &config.kubernetes else {
-        return Ok(None);
-    };
-    let kcfg = match &k.kubeconfig {
-        Some(path) => {
-            let shown = || path.display().to_string();
-            let file = kube::config::Kubeconfig::read_from(path).map_err(|source| {
-                Error::Kube(KubeClientError::ReadKubeconfig {
-                    path: shown(),
-                    source,
-                })
-            })?;
-            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
-                .await
-                .map_err(|source| {
-                    Error::Kube(KubeClientError::Kubeconfig {
-                        path: shown(),
-                        source,
-                    })
-                })?
-        }
-        None => {
-            kube::Config::incluster().map_err(|e| Error::Kube(KubeClientError::InCluster(e)))?
-        }
-    };
-    let client =
-        kube::Client::try_from(kcfg).map_err(|e| Error::Kube(KubeClientError::Client(e)))?;
-    let base_arn = match &k.base_role_arn {
-        Some(b) => Some(b.clone()),
-        None => match detect_base_arn(config).await {
-            Ok(b) => Some(b),
-            Err(e) => {
-                tracing::warn!(error = %e, "bare role names in annotations will be refused");
-                None
-            }
-        },
-    };
-    let settings = PolicySettings {
-        base_arn,
-        use_service_account_annotation: k.service_account_roles,
-        default_role: k.default_role.clone(),
-        namespace_policy: k.namespace_policy,
-        session_tags: k.session_tags,
-        node: k.node.clone(),
-    };
-    let index = Arc::new(PodIndex::new());
-    Ok(Some(KubeSource {
-        roles: Arc::new(KubeRoles::new(index.clone(), k.pod_wait)),
-        index: index.clone(),
-        client,
-        state: ClusterState::new(settings, index),
-        node: k.node.clone(),
-    }))
-}
-
-/// The STS cache, when roles can be served and no static credentials are configured.
-async fn build_engine(config: &Config, has_roles: bool) -> Result<Option<StsCache>, Error> {
-    if config.static_credentials.is_some() || !has_roles {
-        return Ok(None);
-    }
-    let region = region(config).await.ok_or(Error::NoRegion)?;
-    let mut settings = StsSettings::new(region.clone(), config.sts.session_duration);
-    settings.endpoint = config.sts.endpoint.clone();
-    settings.attempt_timeout = config.sts.attempt_timeout;
-    settings.read_timeout = config.sts.attempt_timeout;
-    settings.max_attempts = config.sts.max_attempts;
-    tracing::info!(%region, endpoint = ?settings.endpoint, "STS credentials cache");
-    let sts = Sts::new(settings).await;
-    Ok(Some(StsCache::new(
-        Arc::new(sts),
-        config.sts.sts_cache.clone(),
-    )))
-}
-
-fn build_imds(
-    config: &Config,
-    tokens: TokenKey,
-    roles: Arc<dyn RoleResolver>,
-    sts_cache: Option<&StsCache>,
-) -> Result<Imds, Error> {
-    let credentials: Arc<dyn CredentialSource> = match (&config.static_credentials, sts_cache) {
-        (Some(c), _) => c.clone(),
-        (None, Some(e)) => Arc::new(e.clone()),
-        (None, None) => Arc::new(NoCredentials),
-    };
-    let upstream = config
-        .upstream
-        .clone()
-        .map(|uri| Upstream::new(uri, config.upstream_timeout));
-    Ok(Imds::new(
-        config.imds.clone(),
-        tokens,
-        roles,
-        credentials,
-        upstream,
-    ))
 }
 
 /// How often the cgroup index is rebuilt so that removed cgroups leave it (new ones are found
@@ -436,24 +228,24 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let datapath = Arc::new(Datapath::load(
         &DatapathConfig {
             cgroup: config.cgroup.clone(),
-            pin_dir: config.bpffs_dir.clone(),
-            listen_v4: config.listen_v4,
-            listen_v6: config.listen_v6,
+            pin_dir: config.runtime.bpffs_dir.clone(),
+            listen_v4: config.runtime.listen_v4,
+            listen_v6: config.runtime.listen_v6,
             exempt_cgroup_ids: [own_cgroup, predecessor_cgroup],
-            on_exit: config.on_exit,
-            forward_guard: config.forward_guard,
+            on_exit: config.runtime.on_exit,
+            forward_guard: config.runtime.forward_guard,
         },
         predecessor.as_mut().and_then(Predecessor::take_pin_lock),
     )?);
     // Listen before the programs are attached: redirected connects must find a socket.
     let mut listeners = Vec::new();
-    if let Some(v4) = config.listen_v4 {
+    if let Some(v4) = config.runtime.listen_v4 {
         listeners.push(listen(SocketAddr::V4(v4), predecessor.as_mut()).await?);
     }
-    if let Some(v6) = config.listen_v6 {
+    if let Some(v6) = config.runtime.listen_v6 {
         listeners.push(listen(SocketAddr::V6(v6), predecessor.as_mut()).await?);
     }
-    let admin_listener = listen(config.admin_listen, predecessor.as_mut()).await?;
+    let admin_listener = listen(config.runtime.admin_listen, predecessor.as_mut()).await?;
     // The predecessor's token key keeps the tokens SDKs cached valid.
     let tokens = match &predecessor {
         Some(p) => TokenKey::from_bytes(p.token_key()),
@@ -469,9 +261,9 @@ pub async fn run(config: Config) -> Result<(), Error> {
         offer.listeners.push(offered(listener)?);
     }
 
-    let bindings = bindings_with_detected_base(&config).await?;
+    let bindings = bindings(&config).await?;
     let kube = kube_source(&config).await?;
-    let sts_cache = build_engine(&config, bindings.is_some() || kube.is_some()).await?;
+    let sts_cache = build_sts_cache(&config, bindings.is_some() || kube.is_some()).await?;
     let roles: Arc<dyn RoleResolver> = match (&bindings, &kube) {
         (Some(b), _) => b.clone(),
         (None, Some(k)) => k.roles.clone(),
@@ -492,11 +284,11 @@ pub async fn run(config: Config) -> Result<(), Error> {
         metrics.clone(),
     );
     let limits = ServerLimits {
-        shutdown_grace: config.shutdown_grace,
-        max_connections: config.max_connections,
-        max_connections_per_client: config.max_connections_per_pod,
-        max_waiting_per_client: config.max_waiting_per_pod,
-        header_read_timeout: config.header_timeout,
+        shutdown_grace: config.runtime.shutdown_grace,
+        max_connections: config.runtime.max_connections,
+        max_connections_per_client: config.runtime.max_connections_per_pod,
+        max_waiting_per_client: config.runtime.max_waiting_per_pod,
+        header_read_timeout: config.runtime.header_timeout,
         ..ServerLimits::default()
     };
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -516,7 +308,9 @@ pub async fn run(config: Config) -> Result<(), Error> {
     }
     if let Some(sts_cache) = &sts_cache {
         tasks.push(tokio::spawn(sts_cache.clone().run(stop_rx.clone())));
-        if let (Some(bindings), true) = (&bindings, config.sts.sts_cache.prefetch) {
+        let prefetch =
+            matches!(&config.credentials, CredentialsConfig::Sts(s) if s.sts_cache.prefetch);
+        if let (Some(bindings), true) = (&bindings, prefetch) {
             tasks.push(tokio::spawn(prefetch::run(
                 bindings.clone(),
                 index.clone(),
@@ -546,7 +340,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         held.clone(),
         stop_rx.clone(),
     )));
-    tracing::info!(listen = %config.admin_listen, "admin server listening");
+    tracing::info!(listen = %config.runtime.admin_listen, "admin server listening");
     tasks.push(tokio::spawn(server::serve(
         "admin",
         admin_listener,
@@ -565,7 +359,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         }
     }
     datapath.attach()?;
-    if let Some(path) = &config.handover_socket {
+    if let Some(path) = &config.runtime.handover_socket {
         let socket = handover::bind(path)?;
         let retire = AgentRetire {
             datapath: datapath.clone(),

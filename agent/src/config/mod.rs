@@ -1,23 +1,15 @@
 //! Command-line flags and `IAMLET_*` environment variables, parsed and validated once.
 //!
-//! `main` exits with status 64 (EX_USAGE) when [`Args::validate`] fails.
+//! Two steps: [`Args::validate`] checks the flags without reading anything and gives a
+//! [`Plan`]; [`Plan::load`] reads what it names (the cgroup2 mount, files, the environment)
+//! and gives the [`Config`], whose run mode is explicit. `main` exits with status 64
+//! (EX_USAGE) when either fails.
 
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use std::sync::Arc;
-
 use clap::Parser;
-use hyper::Uri;
-
-use crate::caller::cgroup;
-use crate::credentials::static_file::{self, StaticCredentials};
-use crate::credentials::sts_cache::StsCacheSettings;
-use crate::imds::paths::{AllowList, DEFAULT_ALLOW};
-use crate::imds::ImdsSettings;
-use crate::role;
-use crate::role::bindings::{self, StaticBindings};
 
 /// A feature switch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -275,284 +267,31 @@ pub enum Error {
     HandoverSocket { path: PathBuf },
     #[error("--log {filter:?}: {reason}")]
     LogFilter { filter: String, reason: String },
-    #[error(transparent)]
-    Cgroup(#[from] cgroup::Error),
     #[error("--upstream {value:?}: {reason}")]
     Upstream { value: String, reason: String },
     #[error("--allow-path: {0}")]
     AllowPath(#[source] regex::Error),
     #[error("--base-role-arn {value:?}: must look like arn:aws:iam::123456789012:role/")]
     BaseRoleArn { value: String },
-    #[error("bindings file {} names roles by bare name: set --base-role-arn, or leave --upstream on so the node's account is detected", path.display())]
-    NeedsBaseArn { path: PathBuf },
+    #[error("--sts-endpoint {value:?}: must be an http(s):// URL")]
+    StsEndpoint { value: String },
     #[error("--{flag} {value}: {reason}")]
     Limit {
         flag: &'static str,
         value: String,
         reason: String,
     },
-    #[error(transparent)]
-    Bindings(#[from] bindings::ConfigError),
-    #[error(transparent)]
-    StaticCredentials(#[from] static_file::ConfigError),
-}
-
-impl Args {
-    /// Checks everything that can be checked before touching the kernel.
-    pub fn validate(&self) -> Result<Config, Error> {
-        if self.listen_v4.is_none() && self.listen_v6.is_none() {
-            return Err(Error::NoListener);
-        }
-        if let Some(addr) = self.listen_v4 {
-            if addr.ip().is_unspecified() {
-                return Err(Error::ListenV4 {
-                    addr,
-                    reason: "must be a concrete address pods can reach, not 0.0.0.0",
-                });
-            }
-            if addr.port() == 0 {
-                return Err(Error::ListenV4 {
-                    addr,
-                    reason: "port 0 is not allowed",
-                });
-            }
-            if *addr.ip() == std::net::Ipv4Addr::new(169, 254, 169, 254) {
-                return Err(Error::ListenV4 {
-                    addr,
-                    reason: "must not be the metadata service address itself",
-                });
-            }
-        }
-        if let Some(addr) = self.listen_v6 {
-            if addr.ip().is_unspecified() || addr.port() == 0 {
-                return Err(Error::ListenV6 {
-                    addr,
-                    reason: "must be a concrete address and port pods can reach",
-                });
-            }
-        }
-        // Pure checks first: a bad number is reported before anything is read from the system.
-        self.check_limits()?;
-        if !self.bpffs_dir.is_absolute() || self.bpffs_dir.parent().is_none() {
-            return Err(Error::BpffsDir {
-                path: self.bpffs_dir.clone(),
-            });
-        }
-        let handover_socket = match &self.handover_socket {
-            p if p.as_os_str() == "off" => None,
-            p if p.is_absolute() && p.file_name().is_some() => Some(p.clone()),
-            p => return Err(Error::HandoverSocket { path: p.clone() }),
-        };
-        if let Err(e) = self.log.parse::<tracing_subscriber::EnvFilter>() {
-            return Err(Error::LogFilter {
-                filter: self.log.clone(),
-                reason: e.to_string(),
-            });
-        }
-        let cgroup_root = cgroup::cgroup2_mount()?;
-        let cgroup = match &self.cgroup {
-            Some(path) => cgroup::validate_attach_cgroup(&cgroup_root, path)?,
-            None => {
-                let found = cgroup::autodetect_pods_cgroup(&cgroup_root)?;
-                cgroup::validate_attach_cgroup(&cgroup_root, &found)?
-            }
-        };
-        let upstream = self.upstream_uri()?;
-        let allow = if self.allow_paths.is_empty() {
-            AllowList::new(DEFAULT_ALLOW)
-        } else {
-            AllowList::new(&self.allow_paths)
-        }
-        .map_err(Error::AllowPath)?
-        .with_user_data(self.allow_user_data);
-        if let Some(base) = &self.base_role_arn {
-            let probe = format!("{}{}x", base, if base.ends_with('/') { "" } else { "/" });
-            if role::validate_role_arn(&probe).is_err() {
-                return Err(Error::BaseRoleArn {
-                    value: base.clone(),
-                });
-            }
-        }
-        let attached_rel = cgroup
-            .strip_prefix(&cgroup_root)
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        // Bare role names without --base-role-arn: the base is the node's own account, read
-        // from the metadata service at start-up (app.rs).
-        let (bindings, deferred_bindings) = match &self.bindings {
-            Some(path) if self.base_role_arn.is_none() && StaticBindings::has_bare_roles(path)? => {
-                if self.upstream == "off" {
-                    return Err(Error::NeedsBaseArn { path: path.clone() });
-                }
-                (None, Some(path.clone()))
-            }
-            Some(path) => (
-                Some(Arc::new(load_bindings(
-                    path,
-                    &attached_rel,
-                    self.base_role_arn.as_deref(),
-                    self.session_tags.then(|| self.node()).as_deref(),
-                )?)),
-                None,
-            ),
-            None => (None, None),
-        };
-        if let Some(ep) = &self.sts_endpoint {
-            let ok = ep.parse::<Uri>().is_ok_and(|u| {
-                matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
-            });
-            if !ok {
-                return Err(Error::Limit {
-                    flag: "sts-endpoint",
-                    value: ep.clone(),
-                    reason: "must be an http(s):// URL".into(),
-                });
-            }
-        }
-        let static_credentials = match &self.static_credentials {
-            Some(path) => Some(Arc::new(StaticCredentials::load(path)?)),
-            None => None,
-        };
-        Ok(Config {
-            imds: ImdsSettings {
-                require_imdsv2: self.require_imdsv2,
-                allow,
-                rate_limit: self.rate_limit,
-                rate_burst: self.rate_burst,
-                credentials_timeout: self.credentials_timeout,
-            },
-            upstream,
-            upstream_timeout: self.upstream_timeout,
-            bindings,
-            deferred_bindings,
-            attached_relative: attached_rel,
-            session_tags_node: self.session_tags.then(|| self.node()),
-            kubernetes: self.kubernetes()?,
-            static_credentials,
-            max_connections: self.max_connections,
-            max_connections_per_pod: self.max_connections_per_pod,
-            max_waiting_per_pod: self.max_waiting_per_pod,
-            header_timeout: self.header_timeout,
-            sts: StsConfig {
-                region: self.region.clone(),
-                endpoint: self.sts_endpoint.clone(),
-                session_duration: self.session_duration,
-                attempt_timeout: self.sts_attempt_timeout,
-                max_attempts: self.sts_max_attempts,
-                sts_cache: StsCacheSettings {
-                    refresh_fraction: self.refresh_fraction,
-                    grace: self.unused_grace,
-                    max_concurrency: self.sts_concurrency,
-                    // Never serve credentials with less than 5 min (or a fifth of a short
-                    // session) left.
-                    min_remaining: Duration::from_secs(300).min(self.session_duration / 5),
-                    retry_base: Duration::from_secs(1).min(self.sts_backoff_max),
-                    retry_max: self.sts_backoff_max,
-                    prefetch: !self.no_prefetch,
-                    ..StsCacheSettings::default()
-                },
-            },
-            cgroup_root,
-            cgroup,
-            listen_v4: self.listen_v4,
-            listen_v6: self.listen_v6,
-            admin_listen: self.admin_listen,
-            bpffs_dir: self.bpffs_dir.clone(),
-            on_exit: self.on_exit,
-            forward_guard: self.forward_guard == Switch::On,
-            handover_socket,
-            shutdown_grace: self.shutdown_grace,
-        })
-    }
-}
-
-impl Args {
-    fn kubernetes(&self) -> Result<Option<KubeConfig>, Error> {
-        if self.bindings.is_some() {
-            return Ok(None);
-        }
-        let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
-        if self.kubeconfig.is_none() && !in_cluster {
-            return Ok(None);
-        }
-        if let Some(path) = &self.kubeconfig {
-            if !path.is_file() {
-                return Err(Error::Limit {
-                    flag: "kubeconfig",
-                    value: path.display().to_string(),
-                    reason: "no such file".into(),
-                });
-            }
-        }
-        let Some(node) = self.node_name.clone() else {
-            return Err(Error::Limit {
-                flag: "node-name",
-                value: "(unset)".into(),
-                reason: "the pod watch needs this node's name (NODE_NAME from the downward API)"
-                    .into(),
-            });
-        };
-        Ok(Some(KubeConfig {
-            kubeconfig: self.kubeconfig.clone(),
-            node,
-            namespace_policy: self.namespace_policy,
-            service_account_roles: self.service_account_roles,
-            default_role: self.default_role.clone(),
-            pod_wait: self.pod_wait,
-            session_tags: self.session_tags,
-            base_role_arn: self.base_role_arn.clone(),
-        }))
-    }
-
-    /// This node's name: `--node-name`, else the host name.
-    pub fn node(&self) -> String {
-        self.node_name.clone().unwrap_or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_owned())
-                .unwrap_or_else(|_| "unknown".to_owned())
-        })
-    }
-
-    fn upstream_uri(&self) -> Result<Option<Uri>, Error> {
-        if self.upstream == "off" {
-            return Ok(None);
-        }
-        let err = |reason: String| Error::Upstream {
-            value: self.upstream.clone(),
-            reason,
-        };
-        let uri: Uri = self.upstream.parse().map_err(|e| err(format!("{e}")))?;
-        if uri.scheme_str() != Some("http") || uri.host().is_none() {
-            return Err(err(
-                "must be an http:// URL like http://169.254.169.254, or off".into(),
-            ));
-        }
-        if uri.path() != "/" && !uri.path().is_empty() {
-            return Err(err("must not have a path".into()));
-        }
-        Ok(Some(uri))
-    }
-}
-
-/// Loads a bindings file with the given base ARN, with session tags naming `tag_node` if set.
-pub(crate) fn load_bindings(
-    path: &std::path::Path,
-    attached_rel: &str,
-    base: Option<&str>,
-    tag_node: Option<&str>,
-) -> Result<StaticBindings, bindings::ConfigError> {
-    let b = StaticBindings::load(path, attached_rel, base)?;
-    Ok(match tag_node {
-        Some(node) => b.with_session_tags(node),
-        None => b,
-    })
 }
 
 pub(crate) use limits::parse_duration;
-pub use model::Config;
-pub(crate) use model::{KubeConfig, StsConfig};
+pub(crate) use load::load_bindings;
+pub use load::LoadError;
+pub use model::{Config, Plan};
+pub(crate) use model::{CredentialsConfig, NodeAccountBindings, RoleSource, StsConfig};
 
 mod limits;
+mod load;
 mod model;
 #[cfg(test)]
 mod tests;
+mod validate;

@@ -1,4 +1,7 @@
-//! What `Args::validate` produces: the validated configuration the agent runs with.
+//! What the flags become: the [`Plan`] that [`Args::validate`](super::Args::validate) makes
+//! without touching the system, and the [`Config`] that [`Plan::load`] makes of it by reading
+//! what it names. The run mode is explicit in [`Config`]: where roles come from
+//! ([`RoleSource`]) and where credentials come from ([`CredentialsConfig`]).
 
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::path::PathBuf;
@@ -11,18 +14,15 @@ use crate::credentials::static_file::StaticCredentials;
 use crate::credentials::sts_cache::StsCacheSettings;
 use crate::imds::ImdsSettings;
 use crate::role::bindings::StaticBindings;
+use crate::role::kubernetes::policy::NamespacePolicy;
 
-/// The validated configuration.
+/// What the flags fix without reading anything: listeners, limits, the metadata API.
 #[derive(Clone, Debug)]
-pub struct Config {
-    /// cgroup2 mount point.
-    pub(crate) cgroup_root: PathBuf,
-    /// Absolute path of the cgroup the programs attach to.
-    pub(crate) cgroup: PathBuf,
+pub(crate) struct Runtime {
     /// IPv4 listener.
-    pub listen_v4: Option<SocketAddrV4>,
+    pub(crate) listen_v4: Option<SocketAddrV4>,
     /// IPv6 listener.
-    pub listen_v6: Option<SocketAddrV6>,
+    pub(crate) listen_v6: Option<SocketAddrV6>,
     /// Admin listener.
     pub(crate) admin_listen: SocketAddr,
     /// bpffs pin directory.
@@ -41,18 +41,6 @@ pub struct Config {
     pub(crate) upstream: Option<Uri>,
     /// Bound on upstream requests.
     pub(crate) upstream_timeout: Duration,
-    /// Standalone role bindings, if given.
-    pub(crate) bindings: Option<Arc<StaticBindings>>,
-    /// A bindings file with bare role names whose base ARN is detected at start-up.
-    pub(crate) deferred_bindings: Option<PathBuf>,
-    /// The attached cgroup relative to the cgroup2 root.
-    pub(crate) attached_relative: String,
-    /// Node name for session tags, when `--session-tags` is on.
-    pub(crate) session_tags_node: Option<String>,
-    /// The Kubernetes role source, when there are no bindings and Kubernetes is reachable.
-    pub(crate) kubernetes: Option<KubeConfig>,
-    /// Static credentials, if given.
-    pub(crate) static_credentials: Option<Arc<StaticCredentials>>,
     /// Proxy connection limits: all pods.
     pub(crate) max_connections: usize,
     /// Proxy connection limits: one pod, served.
@@ -61,8 +49,94 @@ pub struct Config {
     pub(crate) max_waiting_per_pod: usize,
     /// Header read timeout.
     pub(crate) header_timeout: Duration,
-    /// STS and STS cache settings.
+}
+
+/// The checked flags: everything [`Plan::load`] needs, nothing read yet.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// Listeners, limits, the metadata API.
+    pub(crate) runtime: Runtime,
+    /// `--cgroup`; `None`: find the kubelet's pods cgroup.
+    pub(crate) cgroup: Option<PathBuf>,
+    /// `--bindings`.
+    pub(crate) bindings: Option<PathBuf>,
+    /// `--static-credentials`.
+    pub(crate) static_credentials: Option<PathBuf>,
+    /// `--base-role-arn`.
+    pub(crate) base_role_arn: Option<String>,
+    /// `--node-name`.
+    pub(crate) node_name: Option<String>,
+    /// `--session-tags`.
+    pub(crate) session_tags: bool,
+    /// The Kubernetes flags, used when there are no bindings and Kubernetes is reachable.
+    pub(crate) kubernetes: KubeFlags,
+    /// STS, when no static credentials are given.
     pub(crate) sts: StsConfig,
+}
+
+/// The Kubernetes flags.
+#[derive(Clone, Debug)]
+pub(crate) struct KubeFlags {
+    /// `--kubeconfig`; `None`: in-cluster, if running in a cluster.
+    pub(crate) kubeconfig: Option<PathBuf>,
+    /// Namespace gate.
+    pub(crate) namespace_policy: NamespacePolicy,
+    /// Honour IRSA annotations.
+    pub(crate) service_account_roles: bool,
+    /// Default role.
+    pub(crate) default_role: Option<String>,
+    /// Wait for pods not seen yet.
+    pub(crate) pod_wait: Duration,
+}
+
+/// The configuration the agent runs with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Listeners, limits, the metadata API.
+    pub(crate) runtime: Runtime,
+    /// cgroup2 mount point.
+    pub(crate) cgroup_root: PathBuf,
+    /// Absolute path of the cgroup the programs attach to.
+    pub(crate) cgroup: PathBuf,
+    /// Where roles come from.
+    pub(crate) roles: RoleSource,
+    /// Where credentials come from.
+    pub(crate) credentials: CredentialsConfig,
+}
+
+/// Where roles come from.
+#[derive(Clone, Debug)]
+pub(crate) enum RoleSource {
+    /// Standalone bindings, loaded.
+    Bindings(Arc<StaticBindings>),
+    /// Standalone bindings naming roles by bare name with no `--base-role-arn`: the base is
+    /// the node's own account, read from the metadata service (`iam/info`) when the agent
+    /// starts, and the file is loaded with it then (it was checked to be readable here).
+    BindingsInNodeAccount(NodeAccountBindings),
+    /// The Kubernetes watch and pod annotations.
+    Kubernetes(KubeConfig),
+    /// Neither: nobody has a role (the agent still redirects and answers).
+    None,
+}
+
+/// A bindings file to load with the node's account as its base.
+#[derive(Clone, Debug)]
+pub(crate) struct NodeAccountBindings {
+    /// The file.
+    pub(crate) path: PathBuf,
+    /// The attached cgroup relative to the cgroup2 root.
+    pub(crate) attached_relative: String,
+    /// Node name for session tags, when `--session-tags` is on.
+    pub(crate) tag_node: Option<String>,
+}
+
+/// Where credentials come from.
+#[derive(Clone, Debug)]
+pub(crate) enum CredentialsConfig {
+    /// `--static-credentials`, loaded.
+    Static(Arc<StaticCredentials>),
+    /// AssumeRole through STS.
+    Sts(StsConfig),
 }
 
 /// The Kubernetes role source.
@@ -73,7 +147,7 @@ pub(crate) struct KubeConfig {
     /// This node's name (pods are watched with `spec.nodeName=<node>`).
     pub(crate) node: String,
     /// Namespace gate.
-    pub(crate) namespace_policy: crate::role::kubernetes::policy::NamespacePolicy,
+    pub(crate) namespace_policy: NamespacePolicy,
     /// Honour IRSA annotations.
     pub(crate) service_account_roles: bool,
     /// Default role.
@@ -86,7 +160,7 @@ pub(crate) struct KubeConfig {
     pub(crate) base_role_arn: Option<String>,
 }
 
-/// Where credentials come from when no static file is given.
+/// AssumeRole through STS.
 #[derive(Clone, Debug)]
 pub(crate) struct StsConfig {
     /// Region, if given.

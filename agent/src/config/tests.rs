@@ -1,5 +1,7 @@
 //! Unit tests of `config`.
 
+use std::path::Path;
+
 use super::*;
 
 fn args(extra: &[&str]) -> Result<Args, clap::Error> {
@@ -139,4 +141,34 @@ fn bad_log_filter_and_bpffs_dir() {
     assert!(matches!(a.validate(), Err(Error::LogFilter { .. })));
     let a = args(&["--listen-v4", "127.0.0.1:8181", "--bpffs-dir", "rel/dir"]).expect("parses");
     assert!(matches!(a.validate(), Err(Error::BpffsDir { .. })));
+}
+
+#[test]
+fn validation_reads_nothing_and_loading_names_the_flag() {
+    // Files that do not exist: validation does not look at them.
+    let a = args(&[
+        "--listen-v4",
+        "127.0.0.1:8181",
+        "--cgroup",
+        "/no/such/cgroup",
+        "--bindings",
+        "/no/such/bindings.yaml",
+        "--static-credentials",
+        "/no/such/credentials.yaml",
+    ])
+    .expect("parses");
+    let plan = a.validate().expect("valid flags");
+    assert_eq!(
+        plan.bindings.as_deref(),
+        Some(Path::new("/no/such/bindings.yaml"))
+    );
+    // Loading reads them, and says which flag named what it could not read.
+    let e = plan.load_with(false).expect_err("nothing to load");
+    assert!(e.to_string().starts_with("--cgroup: "), "{e}");
+}
+
+#[test]
+fn a_bad_sts_endpoint_is_its_own_error() {
+    let a = args(&["--listen-v4", "127.0.0.1:8181", "--sts-endpoint", "ftp://x"]).expect("parses");
+    assert!(matches!(a.validate(), Err(Error::StsEndpoint { .. })));
 }
