@@ -7,7 +7,7 @@
 //!
 //! | module | what lives there |
 //! |---|---|
-//! | `config` | flags (clap), their validation into a [`Config`], bounds of every number |
+//! | `config` | flags (clap), checked into a [`Plan`] without I/O, loaded into a [`Config`] |
 //! | `app` | wiring: builds every part from the [`Config`], runs and stops them |
 //! | `datapath` | the eBPF loader: programs, pinned maps and links, repair, the forwarding guard |
 //! | `caller` | who is calling: the kernel's record of a connection, the cgroup index, the pod UID |
