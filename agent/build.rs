@@ -12,14 +12,12 @@ use std::path::PathBuf;
 
 fn main() {
     println!("cargo:rerun-if-env-changed=IAMLET_EBPF_OBJECT");
-    let path = match std::env::var_os("IAMLET_EBPF_OBJECT") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let manifest =
-                PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
-            let workspace = manifest.parent().map(PathBuf::from).unwrap_or(manifest);
-            workspace.join("target/ebpf/bpfel-unknown-none/release/agent-ebpf")
-        }
+    let path = if let Some(p) = std::env::var_os("IAMLET_EBPF_OBJECT") {
+        PathBuf::from(p)
+    } else {
+        let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
+        let workspace = manifest.parent().map(PathBuf::from).unwrap_or(manifest);
+        workspace.join("target/ebpf/bpfel-unknown-none/release/agent-ebpf")
     };
     println!("cargo:rerun-if-changed={}", path.display());
     if path.is_file() {

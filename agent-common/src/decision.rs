@@ -1,4 +1,4 @@
-//! What the connect hooks and sock_ops do with a socket, as pure functions.
+//! What the connect hooks and `sock_ops` do with a socket, as pure functions.
 
 use crate::maps::{ConfigV1, PeerKeyV1, CONFIG_FLAG_V4, CONFIG_FLAG_V6, IMDS_PORT};
 use crate::{IMDS_V4, IMDS_V6};

@@ -3,7 +3,7 @@
 //!
 //! The connect hooks only see the address a socket connects to. A pod can reach the metadata
 //! service without such a connect: its own NAT rule (`iptables -t nat ... -j DNAT --to
-//! 169.254.169.254`, CAP_NET_ADMIN), a raw socket (CAP_NET_RAW, a default container
+//! 169.254.169.254`, `CAP_NET_ADMIN`), a raw socket (`CAP_NET_RAW`, a default container
 //! capability) or a userspace TCP stack over one. The egress hook runs after netfilter and
 //! routing, on the packet's final destination, for every socket in the cgroup: any packet to
 //! a metadata address is dropped, whatever the protocol or port, unless it comes from an
@@ -20,7 +20,7 @@ use crate::{IMDS_V4, IMDS_V6};
 pub enum DropReason {
     /// IPv4 packet to 169.254.169.254.
     ImdsV4,
-    /// IPv6 packet to fd00:ec2::254.
+    /// IPv6 packet to `fd00:ec2::254`.
     ImdsV6,
     /// IPv6 packet to 169.254.169.254 written as an IPv6 address: v4-mapped
     /// (`::ffff:169.254.169.254`), v4-compatible (`::169.254.169.254`) or NAT64

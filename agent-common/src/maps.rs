@@ -3,8 +3,8 @@
 //! | map (pinned under `<bpffs>/iamlet/`) | kind | key | value | written by | read by |
 //! |---|---|---|---|---|---|
 //! | `CONFIG_V1` | array, 1 entry | `u32` (0) | [`ConfigV1`] | agent at start-up | connect4/connect6 |
-//! | `COOKIES_V1` | LRU hash | socket cookie `u64` | [`ConnInfoV1`] | connect4/connect6 | sock_ops (moves it to `PEERS_V1`, deletes on close) |
-//! | `PEERS_V1` | LRU hash | [`PeerKeyV1`] | [`ConnInfoV1`] | sock_ops at `TCP_CONNECT_CB`, deleted at `TCP_CLOSE` | agent, for each accepted connection |
+//! | `COOKIES_V1` | LRU hash | socket cookie `u64` | [`ConnInfoV1`] | connect4/connect6 | `sock_ops` (moves it to `PEERS_V1`, deletes on close) |
+//! | `PEERS_V1` | LRU hash | [`PeerKeyV1`] | [`ConnInfoV1`] | `sock_ops` at `TCP_CONNECT_CB`, deleted at `TCP_CLOSE` | agent, for each accepted connection |
 //! | `COUNTERS_V2` | per-CPU array | `u32` index `COUNTER_*` | `u64` | all programs | agent (metrics) |
 //!
 //! `COUNTERS_V2` replaced `COUNTERS_V1` (5 slots, one for all errors) when the egress program
@@ -66,6 +66,10 @@ pub struct ConfigV1 {
     /// IPv6 listener port, host order.
     pub v6_port: u16,
     /// Explicit padding, always zero.
+    #[allow(
+        clippy::pub_underscore_fields,
+        reason = "explicit padding, public so the struct is built with a literal"
+    )]
     pub _pad: u32,
 }
 
@@ -93,6 +97,10 @@ pub struct ConnInfoV1 {
     /// `CONN_KIND_*`.
     pub kind: u32,
     /// Explicit padding, always zero.
+    #[allow(
+        clippy::pub_underscore_fields,
+        reason = "explicit padding, public so the struct is built with a literal"
+    )]
     pub _pad: u32,
 }
 
@@ -129,7 +137,7 @@ pub const COUNTER_ERROR_PEER_INSERT: u32 = 6;
 pub const COUNTER_ERROR_CB_FLAGS: u32 = 7;
 /// `COUNTERS_V2` index: IPv4 packets to 169.254.169.254 dropped at egress.
 pub const COUNTER_EGRESS_DROP_V4: u32 = 8;
-/// `COUNTERS_V2` index: IPv6 packets to fd00:ec2::254 dropped at egress.
+/// `COUNTERS_V2` index: IPv6 packets to `fd00:ec2::254` dropped at egress.
 pub const COUNTER_EGRESS_DROP_V6: u32 = 9;
 /// `COUNTERS_V2` index: IPv6 packets to 169.254.169.254 in v4-mapped, v4-compatible or NAT64
 /// form dropped at egress.

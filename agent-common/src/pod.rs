@@ -1,5 +1,8 @@
 //! `aya::Pod` for the shared types, so user space can read and write them in maps.
-#![allow(unsafe_code)]
+#![allow(
+    unsafe_code,
+    reason = "`aya::Pod` is an unsafe trait: each impl promises a plain-bytes type"
+)]
 
 use crate::maps::{ConfigV1, ConnInfoV1, PeerKeyV1};
 

@@ -19,6 +19,18 @@
 // (so clippy sees it) with an empty main.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+#![allow(
+    unsafe_code,
+    reason = "kernel helpers and context structs are raw pointers"
+)]
+#![allow(
+    clippy::inline_always,
+    reason = "each program is verified as one flat function: its helpers inline into every entry"
+)]
+#![allow(
+    clippy::needless_pass_by_value,
+    reason = "aya hands each program its context by value"
+)]
 
 use agent_common::{
     decide_connect4, decide_connect6, decide_egress,
@@ -61,9 +73,9 @@ static COUNTERS_V2: PerCpuArray<u64, { COUNTER_COUNT as usize }> = PerCpuArray::
 
 /// `bpf_sock_addr.protocol` of TCP.
 const IPPROTO_TCP: u32 = 6;
-/// The connect hooks' verdict that lets the connect proceed (and cgroup_skb's "pass").
+/// The connect hooks' verdict that lets the connect proceed (and `cgroup_skb`'s "pass").
 const ALLOW: i32 = 1;
-/// cgroup_skb's verdict that drops the packet.
+/// `cgroup_skb`'s verdict that drops the packet.
 const DROP: i32 = 0;
 
 #[inline(always)]
@@ -105,7 +117,7 @@ fn record_decision(
         cgroup_id,
         socket_cookie: cookie,
         orig_addr,
-        orig_port: orig_port as u32,
+        orig_port: u32::from(orig_port),
         orig_family,
         kind,
         _pad: 0,
@@ -124,7 +136,7 @@ fn current_cgroup_id() -> u64 {
 }
 
 #[cgroup_sock_addr(connect4)]
-pub fn iamlet_connect4(ctx: SockAddrContext) -> i32 {
+pub(crate) fn iamlet_connect4(ctx: SockAddrContext) -> i32 {
     try_connect4(&ctx);
     ALLOW
 }
@@ -136,7 +148,7 @@ fn try_connect4(ctx: &SockAddrContext) {
     // readable in connect4.
     let (protocol, dst, dst_port) = unsafe {
         let sa = &*ctx.sock_addr;
-        (sa.protocol, sa.user_ip4, u16::from_be(sa.user_port as u16))
+        (sa.protocol, sa.user_ip4, port_of(sa.user_port))
     };
     let cgroup_id = current_cgroup_id();
     let connect = Connect {
@@ -152,13 +164,13 @@ fn try_connect4(ctx: &SockAddrContext) {
         // SAFETY: user_ip4/user_port are writable in connect4.
         unsafe {
             (*ctx.sock_addr).user_ip4 = addr[0];
-            (*ctx.sock_addr).user_port = u16::to_be(port) as u32;
+            (*ctx.sock_addr).user_port = u32::from(u16::to_be(port));
         }
     }
 }
 
 #[cgroup_sock_addr(connect6)]
-pub fn iamlet_connect6(ctx: SockAddrContext) -> i32 {
+pub(crate) fn iamlet_connect6(ctx: SockAddrContext) -> i32 {
     try_connect6(&ctx);
     ALLOW
 }
@@ -178,7 +190,7 @@ fn try_connect6(ctx: &SockAddrContext) {
                 sa.user_ip6[2],
                 sa.user_ip6[3],
             ],
-            u16::from_be(sa.user_port as u16),
+            port_of(sa.user_port),
         )
     };
     let cgroup_id = current_cgroup_id();
@@ -197,13 +209,13 @@ fn try_connect6(ctx: &SockAddrContext) {
             sa.user_ip6[1] = addr[1];
             sa.user_ip6[2] = addr[2];
             sa.user_ip6[3] = addr[3];
-            sa.user_port = u16::to_be(port) as u32;
+            sa.user_port = u32::from(u16::to_be(port));
         }
     }
 }
 
 #[sock_ops]
-pub fn iamlet_sock_ops(ctx: SockOpsContext) -> u32 {
+pub(crate) fn iamlet_sock_ops(ctx: SockOpsContext) -> u32 {
     match ctx.op() {
         BPF_SOCK_OPS_TCP_CONNECT_CB => on_connect(&ctx),
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => on_close(&ctx),
@@ -247,7 +259,7 @@ fn on_connect(ctx: &SockOpsContext) {
     count(COUNTER_PEERS_STORED);
     // Ask for state callbacks so the entries go away when this socket closes.
     if ctx
-        .set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32)
+        .set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG).cast_signed())
         .is_err()
     {
         count(COUNTER_ERROR_CB_FLAGS);
@@ -267,7 +279,7 @@ fn on_close(ctx: &SockOpsContext) {
 }
 
 #[cgroup_skb(egress)]
-pub fn iamlet_egress(ctx: SkBuffContext) -> i32 {
+pub(crate) fn iamlet_egress(ctx: SkBuffContext) -> i32 {
     try_egress(&ctx)
 }
 
@@ -280,20 +292,22 @@ fn try_egress(ctx: &SkBuffContext) -> i32 {
         return ALLOW;
     };
     let dst = match ip_version(first) {
-        4 => match ctx.load::<u32>(IPV4_DADDR_OFFSET) {
-            Ok(a) => Destination::V4(a),
-            Err(_) => {
+        4 => {
+            if let Ok(a) = ctx.load::<u32>(IPV4_DADDR_OFFSET) {
+                Destination::V4(a)
+            } else {
                 count(COUNTER_ERROR_EGRESS_READ);
                 return ALLOW;
             }
-        },
-        6 => match ctx.load::<[u32; 4]>(IPV6_DADDR_OFFSET) {
-            Ok(a) => Destination::V6(a),
-            Err(_) => {
+        }
+        6 => {
+            if let Ok(a) = ctx.load::<[u32; 4]>(IPV6_DADDR_OFFSET) {
+                Destination::V6(a)
+            } else {
                 count(COUNTER_ERROR_EGRESS_READ);
                 return ALLOW;
             }
-        },
+        }
         _ => return ALLOW,
     };
     // SAFETY: reads the cgroup of the socket the packet belongs to; allowed in cgroup_skb.
@@ -319,3 +333,13 @@ static LICENSE: [u8; 4] = *b"GPL\0";
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}
+
+/// The port of `bpf_sock_addr.user_port`: 16 bits in network order in the low half of a `u32`.
+#[inline(always)]
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "the upper half of user_port is always zero"
+)]
+fn port_of(user_port: u32) -> u16 {
+    u16::from_be(user_port as u16)
+}

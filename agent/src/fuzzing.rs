@@ -47,10 +47,10 @@ fn lenient_segments(path: &str) -> Vec<String> {
         let b = p.as_bytes();
         let mut i = 0;
         while i < b.len() {
-            let hexval = |c: u8| (c as char).to_digit(16);
+            let hexval = |c: u8| (c as char).to_digit(16).and_then(|v| u8::try_from(v).ok());
             if b[i] == b'%' && i + 2 < b.len() {
                 if let (Some(h), Some(l)) = (hexval(b[i + 1]), hexval(b[i + 2])) {
-                    out.push((h * 16 + l) as u8);
+                    out.push(h * 16 + l);
                     i += 3;
                     continue;
                 }

@@ -21,7 +21,6 @@
 //! | `timefmt` | UTC timestamps as AWS writes them |
 // Raw system calls live in the `iamlet-sys` crate (agent/sys), behind safe functions.
 #![forbid(unsafe_code)]
-#![warn(unreachable_pub)]
 
 mod app;
 mod caller;

@@ -4,7 +4,7 @@
 use clap::Parser;
 use iamlet::Args;
 
-/// EX_USAGE: the configuration is invalid.
+/// `EX_USAGE`: the configuration is invalid.
 const EXIT_CONFIG: i32 = 64;
 
 fn main() {

@@ -3,6 +3,11 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (Howard Hinnant's algorithm).
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "day is 1..=31 and month 1..=12 by construction"
+)]
 fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
@@ -29,7 +34,9 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 
 /// Formats as `2026-11-22T12:00:00Z` (sub-second part dropped; times before 1970 clamp to it).
 pub(crate) fn format_utc(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
     let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
     let rem = secs.rem_euclid(86_400);
     format!(
@@ -83,6 +90,10 @@ fn fixed(s: &str, digits: usize) -> Option<u32> {
 
 /// Parses `2026-11-22T12:00:00Z` (also with fractional seconds, or `+00:00` for `Z`): four-digit
 /// years from 1970, real calendar dates, hours 00-23, minutes and seconds 00-59.
+#[allow(
+    clippy::many_single_char_names,
+    reason = "y, m, d, h, s: the fields of the timestamp"
+)]
 pub(crate) fn parse_utc(text: &str) -> Result<SystemTime, TimeError> {
     let shape = || TimeError::Shape(text.to_owned());
     let s = text.trim();

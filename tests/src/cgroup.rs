@@ -33,14 +33,13 @@ fn find_cgroup2_mount() -> Result<PathBuf> {
     let mounts = fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
     mounts
         .lines()
-        .filter_map(|line| {
+        .find_map(|line| {
             let mut fields = line.split_whitespace();
             let _source = fields.next()?;
             let target = fields.next()?;
             let fstype = fields.next()?;
             (fstype == "cgroup2").then(|| PathBuf::from(unescape_mount_path(target)))
         })
-        .next()
         .context("no cgroup2 filesystem in /proc/mounts")
 }
 

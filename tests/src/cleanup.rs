@@ -53,7 +53,7 @@ pub fn cleanup_stale() -> Vec<String> {
                     match remove_tree(&entry.path()) {
                         Ok(()) => removed.push(entry.path().display().to_string()),
                         Err(e) => {
-                            eprintln!("iamlet-tests: cannot remove stale cgroup {name}: {e:#}")
+                            eprintln!("iamlet-tests: cannot remove stale cgroup {name}: {e:#}");
                         }
                     }
                 }

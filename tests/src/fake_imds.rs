@@ -90,7 +90,7 @@ pub struct FakeImds {
 }
 
 impl FakeImds {
-    /// Starts it on 169.254.169.254:80 and [fd00:ec2::254]:80 in the node's cloud namespace.
+    /// Starts it on 169.254.169.254:80 and [`fd00:ec2::254`]:80 in the node's cloud namespace.
     pub fn start(node: &TestNode) -> Result<Self> {
         let mut cmd = node.cloud_command("python3");
         cmd.args(["-c", SCRIPT, NODE_ACCESS_KEY, NODE_SECRET, INSTANCE_ID])

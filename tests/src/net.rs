@@ -123,10 +123,10 @@ pub fn http_with(
         cmd.arg(format!("{name}: {value}"));
     }
     let out = run_with_timeout(&mut cmd, Duration::from_secs(15))?;
-    parse_answer(out)
+    parse_answer(&out)
 }
 
-fn parse_answer(out: RunOutput) -> Result<HttpAnswer> {
+fn parse_answer(out: &RunOutput) -> Result<HttpAnswer> {
     if !out.success() {
         bail!("HTTP client failed: {out}");
     }

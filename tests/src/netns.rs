@@ -65,7 +65,9 @@ pub fn delete(name: &str) -> Result<()> {
         // Processes may exit meanwhile: ignore kill's failure.
         let _ = tool("kill", &args);
     }
-    let _lock = NETNS_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let _lock = NETNS_LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     match tool("ip", &["netns", "del", name]) {
         Ok(_) => Ok(()),
         Err(_) if !path.exists() => Ok(()),
@@ -73,7 +75,7 @@ pub fn delete(name: &str) -> Result<()> {
     }
 }
 
-/// A named network namespace this crate created; deleted on drop (after SIGKILLing any
+/// A named network namespace this crate created; deleted on drop (after `SIGKILLing` any
 /// process still in it).
 #[derive(Debug)]
 pub struct Netns {
@@ -85,7 +87,9 @@ impl Netns {
     /// Creates the namespace `name` (`ip netns add`) and brings its `lo` up.
     pub fn create(name: &str) -> Result<Netns> {
         {
-            let _lock = NETNS_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+            let _lock = NETNS_LOCK
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             tool("ip", &["netns", "add", name])
                 .with_context(|| format!("creating network namespace {name}"))?;
         }

@@ -38,12 +38,11 @@ fn tool_runs(program: &str, arg: &str) -> bool {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+        .is_ok_and(|s| s.success())
 }
 
-/// Checks what every privileged test needs: effective uid 0 with CAP_SYS_ADMIN and
-/// CAP_NET_ADMIN, a mounted cgroup2 hierarchy, kernel BTF (`/sys/kernel/btf/vmlinux`), and
+/// Checks what every privileged test needs: effective uid 0 with `CAP_SYS_ADMIN` and
+/// `CAP_NET_ADMIN`, a mounted cgroup2 hierarchy, kernel BTF (`/sys/kernel/btf/vmlinux`), and
 /// the `ip`, `ss`, `nsenter` and `/bin/sh` tools.
 pub fn require_privileges() -> Result<(), SkipReason> {
     let status = fs::read_to_string("/proc/self/status")

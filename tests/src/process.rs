@@ -264,15 +264,13 @@ impl Drop for ChildGuard {
         let Some(child) = self.child.as_mut() else {
             return;
         };
-        match child.try_wait() {
-            Ok(Some(_)) => {}
-            _ => {
-                if let Err(e) = child.kill() {
-                    eprintln!("iamlet-tests: cannot kill {}: {e}", self.what);
-                }
-                if let Err(e) = child.wait() {
-                    eprintln!("iamlet-tests: cannot reap {}: {e}", self.what);
-                }
+        if let Ok(Some(_)) = child.try_wait() {
+        } else {
+            if let Err(e) = child.kill() {
+                eprintln!("iamlet-tests: cannot kill {}: {e}", self.what);
+            }
+            if let Err(e) = child.wait() {
+                eprintln!("iamlet-tests: cannot reap {}: {e}", self.what);
             }
         }
     }
@@ -280,10 +278,10 @@ impl Drop for ChildGuard {
 
 /// The workspace root (the parent of this crate).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."))
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."),
+        Path::to_path_buf,
+    )
 }
 
 /// A binary built from this workspace: `$<env_var>` if set, else next to the running

@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 
 /// The targets, as in `agent/fuzz/Cargo.toml` and `iamlet::fuzzing::TARGETS`.
-pub const TARGETS: &[&str] = &[
+pub(crate) const TARGETS: &[&str] = &[
     "paths",
     "token",
     "bindings",
@@ -48,7 +48,7 @@ const RUSTFLAGS: &str = "-Cpasses=sancov-module \
 
 /// How long (or how many inputs) each target runs.
 #[derive(Clone, Copy, Debug)]
-pub enum Budget {
+pub(crate) enum Budget {
     /// Seconds per target.
     Seconds(u64),
     /// Executions per target.
@@ -96,7 +96,7 @@ fn executions(stderr: &str) -> Option<u64> {
 }
 
 /// Builds and runs the targets (all when `only` is empty).
-pub fn run(root: &Path, budget: Budget, only: &[String]) -> Result<()> {
+pub(crate) fn run(root: &Path, budget: Budget, only: &[String]) -> Result<()> {
     for name in only {
         if !TARGETS.contains(&name.as_str()) {
             bail!("no fuzz target {name:?} (targets: {})", TARGETS.join(", "));
@@ -134,10 +134,12 @@ pub fn run(root: &Path, budget: Budget, only: &[String]) -> Result<()> {
         let execs = executions(&stderr).unwrap_or(0);
         if out.status.success() {
             passed += 1;
-            println!(
-                "fuzz {target}: {execs} executions in {secs:.0} s ({:.0}/s), no crash",
-                execs as f64 / secs.max(0.001)
-            );
+            #[allow(
+                clippy::cast_precision_loss,
+                reason = "a rate for the log, from counts far below 2^52"
+            )]
+            let rate = execs as f64 / secs.max(0.001);
+            println!("fuzz {target}: {execs} executions in {secs:.0} s ({rate:.0}/s), no crash");
         } else {
             let tail: Vec<&str> = stderr.lines().rev().take(30).collect();
             eprintln!(

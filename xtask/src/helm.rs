@@ -29,7 +29,7 @@ with open(sys.argv[2], "wb") as out:
 "#;
 
 /// Where setup puts helm.
-pub fn helm_path(root: &Path) -> PathBuf {
+pub(crate) fn helm_path(root: &Path) -> PathBuf {
     root.join("target/tools/helm")
 }
 
@@ -40,7 +40,7 @@ fn sha256(path: &Path) -> Option<String> {
 }
 
 /// Installs helm at [`helm_path`] unless the right binary is there already.
-pub fn ensure(root: &Path, python: &Path) -> Result<()> {
+pub(crate) fn ensure(root: &Path, python: &Path) -> Result<()> {
     let dest = helm_path(root);
     if sha256(&dest).as_deref() == Some(SHA256) {
         eprintln!("setup: helm present ({})", dest.display());

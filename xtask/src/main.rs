@@ -67,7 +67,7 @@ enum Cmd {
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Bench {
-    /// connect() latency with and without iamlet's programs attached.
+    /// `connect()` latency with and without iamlet's programs attached.
     Connect,
     /// IMDS requests/s and latency (wrk in a pod), iamlet against nginx serving the same bytes.
     Imds,

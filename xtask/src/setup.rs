@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use crate::run as sh;
 
 /// Debian's rustc-web, which has the prebuilt `core` for bpfel-unknown-none.
-pub const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
+pub(crate) const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 /// The bpf-linker version that works with LLVM 22 here.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -39,17 +39,17 @@ const SYSTEM_PYTHON: &str = "/usr/bin/python3";
 const NODE_MIN_MAJOR: u32 = 20;
 
 /// The venv with boto3 for the SDK client tests.
-pub fn sdk_venv(root: &Path) -> PathBuf {
+pub(crate) fn sdk_venv(root: &Path) -> PathBuf {
     root.join("target/sdk/venv")
 }
 
 /// Its Python (passed to the tests as `IAMLET_PYTHON`).
-pub fn sdk_python(root: &Path) -> PathBuf {
+pub(crate) fn sdk_python(root: &Path) -> PathBuf {
     sdk_venv(root).join("bin/python")
 }
 
 /// The npm package of the JS SDK client (passed to the tests as `IAMLET_JS_DIR`).
-pub fn js_dir(root: &Path) -> PathBuf {
+pub(crate) fn js_dir(root: &Path) -> PathBuf {
     root.join("tests/js")
 }
 
@@ -143,20 +143,18 @@ fn dpkg_installed(pkg: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", pkg])
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-        .unwrap_or(false)
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
 }
 
 fn bpf_linker_ok() -> bool {
     Command::new("bpf-linker")
         .arg("--version")
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
-        .unwrap_or(false)
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
 }
 
 /// Runs every setup step; `root` is the workspace.
-pub fn run(root: &Path) -> Result<()> {
+pub(crate) fn run(root: &Path) -> Result<()> {
     let missing: Vec<&str> = APT_PACKAGES
         .iter()
         .copied()

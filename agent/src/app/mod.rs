@@ -33,30 +33,43 @@ pub(crate) use sources::{BaseArnError, KubeClientError};
 /// Errors that stop the agent.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A listener (metadata proxy, admin, admission) could not bind.
     #[error("could not listen on {addr}: {source}")]
     Listen {
+        /// The address asked for.
         addr: SocketAddr,
+        /// Why the bind failed.
         #[source]
         source: std::io::Error,
     },
+    /// Loading or attaching the eBPF programs, or the forwarding guard, failed.
     #[error(transparent)]
     Datapath(#[from] datapath::Error),
+    /// Taking over from a running agent, or handing over to a successor, failed.
     #[error(transparent)]
     Handover(#[from] handover::Error),
+    /// The cgroup index could not be built.
     #[error(transparent)]
     Cgroup(#[from] cgroup::Error),
+    /// SIGTERM / SIGINT handlers could not be installed.
     #[error("could not install signal handler: {0}")]
     Signal(#[source] std::io::Error),
+    /// The kernel gave no randomness for the IMDSv2 token key.
     #[error("no randomness for the token key: {0}")]
     Random(getrandom::Error),
+    /// STS needs a region and none was given or found.
     #[error("cannot determine the AWS region for STS: set --region (or AWS_REGION)")]
     NoRegion,
+    /// Bare role names need an account, and the node's could not be found.
     #[error("bare role names need --base-role-arn; detecting the node's account from the metadata service failed: {0}")]
     BaseArn(#[source] BaseArnError),
+    /// The standalone bindings file is invalid.
     #[error(transparent)]
     Bindings(#[from] bindings::ConfigError),
+    /// No Kubernetes client could be built (kubeconfig, in-cluster config).
     #[error("Kubernetes client: {0}")]
     Kube(#[source] KubeClientError),
+    /// The pin directory's lock could not be passed to a successor.
     #[error("could not share the pin directory's lock for a handover: {0}")]
     ShareLock(#[source] std::io::Error),
 }
@@ -156,7 +169,7 @@ const INDEX_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
 async fn refresh_index(index: Arc<CgroupIndex>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(INDEX_REFRESH) => {}
+            () = tokio::time::sleep(INDEX_REFRESH) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
         let index = index.clone();
@@ -180,7 +193,7 @@ async fn watch_datapath(
     let mut failing = false;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(DATAPATH_CHECK) => {}
+            () = tokio::time::sleep(DATAPATH_CHECK) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
         let dp = datapath.clone();
@@ -210,19 +223,20 @@ async fn watch_datapath(
 }
 
 /// Runs the agent until SIGTERM or SIGINT, then drains and detaches.
+#[allow(
+    clippy::too_many_lines,
+    reason = "the agent's start-up and shutdown, step by step in the order they happen"
+)]
 pub async fn run(config: Config) -> Result<(), Error> {
-    raise_open_file_limit();
     use tokio::signal::unix::{signal, SignalKind};
+    raise_open_file_limit();
     let mut sigterm = signal(SignalKind::terminate()).map_err(Error::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(Error::Signal)?;
 
     // A running agent (an upgrade in progress) hands its sockets and its pin directory over;
     // otherwise another live agent on the same pins makes this one stop here.
     let mut predecessor = find_predecessor(&config).await;
-    let index = Arc::new(CgroupIndex::new(
-        config.cgroup_root.clone(),
-        config.cgroup.clone(),
-    )?);
+    let index = Arc::new(CgroupIndex::new(&config.cgroup_root, &config.cgroup)?);
     let own_cgroup = own_exemption(&config)?;
     let predecessor_cgroup = predecessor.as_ref().map_or(0, Predecessor::cgroup_id);
     let datapath = Arc::new(Datapath::load(
@@ -280,7 +294,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     ));
     let proxy = Proxy::new(
         Attributor::new(datapath.clone(), index.clone()),
-        build_imds(&config, tokens, roles, sts_cache.as_ref())?,
+        build_imds(&config, tokens, roles, sts_cache.as_ref()),
         metrics.clone(),
     );
     let limits = ServerLimits {
@@ -354,7 +368,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         match p.stop_accepting().await {
             Ok(()) => tracing::info!("the running agent stopped accepting"),
             Err(e) => {
-                tracing::warn!(error = %e, "the running agent did not confirm it stopped accepting")
+                tracing::warn!(error = %e, "the running agent did not confirm it stopped accepting");
             }
         }
     }
@@ -393,11 +407,12 @@ pub async fn run(config: Config) -> Result<(), Error> {
     }
     drop(proxy);
     drop(admin);
-    match Arc::try_unwrap(datapath) {
-        Ok(datapath) => drop(datapath),
-        Err(_) => tracing::warn!(
+    if let Ok(datapath) = Arc::try_unwrap(datapath) {
+        drop(datapath);
+    } else {
+        tracing::warn!(
             "datapath still referenced at exit; the kernel detaches it when the process ends"
-        ),
+        );
     }
     tracing::info!("stopped");
     Ok(())

@@ -57,7 +57,7 @@ pub enum KubeClientError {
     Client(#[source] kube::Error),
 }
 
-/// The region for STS: `--region`, else the SDK's chain (AWS_REGION, profile, the metadata
+/// The region for STS: `--region`, else the SDK's chain (`AWS_REGION`, profile, the metadata
 /// service's placement).
 pub(super) async fn region(sts: &StsConfig) -> Option<String> {
     if let Some(r) = &sts.region {
@@ -207,7 +207,7 @@ pub(super) fn build_imds(
     tokens: TokenKey,
     roles: Arc<dyn RoleResolver>,
     sts_cache: Option<&StsCache>,
-) -> Result<Imds, Error> {
+) -> Imds {
     let credentials: Arc<dyn CredentialSource> = match (&config.credentials, sts_cache) {
         (CredentialsConfig::Static(c), _) => c.clone(),
         (CredentialsConfig::Sts(_), Some(cache)) => Arc::new(cache.clone()),
@@ -218,11 +218,11 @@ pub(super) fn build_imds(
         .upstream
         .clone()
         .map(|uri| Upstream::new(uri, config.runtime.upstream_timeout));
-    Ok(Imds::new(
+    Imds::new(
         config.runtime.imds.clone(),
         tokens,
         roles,
         credentials,
         upstream,
-    ))
+    )
 }

@@ -74,8 +74,7 @@ pub(crate) fn parse_pod_cgroup(path: &str) -> Option<PodCgroup> {
         if let Some((pod_uid, qos, driver)) = found {
             let (container_id, runtime) = components
                 .get(i + 1)
-                .map(|leaf| parse_container(leaf, driver))
-                .unwrap_or((None, None));
+                .map_or((None, None), |leaf| parse_container(leaf, driver));
             return Some(PodCgroup {
                 pod_uid,
                 qos,
@@ -263,7 +262,7 @@ mod tests {
             (format!("/kubepods.slice/kubepods-pod{UID_US}.slice/cri-containerd-short.scope"), Some((UID, Guaranteed, None, None))),
             // Negatives.
             ("/".to_owned(), None),
-            ("".to_owned(), None),
+            (String::new(), None),
             ("/system.slice/containerd.service".to_owned(), None),
             (format!("/system.slice/docker-{CID}.scope"), None),
             ("/user.slice/user-1000.slice/session-3.scope".to_owned(), None),

@@ -33,7 +33,7 @@ pub(crate) mod bounds {
 }
 
 /// `Err(Error::Limit)` unless `low <= value <= high`.
-fn within<T: PartialOrd + std::fmt::Debug>(
+fn within<T: PartialOrd + Copy + std::fmt::Debug>(
     flag: &'static str,
     value: T,
     low: T,

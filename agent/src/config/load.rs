@@ -13,16 +13,28 @@ use crate::role::bindings::{self, StaticBindings};
 /// What reading the configuration's files and the system found wrong; each names its flag.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    /// The cgroup2 mount or the `--cgroup` directory could not be found or used.
     #[error("--cgroup: {0}")]
     Cgroup(#[source] cgroup::Error),
+    /// The `--bindings` file could not be read or is invalid.
     #[error("--bindings: {0}")]
     Bindings(#[source] bindings::ConfigError),
+    /// The `--bindings` file names bare roles and nothing can supply the account.
     #[error("--bindings {}: names roles by bare name: set --base-role-arn, or leave --upstream on so the node's account is detected", path.display())]
-    NeedsBaseArn { path: PathBuf },
+    NeedsBaseArn {
+        /// The bindings file.
+        path: PathBuf,
+    },
+    /// The `--static-credentials` file could not be read or is invalid.
     #[error("--static-credentials: {0}")]
     StaticCredentials(#[source] static_file::ConfigError),
+    /// The `--kubeconfig` file does not exist.
     #[error("--kubeconfig {}: no such file", path.display())]
-    Kubeconfig { path: PathBuf },
+    Kubeconfig {
+        /// The kubeconfig asked for.
+        path: PathBuf,
+    },
+    /// Kubernetes mode without `--node-name`.
     #[error("--node-name (unset): the pod watch needs this node's name (NODE_NAME from the downward API)")]
     NodeName,
 }
@@ -120,8 +132,7 @@ impl Plan {
     fn node(&self) -> String {
         self.node_name.clone().unwrap_or_else(|| {
             std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_owned())
-                .unwrap_or_else(|_| "unknown".to_owned())
+                .map_or_else(|_| "unknown".to_owned(), |h| h.trim().to_owned())
         })
     }
 }

@@ -3,7 +3,7 @@
 //! Two steps: [`Args::validate`] checks the flags without reading anything and gives a
 //! [`Plan`]; [`Plan::load`] reads what it names (the cgroup2 mount, files, the environment)
 //! and gives the [`Config`], whose run mode is explicit. `main` exits with status 64
-//! (EX_USAGE) when either fails.
+//! (`EX_USAGE`) when either fails.
 
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::path::PathBuf;
@@ -32,6 +32,10 @@ pub enum LogFormat {
 /// iamlet: per-pod AWS IAM credentials through an eBPF-redirected instance metadata service.
 #[derive(Clone, Debug, Parser)]
 #[command(name = "iamlet", version, about)]
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "command-line switches: each bool is one flag"
+)]
 pub struct Args {
     /// Cgroup to attach to, absolute or relative to the cgroup2 mount. Default: the kubelet's
     /// pods cgroup (kubepods.slice or kubepods). The root cgroup is refused.
@@ -43,7 +47,7 @@ pub struct Args {
     #[arg(long, env = "IAMLET_LISTEN_V4")]
     pub listen_v4: Option<SocketAddrV4>,
 
-    /// IPv6 [address]:port of the metadata proxy for connects to [fd00:ec2::254]:80. Without
+    /// IPv6 [address]:port of the metadata proxy for connects to [`fd00:ec2::254`]:80. Without
     /// it, those connects go to the IPv4 listener (v4-mapped).
     #[arg(long, env = "IAMLET_LISTEN_V6")]
     pub listen_v6: Option<SocketAddrV6>,
@@ -64,7 +68,7 @@ pub struct Args {
 
     /// The node's forwarding guard: policy routing rules (`ip rule`, pref 5 and 6) that route
     /// the node's own metadata traffic as before and refuse to forward any to a metadata
-    /// address, so a pod cannot reach it below IP (an AF_PACKET socket) either. `off` leaves
+    /// address, so a pod cannot reach it below IP (an `AF_PACKET` socket) either. `off` leaves
     /// the node's routing alone.
     #[arg(long, env = "IAMLET_FORWARD_GUARD", value_enum, default_value = "on")]
     pub forward_guard: Switch,
@@ -86,7 +90,7 @@ pub struct Args {
     #[arg(long, env = "IAMLET_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
-    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `iamlet=debug`.
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `iamlet=debug`.
     #[arg(long, env = "IAMLET_LOG", default_value = "info")]
     pub log: String,
 
@@ -142,7 +146,7 @@ pub struct Args {
     #[arg(long, env = "IAMLET_CREDENTIALS_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub credentials_timeout: Duration,
 
-    /// AWS region whose regional STS endpoint is used. Default: AWS_REGION / the profile / the
+    /// AWS region whose regional STS endpoint is used. Default: `AWS_REGION` / the profile / the
     /// instance's placement from the metadata service.
     #[arg(long, env = "IAMLET_REGION")]
     pub region: Option<String>,

@@ -108,7 +108,7 @@ fn every_numeric_flag_is_bounded() {
         };
         match a.check_limits() {
             Err(Error::Limit { flag: f, .. }) => {
-                assert_eq!(format!("--{f}"), flag, "{flag} {value}")
+                assert_eq!(format!("--{f}"), flag, "{flag} {value}");
             }
             other => panic!("{flag} {value}: {other:?}"),
         }

@@ -36,6 +36,7 @@ impl std::fmt::Debug for Credentials {
             .field("secret_access_key", &"<redacted>")
             .field("session_token", &"<redacted>")
             .field("expiration", &timefmt::format_utc(self.expiration))
+            .field("last_updated", &timefmt::format_utc(self.last_updated))
             .finish()
     }
 }

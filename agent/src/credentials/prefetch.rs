@@ -49,7 +49,7 @@ pub(crate) async fn run(
         }
         registered = wanted;
         tokio::select! {
-            _ = tokio::time::sleep(POLL) => {}
+            () = tokio::time::sleep(POLL) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
     }

@@ -181,7 +181,10 @@ impl StaticCredentials {
         binding: &RoleBinding,
         now: SystemTime,
     ) -> Result<Arc<Credentials>, CredentialError> {
-        let mut issued = self.issued.lock().unwrap_or_else(|p| p.into_inner());
+        let mut issued = self
+            .issued
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(c) = issued.get(&binding.role_arn) {
             let left = c.expiration.duration_since(now).unwrap_or_default();
             if left > ROLLING_EXPIRY / 2 {
@@ -218,7 +221,7 @@ mod tests {
 
     #[test]
     fn serves_configured_roles_only() {
-        let text = r#"
+        let text = r"
 credentials:
   arn:aws:iam::123456789012:role/web:
     access_key_id: ASIAWEB
@@ -229,7 +232,7 @@ credentials:
     secret_access_key: secret
     session_token: token
     expiration: 2001-01-01T00:00:00Z
-"#;
+";
         let s = StaticCredentials::parse(text, "t").expect("valid");
         let now = SystemTime::now();
         let c = s

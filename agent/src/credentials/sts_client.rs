@@ -121,7 +121,7 @@ impl Sts {
         let out = req
             .send()
             .await
-            .map_err(|e| map_error(&binding.role_arn, e))?;
+            .map_err(|e| map_error(&binding.role_arn, &e))?;
         let creds = out.credentials().ok_or_else(|| {
             CredentialError::new(
                 "InvalidResponse",
@@ -154,7 +154,7 @@ impl Assumer for Sts {
 }
 
 /// Turns an SDK error into a credential error with an AWS-style code.
-fn map_error<E, R>(role: &str, err: SdkError<E, R>) -> CredentialError
+fn map_error<E, R>(role: &str, err: &SdkError<E, R>) -> CredentialError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,

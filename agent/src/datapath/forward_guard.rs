@@ -3,7 +3,7 @@
 //!
 //! The cgroup programs see what the pods' sockets do, even after the pod's own netfilter
 //! rules (`cgroup_skb/egress`). They cannot see a frame a pod writes below IP (an
-//! `AF_PACKET` socket, CAP_NET_RAW, a default container capability, and with it a userspace
+//! `AF_PACKET` socket, `CAP_NET_RAW`, a default container capability, and with it a userspace
 //! TCP stack) or traffic a pod forwards for something else (a VM, a tunnel). All of that
 //! reaches the metadata service only by being forwarded by the node, since the service is
 //! off the node and a pod's own namespace cannot route it anywhere else. So, per family:
@@ -103,6 +103,10 @@ pub(crate) fn rules() -> Vec<GuardRule> {
         .collect()
 }
 
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "attributes here are addresses and table ids, at most 20 bytes"
+)]
 fn push_attr(buf: &mut Vec<u8>, kind: u16, payload: &[u8]) {
     let len = 4 + payload.len();
     buf.extend_from_slice(&(len as u16).to_ne_bytes());
@@ -128,7 +132,8 @@ pub(crate) fn rule_message(kind: u16, rule: &GuardRule, seq: u32) -> Vec<u8> {
     } else {
         (FR_ACT_PROHIBIT, 0)
     };
-    let mut body = vec![family, (dst.len() * 8) as u8, 0, 0, table, 0, 0, action];
+    let prefix_bits = if dst.len() == 4 { 32 } else { 128 };
+    let mut body = vec![family, prefix_bits, 0, 0, table, 0, 0, action];
     body.extend_from_slice(&0u32.to_ne_bytes());
     push_attr(&mut body, FRA_DST, &dst);
     push_attr(&mut body, FRA_PRIORITY, &rule.priority.to_ne_bytes());
@@ -148,6 +153,10 @@ pub(crate) fn rule_message(kind: u16, rule: &GuardRule, seq: u32) -> Vec<u8> {
     message(kind, flags, seq, &body)
 }
 
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "a rule message is under 100 bytes"
+)]
 fn message(kind: u16, flags: u16, seq: u32, body: &[u8]) -> Vec<u8> {
     let mut msg = Vec::with_capacity(16 + body.len());
     msg.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
@@ -379,8 +388,8 @@ mod tests {
     #[test]
     fn messages_parse_back_to_the_rules() {
         let mut dump = Vec::new();
-        for (i, rule) in rules().iter().enumerate() {
-            let mut msg = rule_message(RTM_NEWRULE, rule, i as u32);
+        for (seq, rule) in (0u32..).zip(rules().iter()) {
+            let mut msg = rule_message(RTM_NEWRULE, rule, seq);
             while !msg.len().is_multiple_of(4) {
                 msg.push(0);
             }

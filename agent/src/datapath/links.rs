@@ -26,7 +26,7 @@ pub(crate) struct Hook {
     /// Program name in the eBPF object.
     pub program: &'static str,
     /// Section / hook name, for messages.
-    pub hook: &'static str,
+    pub section: &'static str,
     /// `enum bpf_attach_type` value of the hook.
     pub attach_type: u32,
 }
@@ -36,22 +36,22 @@ pub(crate) struct Hook {
 pub(crate) const HOOKS: [Hook; 4] = [
     Hook {
         program: "iamlet_egress",
-        hook: "cgroup_skb/egress",
+        section: "cgroup_skb/egress",
         attach_type: 1, // BPF_CGROUP_INET_EGRESS
     },
     Hook {
         program: "iamlet_connect4",
-        hook: "cgroup/connect4",
+        section: "cgroup/connect4",
         attach_type: 10, // BPF_CGROUP_INET4_CONNECT
     },
     Hook {
         program: "iamlet_connect6",
-        hook: "cgroup/connect6",
+        section: "cgroup/connect6",
         attach_type: 11, // BPF_CGROUP_INET6_CONNECT
     },
     Hook {
         program: "iamlet_sock_ops",
-        hook: "sock_ops",
+        section: "sock_ops",
         attach_type: 3, // BPF_CGROUP_SOCK_OPS
     },
 ];
@@ -92,7 +92,7 @@ pub(crate) fn install(
             Ok(Some(link)) => {
                 let prog = program.fd().map_err(|source| Error::ProgramLoad {
                     name: hook.program,
-                    hook: hook.hook,
+                    hook: hook.section,
                     source: Box::new(source),
                 })?;
                 bpf_sys::link_update(link.as_fd(), prog.as_fd())
@@ -100,10 +100,10 @@ pub(crate) fn install(
                 return Ok((Outcome::Adopted, link));
             }
             Ok(None) => {
-                tracing::warn!(pin = %pin.display(), "pinned link targets another cgroup or a removed one; replacing it")
+                tracing::warn!(pin = %pin.display(), "pinned link targets another cgroup or a removed one; replacing it");
             }
             Err(e) => {
-                tracing::warn!(pin = %pin.display(), error = %e, "unusable pinned link; replacing it")
+                tracing::warn!(pin = %pin.display(), error = %e, "unusable pinned link; replacing it");
             }
         }
         // Unpinning the last reference detaches the stale link.
@@ -111,7 +111,7 @@ pub(crate) fn install(
     }
     let attach_err = |source| Error::Attach {
         name: hook.program,
-        hook: hook.hook,
+        hook: hook.section,
         cgroup: cgroup_path.to_owned(),
         source: Box::new(source),
     };

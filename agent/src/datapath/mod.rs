@@ -365,14 +365,20 @@ impl Datapath {
 
     /// A copy of the pin directory's locked descriptor, for a successor.
     pub(crate) fn share_lock(&self) -> io::Result<OwnedFd> {
-        self.lock.lock().unwrap_or_else(|p| p.into_inner()).share()
+        self.lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .share()
     }
 
     /// Puts the programs on the cgroup: adopts the pinned links of a predecessor (swapping
     /// the programs atomically) or attaches and pins new ones.
     pub(crate) fn attach(&self) -> Result<(), Error> {
         let (cgroup, cgroup_id) = self.open_cgroup()?;
-        let mut ebpf = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ebpf = self
+            .ebpf
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // This agent's maps replace the predecessor's pins only now that it takes over, so
         // an agent that fails to start leaves the running one's pins alone.
         let pins = self.maps_to_pin(&ebpf);
@@ -395,18 +401,21 @@ impl Datapath {
                 "forwarding guard in place: the node forwards nothing to the metadata service"
             );
         }
-        let mut held = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        let mut held = self
+            .links
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for (slot, hook) in held.iter_mut().zip(links::HOOKS) {
             let (outcome, fd) = self.install(&mut ebpf, &hook, &cgroup, cgroup_id)?;
             *slot = Some(fd);
             self.attached.store(true, Ordering::SeqCst);
-            tracing::info!(program = hook.program, hook = hook.hook, cgroup = %self.cgroup.display(), ?outcome, "program in place");
+            tracing::info!(program = hook.program, hook = hook.section, cgroup = %self.cgroup.display(), ?outcome, "program in place");
         }
         drop(held);
         if let Some(previous) = self
             .previous
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .as_mut()
         {
             previous.until = Some(clock::now() + PREVIOUS_WINDOW);
@@ -428,7 +437,10 @@ impl Datapath {
             Err(MapError::KeyNotFound) => {}
             Err(source) => return Err(map_err(PEERS_MAP)(source)),
         }
-        let mut previous = self.previous.lock().unwrap_or_else(|p| p.into_inner());
+        let mut previous = self
+            .previous
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let Some(prev) = previous.as_ref() else {
             return Ok(None);
         };
@@ -480,7 +492,7 @@ impl Drop for Datapath {
                     %cgroup,
                     pin_dir = %self.pin_dir.display(),
                     "leaving the programs attached (--on-exit keep): pods' metadata connects are refused until an agent runs again; remove the pin directory to detach"
-                )
+                );
             }
             OnExit::Detach => {
                 let links = links::unpin_all(&self.pin_dir);
@@ -489,7 +501,7 @@ impl Drop for Datapath {
                     match forward_guard::remove() {
                         Ok(rules) => tracing::info!(rules, "removed the forwarding guard"),
                         Err(e) => {
-                            tracing::error!(error = %e, "could not remove the forwarding guard")
+                            tracing::error!(error = %e, "could not remove the forwarding guard");
                         }
                     }
                 }
@@ -527,10 +539,10 @@ fn load_program(ebpf: &mut Ebpf, hook: &links::Hook) -> Result<u32, Error> {
     })?;
     let load_err = |source| Error::ProgramLoad {
         name: hook.program,
-        hook: hook.hook,
+        hook: hook.section,
         source: Box::new(source),
     };
-    match hook.hook {
+    match hook.section {
         "sock_ops" => {
             let prog: &mut SockOps = (&mut *program).try_into().map_err(load_err)?;
             prog.load().map_err(load_err)?;

@@ -49,25 +49,34 @@ impl Datapath {
         // the new one).
         bpffs::ensure(&self.pin_dir)?;
         {
-            let mut lock = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            let mut lock = self
+                .lock
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if !lock.is_current(&self.pin_dir) {
                 *lock = PinLock::acquire(&self.pin_dir)?;
                 tracing::warn!(pin_dir = %self.pin_dir.display(), "the pin directory was re-created; locked it again");
             }
         }
-        let mut ebpf = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
-        let mut held = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ebpf = self
+            .ebpf
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut held = self
+            .links
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for ((slot, hook), prog_id) in held.iter_mut().zip(links::HOOKS).zip(&self.prog_ids) {
             let attached =
                 bpf_sys::prog_query(cgroup.as_fd(), hook.attach_type).map_err(|source| {
                     Error::Query {
-                        hook: hook.hook,
+                        hook: hook.section,
                         cgroup: self.cgroup.clone(),
                         source,
                     }
                 })?;
             if !attached.contains(prog_id) {
-                tracing::error!(program = hook.program, hook = hook.hook, cgroup = %self.cgroup.display(), "this agent's program is no longer attached; putting it back");
+                tracing::error!(program = hook.program, hook = hook.section, cgroup = %self.cgroup.display(), "this agent's program is no longer attached; putting it back");
                 let (outcome, fd) = self.install(&mut ebpf, &hook, &cgroup, cgroup_id)?;
                 tracing::warn!(program = hook.program, ?outcome, "program back in place");
                 *slot = Some(fd);

@@ -234,7 +234,11 @@ pub(crate) async fn connect(path: &Path) -> Result<Option<Predecessor>, Error> {
 }
 
 fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::new(), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
 }
 
 fn from_hex(s: &str) -> Option<[u8; 32]> {
@@ -311,7 +315,7 @@ async fn read_some(stream: &UnixStream, buf: &mut [u8]) -> std::io::Result<usize
         match stream.try_read(buf) {
             Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
             Ok(n) => return Ok(n),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
         }
     }
@@ -421,7 +425,11 @@ async fn offer_to<R: Retire>(
         path: path.to_owned(),
         reason: e.to_string(),
     })?;
-    let mut message = (json.len() as u32).to_be_bytes().to_vec();
+    let len = u32::try_from(json.len()).map_err(|_| Error::Protocol {
+        path: path.to_owned(),
+        reason: format!("hello of {} bytes", json.len()),
+    })?;
+    let mut message = len.to_be_bytes().to_vec();
     message.extend_from_slice(&json);
     let fds: Vec<_> = offer
         .listeners

@@ -351,14 +351,13 @@ impl Imds {
         match self.credentials(&binding).await {
             Ok(creds) => {
                 let key = (Arc::as_ptr(&creds) as usize, extended);
-                let body = match self.bodies.get(&key) {
-                    Some((_, body)) => body,
-                    None => {
-                        let account = if extended { binding.account_id() } else { None };
-                        let body = bytes::Bytes::from(credentials_json(&creds, account));
-                        self.bodies.insert(key, (creds.clone(), body.clone()));
-                        body
-                    }
+                let body = if let Some((_, body)) = self.bodies.get(&key) {
+                    body
+                } else {
+                    let account = if extended { binding.account_id() } else { None };
+                    let body = bytes::Bytes::from(credentials_json(&creds, account));
+                    self.bodies.insert(key, (creds.clone(), body.clone()));
+                    body
                 };
                 text(200, body)
             }

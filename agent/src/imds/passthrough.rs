@@ -146,7 +146,10 @@ impl Upstream {
     async fn token(&self) -> Result<Option<String>, PassthroughError> {
         let now = clock::now();
         {
-            let state = self.token.lock().unwrap_or_else(|p| p.into_inner());
+            let state = self
+                .token
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             match &*state {
                 TokenState::Token { value, refresh_at } if *refresh_at > now => {
                     return Ok(Some(value.clone()))
@@ -177,7 +180,10 @@ impl Upstream {
             TokenState::Token { value, .. } => Some(value.clone()),
             _ => None,
         };
-        *self.token.lock().unwrap_or_else(|p| p.into_inner()) = new_state;
+        *self
+            .token
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = new_state;
         Ok(token)
     }
 
@@ -185,7 +191,11 @@ impl Upstream {
     /// [`NODE_ROLE_TTL`]); `None` when the node has none or the upstream cannot say.
     pub(crate) async fn node_role(&self) -> Option<String> {
         let now = clock::now();
-        if let Some((role, until)) = &*self.node_role.lock().unwrap_or_else(|p| p.into_inner()) {
+        if let Some((role, until)) = &*self
+            .node_role
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
             if *until > now {
                 return role.clone();
             }
@@ -203,8 +213,10 @@ impl Upstream {
             Ok(answer) if answer.status == StatusCode::NOT_FOUND => (None, NODE_ROLE_TTL),
             Ok(_) | Err(_) => (None, NODE_ROLE_RETRY),
         };
-        *self.node_role.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((role.clone(), now + keep));
+        *self
+            .node_role
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((role.clone(), now + keep));
         role
     }
 
@@ -219,7 +231,10 @@ impl Upstream {
             return Ok(answer);
         }
         // Our token expired or the upstream restarted: fetch a new one, once.
-        *self.token.lock().unwrap_or_else(|p| p.into_inner()) = TokenState::Unknown;
+        *self
+            .token
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = TokenState::Unknown;
         self.get_once(path).await
     }
 
@@ -230,7 +245,7 @@ impl Upstream {
         let node_role = self
             .node_role
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
         let is_node_role = node_role
             .and_then(|(role, _)| role)

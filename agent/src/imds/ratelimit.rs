@@ -37,7 +37,10 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         if self.rate <= 0.0 {
             return true;
         }
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if buckets.len() > MAX_IDLE_BUCKETS && !buckets.contains_key(key) {
             let (rate, burst) = (self.rate, self.burst);
             buckets.retain(|_, b| {

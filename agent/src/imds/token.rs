@@ -64,9 +64,8 @@ impl TokenKey {
 
     fn mac(&self, body: &[u8], subject: &[u8]) -> HmacSha256 {
         // HMAC takes keys of any length; 32 bytes never fails.
-        let mut mac = match HmacSha256::new_from_slice(&self.key) {
-            Ok(m) => m,
-            Err(_) => unreachable!("HMAC accepts any key length"),
+        let Ok(mut mac) = HmacSha256::new_from_slice(&self.key) else {
+            unreachable!("HMAC accepts any key length")
         };
         mac.update(body);
         mac.update(&(subject.len() as u64).to_be_bytes());

@@ -30,7 +30,7 @@ pub(crate) async fn run(held: Arc<AtomicUsize>, mut stop: watch::Receiver<bool>)
     let mut peak = 0;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(TICK) => {}
+            () = tokio::time::sleep(TICK) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
         let now = held.load(Ordering::Relaxed);

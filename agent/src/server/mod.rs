@@ -230,8 +230,8 @@ pub(crate) async fn serve<H: ConnHandler>(
     drop(gate);
     tracing::info!(server = name, "stopped accepting; draining connections");
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!(server = name, "all connections closed"),
-        _ = tokio::time::sleep(limits.shutdown_grace) => {
+        () = graceful.shutdown() => tracing::info!(server = name, "all connections closed"),
+        () = tokio::time::sleep(limits.shutdown_grace) => {
             tracing::warn!(server = name, grace = ?limits.shutdown_grace, "drain timed out; closing the rest");
         }
     }

@@ -77,10 +77,10 @@ impl ConnHandler for Proxy {
         let now = clock::wall()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        if self.refused_warned_at.swap(now, Ordering::Relaxed) != now {
-            tracing::warn!(%peer, reason = refusal.as_str(), "closing a connection unserved (see iamlet_proxy_connections_total for how many)");
-        } else {
+        if self.refused_warned_at.swap(now, Ordering::Relaxed) == now {
             tracing::debug!(%peer, reason = refusal.as_str(), "closing a connection unserved");
+        } else {
+            tracing::warn!(%peer, reason = refusal.as_str(), "closing a connection unserved (see iamlet_proxy_connections_total for how many)");
         }
     }
 

@@ -257,7 +257,9 @@ impl prometheus_client::collector::Collector for EngineCollector {
             prometheus_client::metrics::MetricType::Gauge,
         )?;
         prometheus_client::encoding::EncodeMetric::encode(
-            &prometheus_client::metrics::gauge::ConstGauge::new(self.sts_cache.entries() as i64),
+            &prometheus_client::metrics::gauge::ConstGauge::new(
+                i64::try_from(self.sts_cache.entries()).unwrap_or(i64::MAX),
+            ),
             metric,
         )
     }
@@ -373,7 +375,10 @@ mod tests {
 
     #[test]
     fn engine_metrics_have_the_documented_names() {
-        let sts_cache = StsCache::new(Arc::new(NeverAssumes), Default::default());
+        let sts_cache = StsCache::new(
+            Arc::new(NeverAssumes),
+            crate::credentials::sts_cache::StsCacheSettings::default(),
+        );
         let reg = registry(&Metrics::default(), None, Some(sts_cache), None);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &reg).expect("encode");
@@ -407,11 +412,11 @@ mod tests {
 
     #[test]
     fn every_ebpf_counter_slot_has_its_sample() {
+        use agent_common::maps::*;
         let mut reg = Registry::with_prefix("iamlet");
         reg.register_collector(Box::new(FixedEbpf));
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &reg).expect("encode");
-        use agent_common::maps::*;
         for (sample, slot) in [
             (
                 "iamlet_ebpf_events_total{event=\"redirected\"}",

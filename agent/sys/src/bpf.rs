@@ -89,8 +89,8 @@ fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
         libc::syscall(
             libc::SYS_bpf,
             cmd,
-            attr as *mut T as *mut libc::c_void,
-            std::mem::size_of::<T>() as libc::c_uint,
+            std::ptr::from_mut::<T>(attr).cast::<libc::c_void>(),
+            attr_size::<T>(),
         )
     };
     if ret < 0 {
@@ -120,7 +120,7 @@ pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
     let mut attr = ObjGetAttr {
         pathname: c_path.as_ptr() as u64,
-        bpf_fd: fd.as_raw_fd() as u32,
+        bpf_fd: fd.as_raw_fd().cast_unsigned(),
         ..ObjGetAttr::default()
     };
     sys_bpf(BPF_OBJ_PIN, &mut attr).map(|_| ())
@@ -131,10 +131,10 @@ pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
 pub fn prog_query(cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<Vec<u32>> {
     let mut ids = [0u32; QUERY_MAX];
     let mut attr = QueryAttr {
-        target_fd: cgroup.as_raw_fd() as u32,
+        target_fd: cgroup.as_raw_fd().cast_unsigned(),
         attach_type,
         prog_ids: ids.as_mut_ptr() as u64,
-        prog_cnt: QUERY_MAX as u32,
+        prog_cnt: attr_size::<[u32; QUERY_MAX]>() / 4,
         ..QueryAttr::default()
     };
     sys_bpf(BPF_PROG_QUERY, &mut attr)?;
@@ -146,9 +146,9 @@ pub fn prog_query(cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<Vec<u3
 pub fn cgroup_link_info(link: BorrowedFd<'_>) -> io::Result<CgroupLinkInfo> {
     let mut info = CgroupLinkInfo::default();
     let mut attr = InfoAttr {
-        bpf_fd: link.as_raw_fd() as u32,
-        info_len: std::mem::size_of::<CgroupLinkInfo>() as u32,
-        info: &mut info as *mut CgroupLinkInfo as u64,
+        bpf_fd: link.as_raw_fd().cast_unsigned(),
+        info_len: attr_size::<CgroupLinkInfo>(),
+        info: &raw mut info as u64,
     };
     sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
     Ok(info)
@@ -157,9 +157,18 @@ pub fn cgroup_link_info(link: BorrowedFd<'_>) -> io::Result<CgroupLinkInfo> {
 /// Atomically replaces the program behind `link` with `prog`: no connect ever sees neither.
 pub fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
     let mut attr = LinkUpdateAttr {
-        link_fd: link.as_raw_fd() as u32,
-        new_prog_fd: prog.as_raw_fd() as u32,
+        link_fd: link.as_raw_fd().cast_unsigned(),
+        new_prog_fd: prog.as_raw_fd().cast_unsigned(),
         ..LinkUpdateAttr::default()
     };
     sys_bpf(BPF_LINK_UPDATE, &mut attr).map(|_| ())
+}
+
+/// Size of a `bpf(2)` argument struct, in the kernel's `u32`.
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "the structs passed to bpf(2) are a few hundred bytes at most"
+)]
+const fn attr_size<T>() -> u32 {
+    std::mem::size_of::<T>() as u32
 }

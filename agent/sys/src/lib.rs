@@ -4,7 +4,10 @@
 //!
 //! This is the only crate of the agent with `unsafe` code, so that the agent library itself
 //! can `#![forbid(unsafe_code)]`. Every `unsafe` block carries its `SAFETY:` argument.
-#![deny(clippy::undocumented_unsafe_blocks)]
+#![allow(
+    unsafe_code,
+    reason = "the one crate of the agent that makes raw system calls"
+)]
 
 pub mod bpf;
 pub mod heap;

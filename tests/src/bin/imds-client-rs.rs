@@ -6,6 +6,24 @@
 //! The integration tests run it inside a fake pod (`iamlet_tests::clients`) with an empty
 //! environment apart from `PATH` and `HOME` (an empty directory), so the provider uses its
 //! default endpoint `http://169.254.169.254`. The SDK's debug log goes to stderr.
+#![allow(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    reason = "statistics over test measurements: counts to f64 and percentiles back to indices, all far below 2^52"
+)]
+#![allow(
+    clippy::too_many_lines,
+    clippy::format_push_string,
+    clippy::format_collect,
+    reason = "a test scenario, fixture or bench driver reads top to bottom, step by step"
+)]
+#![allow(
+    clippy::missing_panics_doc,
+    clippy::unwrap_used,
+    reason = "test code fails by panicking at the failing line"
+)]
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -17,8 +35,7 @@ use aws_credential_types::provider::ProvideCredentials;
 fn rfc3339(t: SystemTime) -> String {
     let secs = t
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_else(|e| -(e.duration().as_secs() as i64));
+        .map_or_else(|e| -(e.duration().as_secs() as i64), |d| d.as_secs() as i64);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days + 719_468;

@@ -168,8 +168,7 @@ pub fn control(shared: &Shared, op: ControlOp) -> Result<Value, String> {
             shared
                 .store()
                 .get(res, &key)
-                .map(|v| (*v).clone())
-                .unwrap_or(Value::Null)
+                .map_or(Value::Null, |v| (*v).clone())
         }
         ControlOp::List { api_version, kind } => {
             let res = resource_by_kind(&api_version, &kind)
@@ -178,7 +177,10 @@ pub fn control(shared: &Shared, op: ControlOp) -> Result<Value, String> {
             Value::Array(snap.values().map(|v| (**v).clone()).collect())
         }
         ControlOp::FailNext { count, status } => {
-            let mut f = shared.faults.lock().unwrap_or_else(|e| e.into_inner());
+            let mut f = shared
+                .faults
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             f.fail_next = count;
             f.fail_status = status.unwrap_or(500);
             Value::Null
@@ -187,7 +189,7 @@ pub fn control(shared: &Shared, op: ControlOp) -> Result<Value, String> {
             shared
                 .faults
                 .lock()
-                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .latency = Duration::from_millis(ms);
             Value::Null
         }
@@ -206,15 +208,18 @@ pub fn control(shared: &Shared, op: ControlOp) -> Result<Value, String> {
             Value::Null
         }
         ControlOp::Events => Value::Array(shared.store().recorded_events.clone()),
-        ControlOp::Requests => {
-            serde_json::to_value(&*shared.requests.lock().unwrap_or_else(|e| e.into_inner()))
-                .map_err(|e| e.to_string())?
-        }
+        ControlOp::Requests => serde_json::to_value(
+            &*shared
+                .requests
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+        .map_err(|e| e.to_string())?,
         ControlOp::ResetRequests => {
             shared
                 .requests
                 .lock()
-                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .clear();
             Value::Null
         }

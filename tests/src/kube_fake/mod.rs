@@ -54,7 +54,7 @@ use server::Shared;
 pub use server::{ControlOp, ObjRef, RequestRecord, DEFAULT_BOOKMARK_INTERVAL, DEFAULT_HISTORY};
 
 /// Settings of a fake API server.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct Options {
     /// Changes kept for watch replay (older resource versions get 410).
     pub history: usize,

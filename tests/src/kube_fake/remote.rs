@@ -180,7 +180,7 @@ pub fn run_binary(args: Vec<String>) -> Result<()> {
             "--control" => control = Some(PathBuf::from(val()?)),
             "--history" => options.history = val()?.parse()?,
             "--bookmark-interval-ms" => {
-                options.bookmark_interval = Duration::from_millis(val()?.parse()?)
+                options.bookmark_interval = Duration::from_millis(val()?.parse()?);
             }
             "-h" | "--help" => {
                 println!("fake-kube-apiserver --listen ADDR --control SOCKET [--history N] [--bookmark-interval-ms MS]");

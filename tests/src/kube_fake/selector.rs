@@ -161,11 +161,11 @@ impl LabelSelector {
             match c {
                 '(' => {
                     depth += 1;
-                    cur.push(c)
+                    cur.push(c);
                 }
                 ')' => {
                     depth -= 1;
-                    cur.push(c)
+                    cur.push(c);
                 }
                 ',' if depth == 0 => parts.push(std::mem::take(&mut cur)),
                 _ => cur.push(c),
@@ -181,25 +181,25 @@ impl LabelSelector {
             }
             if let Some(k) = p.strip_prefix('!') {
                 let k = k.trim();
-                check_key(k).map_err(|_| bad(p))?;
+                check_key(k).map_err(|()| bad(p))?;
                 reqs.push(Req::NotExists(k.to_string()));
                 continue;
             }
             if let Some(i) = p.find("!=") {
                 let (k, v) = (p[..i].trim(), p[i + 2..].trim());
-                check_key(k).map_err(|_| bad(p))?;
+                check_key(k).map_err(|()| bad(p))?;
                 reqs.push(Req::NotIn(k.to_string(), [v.to_string()].into()));
                 continue;
             }
             if let Some(i) = p.find("==") {
                 let (k, v) = (p[..i].trim(), p[i + 2..].trim());
-                check_key(k).map_err(|_| bad(p))?;
+                check_key(k).map_err(|()| bad(p))?;
                 reqs.push(Req::In(k.to_string(), [v.to_string()].into()));
                 continue;
             }
             if let Some(i) = p.find('=') {
                 let (k, v) = (p[..i].trim(), p[i + 1..].trim());
-                check_key(k).map_err(|_| bad(p))?;
+                check_key(k).map_err(|()| bad(p))?;
                 reqs.push(Req::In(k.to_string(), [v.to_string()].into()));
                 continue;
             }
@@ -236,7 +236,7 @@ impl LabelSelector {
                     .map(|v| v.trim().to_string())
                     .filter(|v| !v.is_empty())
                     .collect();
-                check_key(k).map_err(|_| bad(p))?;
+                check_key(k).map_err(|()| bad(p))?;
                 reqs.push(if op {
                     Req::In(k.to_string(), values)
                 } else {
@@ -244,7 +244,7 @@ impl LabelSelector {
                 });
                 continue;
             }
-            check_key(p).map_err(|_| bad(p))?;
+            check_key(p).map_err(|()| bad(p))?;
             reqs.push(Req::Exists(p.to_string()));
         }
         Ok(LabelSelector { reqs })

@@ -118,9 +118,10 @@ impl LogFile {
     }
 
     fn read(&self) -> String {
-        std::fs::read(&self.0)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_else(|e| format!("(cannot read {}: {e})", self.0.display()))
+        std::fs::read(&self.0).map_or_else(
+            |e| format!("(cannot read {}: {e})", self.0.display()),
+            |b| String::from_utf8_lossy(&b).into_owned(),
+        )
     }
 }
 

@@ -167,13 +167,12 @@ impl FaultProxy {
             let _ = BufReader::new(stdout).read_line(&mut line);
             let _ = tx.send(line);
         });
-        let line = match rx.recv_timeout(PROXY_START_TIMEOUT) {
-            Ok(line) => line,
-            Err(_) => bail!(
+        let Ok(line) = rx.recv_timeout(PROXY_START_TIMEOUT) else {
+            bail!(
                 "{} printed no ready line after {PROXY_START_TIMEOUT:?}:\n{}",
                 bin.display(),
                 log.read()
-            ),
+            );
         };
         let ready: Ready = serde_json::from_str(line.trim()).with_context(|| {
             format!(

@@ -61,7 +61,7 @@ fn curl(
 ) -> Result<String> {
     let args: Vec<String> = ["curl", "-gsS", "--max-time", "5"]
         .iter()
-        .map(|s| s.to_string())
+        .map(std::string::ToString::to_string)
         .chain([format!("http://{addr}/")])
         .collect();
     Ok(run(&args)?.ensure_success()?.stdout)

@@ -70,7 +70,7 @@ impl Drop for Files {
 
 fn start(node: &TestNode, files: &Files, extra: &[&str]) -> Result<Agent> {
     let mut args = files.args();
-    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend(extra.iter().map(std::string::ToString::to_string));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     Agent::start(node, &refs)
 }

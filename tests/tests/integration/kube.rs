@@ -64,6 +64,7 @@ impl Drop for Setup {
 }
 
 /// Where the agent gets credentials in a test.
+#[derive(Clone, Copy)]
 enum Creds<'a> {
     /// Static credentials for these role names.
     Static(&'a [&'a str]),
@@ -101,7 +102,7 @@ fn setup_with(node: &TestNode, creds_from: Creds<'_>) -> Result<(Setup, Agent)> 
             args.extend(["--sts-endpoint", endpoint, "--region", "us-east-1"]);
             args.extend_from_slice(extra);
             let agent = Agent::start(node, &args)?;
-            let args = args.iter().map(|a| a.to_string()).collect();
+            let args = args.iter().map(std::string::ToString::to_string).collect();
             return Ok((Setup { dir, api, args }, agent));
         }
     };
@@ -116,7 +117,7 @@ fn setup_with(node: &TestNode, creds_from: Creds<'_>) -> Result<(Setup, Agent)> 
     let cr = dir.join("creds.yaml").display().to_string();
     args.extend(["--static-credentials", &cr]);
     let agent = Agent::start(node, &args)?;
-    let args = args.iter().map(|a| a.to_string()).collect();
+    let args = args.iter().map(std::string::ToString::to_string).collect();
     Ok((Setup { dir, api, args }, agent))
 }
 

@@ -147,7 +147,9 @@ fn assume_role_through_the_proxy_is_forwarded_and_logged() {
     sts.proxy
         .reset_stats()
         .expect("resetting the fault proxy stats");
-    assert!(sts.proxy.stats().expect("the fault proxy stats") == Default::default());
+    assert!(
+        sts.proxy.stats().expect("the fault proxy stats") == iamlet_tests::sts::Stats::default()
+    );
 }
 
 #[test]

@@ -103,7 +103,7 @@ impl Files {
             "--log".into(),
             "info".into(),
         ];
-        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(extra.iter().map(std::string::ToString::to_string));
         args
     }
 }
@@ -151,7 +151,7 @@ fn fetch_credentials(pod: &FakePod) -> Result<String> {
     Ok(doc.body)
 }
 
-/// How many programs an agent attaches (connect4, connect6, sock_ops, cgroup_skb egress).
+/// How many programs an agent attaches (connect4, connect6, `sock_ops`, `cgroup_skb` egress).
 const PROGRAMS: usize = 4;
 
 /// Ids of the programs attached to the node's pods cgroup.

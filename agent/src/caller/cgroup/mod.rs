@@ -372,11 +372,11 @@ impl CgroupIndex {
     /// Builds the index of the subtree `scan_base` (inclusive), whose paths are rendered
     /// relative to the cgroup2 mount `root`. Both are canonicalised; fails when either cannot
     /// be resolved or read, or when `scan_base` is not `root` or below it.
-    pub(crate) fn new(root: PathBuf, scan_base: PathBuf) -> Result<Self, Error> {
-        let root = root.canonicalize().map_err(io_err("resolve", &root))?;
+    pub(crate) fn new(root: &Path, scan_base: &Path) -> Result<Self, Error> {
+        let root = root.canonicalize().map_err(io_err("resolve", root))?;
         let scan_base = scan_base
             .canonicalize()
-            .map_err(io_err("resolve", &scan_base))?;
+            .map_err(io_err("resolve", scan_base))?;
         if !scan_base.starts_with(&root) {
             return Err(Error::OutsideRoot {
                 path: scan_base,

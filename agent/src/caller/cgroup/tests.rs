@@ -131,7 +131,7 @@ fn index_scans_rescans_and_forgets() {
     std::os::unix::fs::symlink(t.0.join("system.slice"), base.join("link")).unwrap();
     let id = |p: &Path| cgroup_id(p).unwrap();
 
-    let index = CgroupIndex::new(t.0.join("system.slice/.."), base.clone()).unwrap();
+    let index = CgroupIndex::new(&t.0.join("system.slice/.."), &base).unwrap();
     assert_eq!(
         index.len(),
         3,
@@ -170,7 +170,7 @@ fn index_finds_new_cgroups_at_once_and_single_flights() {
     let t = TempTree::new("singleflight");
     let base = t.0.join("kubepods");
     fs::create_dir_all(base.join("burstable")).unwrap();
-    let new = || Arc::new(CgroupIndex::new(t.0.clone(), base.clone()).unwrap());
+    let new = || Arc::new(CgroupIndex::new(&t.0, &base).unwrap());
 
     // An id a fresh walk did not find is not walked for again (ids are never reused).
     let index = new();
@@ -219,9 +219,9 @@ fn index_finds_new_cgroups_at_once_and_single_flights() {
 #[test]
 fn index_rejects_missing_base_and_renders() {
     let t = TempTree::new("missing");
-    let err = CgroupIndex::new(t.0.clone(), t.0.join("nope"));
+    let err = CgroupIndex::new(&t.0, &t.0.join("nope"));
     assert!(matches!(err, Err(Error::Io { op: "resolve", .. })));
-    let err = CgroupIndex::new(t.0.join("."), std::env::temp_dir().join(".."));
+    let err = CgroupIndex::new(&t.0.join("."), &std::env::temp_dir().join(".."));
     assert!(matches!(err, Err(Error::OutsideRoot { .. })), "{err:?}");
     let root = Path::new("/sys/fs/cgroup");
     assert_eq!(render_relative(root, root).as_deref(), Some("/"));

@@ -259,7 +259,7 @@ impl StsCache {
             self.inner.stats.misses.fetch_add(1, Ordering::Relaxed);
             if st.inflight.is_none() && now < st.next_attempt {
                 if let Some(e) = &st.last_error {
-                    return self.fallback(&st, e.clone());
+                    return Self::fallback(&st, e.clone());
                 }
             }
             self.fetch(&slot, &mut st)
@@ -268,13 +268,13 @@ impl StsCache {
             Ok(c) => Ok(c),
             Err(e) => {
                 let st = slot.lock();
-                self.fallback(&st, e)
+                Self::fallback(&st, e)
             }
         }
     }
 
     /// Still-valid cached credentials if there are any, else the error.
-    fn fallback(&self, st: &SlotState, err: CredentialError) -> FetchResult {
+    fn fallback(st: &SlotState, err: CredentialError) -> FetchResult {
         match &st.current {
             Some(c) if remaining(c, clock::wall()) > Duration::from_secs(30) => Ok(c.clone()),
             _ => Err(err),
@@ -321,7 +321,7 @@ impl StsCache {
         let wall = clock::wall();
         let grace = self.inner.settings.grace;
         let mut evict = Vec::new();
-        for (key, slot) in self.inner.cache.iter() {
+        for (key, slot) in &self.inner.cache {
             let mut st = slot.lock();
             if st.users == 0 && now.duration_since(st.last_used) > grace {
                 evict.push(key);
@@ -348,7 +348,7 @@ impl StsCache {
     pub(crate) async fn run(self, mut stop: watch::Receiver<bool>) {
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(self.inner.settings.tick) => self.sweep(),
+                () = tokio::time::sleep(self.inner.settings.tick) => self.sweep(),
                 _ = stop.wait_for(|s| *s) => return,
             }
         }

@@ -1,4 +1,4 @@
-//! StsCache behaviour against a scripted fake STS.
+//! `StsCache` behaviour against a scripted fake STS.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex as StdMutex;

@@ -41,7 +41,10 @@ async fn fake_upstream_counting() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUs
                     let (status, body) = if req.method() == Method::PUT {
                         puts.fetch_add(1, Ordering::SeqCst);
                         (200, "upstream-token".to_string())
-                    } else if req.headers().get(TOKEN_HEADER).map(|v| v.as_bytes())
+                    } else if req
+                        .headers()
+                        .get(TOKEN_HEADER)
+                        .map(hyper::http::HeaderValue::as_bytes)
                         != Some(b"upstream-token")
                     {
                         (401, String::new())

@@ -62,7 +62,10 @@ impl PodIndex {
     pub(crate) fn upsert(&self, entry: PodEntry) -> Option<Arc<PodEntry>> {
         let uid = entry.info.uid.clone();
         let previous = {
-            let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
+            let mut st = self
+                .state
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             st.deleted.remove(&uid);
             st.pods.insert(uid, Arc::new(entry))
         };
@@ -73,7 +76,10 @@ impl PodIndex {
     /// Removes a pod; returns its entry.
     pub(crate) fn remove(&self, uid: &str) -> Option<Arc<PodEntry>> {
         let removed = {
-            let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
+            let mut st = self
+                .state
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let now = clock::now();
             st.deleted
                 .retain(|_, at| now.duration_since(*at) < TOMBSTONE_TTL);
@@ -88,7 +94,10 @@ impl PodIndex {
     /// the removed entries.
     pub(crate) fn replace_all(&self, entries: Vec<PodEntry>) -> Vec<Arc<PodEntry>> {
         let removed = {
-            let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
+            let mut st = self
+                .state
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let mut next: HashMap<String, Arc<PodEntry>> = entries
                 .into_iter()
                 .map(|e| (e.info.uid.clone(), Arc::new(e)))
@@ -121,7 +130,10 @@ impl PodIndex {
 
     /// The entry of `uid` now.
     pub(crate) fn get(&self, uid: &str) -> Lookup {
-        let st = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let st = self
+            .state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(e) = st.pods.get(uid) {
             return Lookup::Found(e.clone());
         }
@@ -151,7 +163,10 @@ impl PodIndex {
 
     /// Every entry (for prefetch registration and metrics).
     pub(crate) fn entries(&self) -> Vec<Arc<PodEntry>> {
-        let st = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let st = self
+            .state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         st.pods.values().cloned().collect()
     }
 
@@ -160,7 +175,7 @@ impl PodIndex {
     pub(crate) fn len(&self) -> usize {
         self.state
             .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .pods
             .len()
     }
@@ -223,7 +238,7 @@ mod tests {
         let index = PodIndex::new();
         index.upsert(entry("old"));
         index.remove("old");
-        tokio::time::sleep(TOMBSTONE_TTL - Duration::from_secs(1)).await;
+        tokio::time::sleep(TOMBSTONE_TTL.checked_sub(Duration::from_secs(1)).unwrap()).await;
         index.remove("other");
         assert_eq!(index.get("old"), Lookup::Deleted, "still within the TTL");
         tokio::time::sleep(Duration::from_secs(1)).await;

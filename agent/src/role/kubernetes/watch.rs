@@ -138,11 +138,11 @@ pub(crate) async fn run(
         let out = tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             Some(ev) = namespaces.next() => match ev {
-                Ok(Event::Apply(o)) | Ok(Event::InitApply(o)) if ns_buf.is_some() => {
+                Ok(Event::Apply(o) | Event::InitApply(o)) if ns_buf.is_some() => {
                     if let Some(buf) = ns_buf.as_mut() { buf.insert(o.name_any(), annotations_of(&o)); }
                     Vec::new()
                 }
-                Ok(Event::Apply(o)) | Ok(Event::InitApply(o)) => state.apply_namespace(&o.name_any(), Some(annotations_of(&o))),
+                Ok(Event::Apply(o) | Event::InitApply(o)) => state.apply_namespace(&o.name_any(), Some(annotations_of(&o))),
                 Ok(Event::Delete(o)) => state.apply_namespace(&o.name_any(), None),
                 Ok(Event::Init) => { ns_buf = Some(HashMap::new()); Vec::new() }
                 Ok(Event::InitDone) => {
@@ -152,13 +152,13 @@ pub(crate) async fn run(
                 Err(e) => { tracing::warn!(error = %e, "namespace watch"); Vec::new() }
             },
             Some(ev) = accounts.next() => match ev {
-                Ok(Event::Apply(o)) | Ok(Event::InitApply(o)) if sa_buf.is_some() => {
+                Ok(Event::Apply(o) | Event::InitApply(o)) if sa_buf.is_some() => {
                     if let Some(buf) = sa_buf.as_mut() {
                         buf.insert((o.namespace().unwrap_or_default(), o.name_any()), annotations_of(&o));
                     }
                     Vec::new()
                 }
-                Ok(Event::Apply(o)) | Ok(Event::InitApply(o)) => state.apply_service_account(&o.namespace().unwrap_or_default(), &o.name_any(), Some(annotations_of(&o))),
+                Ok(Event::Apply(o) | Event::InitApply(o)) => state.apply_service_account(&o.namespace().unwrap_or_default(), &o.name_any(), Some(annotations_of(&o))),
                 Ok(Event::Delete(o)) => state.apply_service_account(&o.namespace().unwrap_or_default(), &o.name_any(), None),
                 Ok(Event::Init) => { sa_buf = Some(HashMap::new()); Vec::new() }
                 Ok(Event::InitDone) => {
@@ -168,11 +168,11 @@ pub(crate) async fn run(
                 Err(e) => { tracing::warn!(error = %e, "service account watch"); Vec::new() }
             },
             Some(ev) = async { match pods.as_mut() { Some(p) => p.next().await, None => std::future::pending().await } } => match ev {
-                Ok(Event::Apply(p)) | Ok(Event::InitApply(p)) if pod_buf.is_some() => {
+                Ok(Event::Apply(p) | Event::InitApply(p)) if pod_buf.is_some() => {
                     if let (Some(buf), Some(info)) = (pod_buf.as_mut(), pod_info(&p)) { buf.push(info); }
                     Vec::new()
                 }
-                Ok(Event::Apply(p)) | Ok(Event::InitApply(p)) => match pod_info(&p) {
+                Ok(Event::Apply(p) | Event::InitApply(p)) => match pod_info(&p) {
                     Some(info) => state.apply_pod(info),
                     None => Vec::new(),
                 },

@@ -199,7 +199,7 @@ pub(crate) fn bench_abuse() -> Result<()> {
 
     println!(
         "victim: {VICTIM_REQUESTS} credential GETs at {VICTIM_RATE}/s, a fresh connection each; baseline = the same GETs with no attack, just before; RSS = agent VmRSS; {} CPUs",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
     );
     println!("| attack | victim p50 (baseline) | victim p99 (baseline) | p99 ratio | victim failures | RSS before | RSS peak | RSS after | after/before | goals |");
     println!("|---|---|---|---|---|---|---|---|---|---|");

@@ -1,5 +1,5 @@
-//! `connect`: connect() latency with and without the programs attached (the connect hooks,
-//! sock_ops and the egress filter, which sees every packet of the handshake).
+//! `connect`: `connect()` latency with and without the programs attached (the connect hooks,
+//! `sock_ops` and the egress filter, which sees every packet of the handshake).
 
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
@@ -14,7 +14,7 @@ const ROUNDS: usize = 10;
 const PER_ROUND: usize = 500;
 
 /// Inside the pod: connect `n` times to `addr`, print each latency in nanoseconds.
-pub fn client(args: &[String]) -> Result<()> {
+pub(crate) fn client(args: &[String]) -> Result<()> {
     let addr: SocketAddr = args.first().context("address")?.parse()?;
     let n: usize = args.get(1).context("count")?.parse()?;
     let mut out = String::new();
@@ -32,7 +32,7 @@ pub fn client(args: &[String]) -> Result<()> {
 
 /// In the node: accept and drop connections on each address as fast as possible (a plain
 /// listener with a deep backlog, so the baseline never waits on a full accept queue).
-pub fn sink(args: &[String]) -> Result<()> {
+pub(crate) fn sink(args: &[String]) -> Result<()> {
     let mut threads = Vec::new();
     for a in args {
         let listener =
@@ -50,12 +50,12 @@ pub fn sink(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-pub fn percentile(sorted: &[u64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[u64], p: f64) -> f64 {
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[idx] as f64 / 1000.0
 }
 
-pub fn bench_connect() -> Result<()> {
+pub(crate) fn bench_connect() -> Result<()> {
     if let Err(reason) = require_privileges() {
         bail!("the benchmark needs what the privileged tests need: {reason}");
     }

@@ -11,7 +11,7 @@ use iamlet_tests::{
     NODE_PROXY_V4,
 };
 
-use crate::wrk::*;
+use crate::wrk::{report, run_wrk, Series, Server};
 
 /// The benchmark pod's UID; its cgroup is laid out as the kubelet's systemd driver does.
 pub(crate) const BENCH_POD_UID: &str = "3f2e1d0c-b9a8-4765-8432-10fedcba9876";
@@ -106,7 +106,7 @@ fn start_nginx(node: &TestNode, dir: &TempDir, token: &str) -> Result<Nginx> {
         std::fs::create_dir_all(dir.path(&format!("tmp/{t}")))?;
     }
     let conf = format!(
-        r#"worker_processes auto;
+        r"worker_processes auto;
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
 events {{ worker_connections 1024; }}
@@ -135,7 +135,7 @@ http {{
         location / {{ return 404; }}
     }}
 }}
-"#,
+",
         token = nginx_quoted(token)?,
         creds = creds_path(),
     );
@@ -518,7 +518,7 @@ pub(crate) fn bench_imds() -> Result<()> {
     let with_baseline = |s| baseline.as_ref().map(|_| s);
     println!(
         "wrk in a fake pod over veth, {WRK_CONNECTIONS} connections, {WRK_THREADS} threads, {IMDS_ROUNDS} alternating rounds x {WRK_SECONDS} s per server; median of rounds; {} CPUs",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
     );
     if let Some(b) = &baseline {
         println!("iamlet-baseline: {}", b.bin.display());

@@ -1,7 +1,7 @@
 //! Benchmarks, each measured side by side with its baseline in one run (rounds interleaved so
 //! machine noise hits every case alike).
 //!
-//! `cargo xtask bench connect`: connect() latency from a fake pod, with and without iamlet's
+//! `cargo xtask bench connect`: `connect()` latency from a fake pod, with and without iamlet's
 //! programs attached, to a redirected destination (169.254.169.254:80) and a non-redirected
 //! one. "Without" runs the same client in the same network namespace but outside the attached
 //! cgroup, so no program runs for its sockets: instead of 169.254.169.254:80 it connects to the
@@ -15,6 +15,24 @@
 //!
 //! `cargo xtask bench abuse`: one pod attacks the metadata proxy while another asks for its
 //! credentials, against the same requests with no attack (see [`abuse`]).
+#![allow(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    reason = "statistics over test measurements: counts to f64 and percentiles back to indices, all far below 2^52"
+)]
+#![allow(
+    clippy::too_many_lines,
+    clippy::format_push_string,
+    clippy::format_collect,
+    reason = "a test scenario, fixture or bench driver reads top to bottom, step by step"
+)]
+#![allow(
+    clippy::missing_panics_doc,
+    clippy::unwrap_used,
+    reason = "test code fails by panicking at the failing line"
+)]
 
 mod abuse;
 mod abuse_client;

@@ -54,10 +54,10 @@ mod side;
 
 use crate::wrk::median;
 use cluster::{credentials_yaml, publish, PodDesc};
-pub use pod_client::client;
-use readings::*;
-use report::*;
-use side::*;
+pub(crate) use pod_client::client;
+use readings::{engine_stats, measure, measure_trimmed, Field, Mem, Reading, MEM_ROWS};
+use report::{report, Results};
+use side::Side;
 
 /// Pods on the agent's node.
 const PODS: usize = 250;
@@ -146,7 +146,7 @@ impl Drop for TempDir {
     }
 }
 
-pub fn bench_memory() -> Result<()> {
+pub(crate) fn bench_memory() -> Result<()> {
     if let Err(reason) = require_privileges() {
         bail!("the benchmark needs what the privileged tests need: {reason}");
     }
@@ -204,7 +204,7 @@ pub fn bench_memory() -> Result<()> {
         "{}; same flags both sides (Kubernetes mode, --upstream off, --log warn); {ROUNDS} alternating rounds, a fresh agent each; read {} s after the last activity; {} CPUs",
         iamlet_tests::agent::agent_bin().display(),
         SETTLE.as_secs(),
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
     );
     for (mode, r) in modes.iter().zip(&results) {
         report(*mode, r);

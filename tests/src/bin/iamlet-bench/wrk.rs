@@ -1,6 +1,6 @@
 //! Running wrk and reading its report.
 
-use crate::imds::*;
+use crate::imds::{TARGET_P99_US, TARGET_RATIO, WRK_CONNECTIONS, WRK_SECONDS, WRK_THREADS};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -46,7 +46,7 @@ pub(crate) struct Server {
 
 impl Server {
     /// CPU ticks used so far by the process and its direct children.
-    pub(crate) fn cpu_ticks(&self) -> u64 {
+    pub(crate) fn cpu_ticks(self) -> u64 {
         let mut total = proc_stat(self.pid).map_or(0, |(_, t)| t);
         if let Ok(entries) = std::fs::read_dir("/proc") {
             for e in entries.flatten() {

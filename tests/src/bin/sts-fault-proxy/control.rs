@@ -34,7 +34,7 @@ pub(crate) async fn control(
         }
     };
     let answer = match (&parts.method, parts.uri.path()) {
-        (&Method::PUT, "/fault") | (&Method::POST, "/fault") => match Fault::parse(&body) {
+        (&Method::PUT | &Method::POST, "/fault") => match Fault::parse(&body) {
             Ok(fault) => {
                 let v = fault.to_json();
                 eprintln!("sts-fault-proxy: fault set to {v}");
@@ -51,7 +51,10 @@ pub(crate) async fn control(
         },
         (&Method::GET, "/fault") => json_answer(StatusCode::OK, &state.fault.borrow().1.to_json()),
         (&Method::GET, "/stats") => {
-            let stats = state.stats.lock().unwrap_or_else(|p| p.into_inner());
+            let stats = state
+                .stats
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             json_answer(
                 StatusCode::OK,
                 &json!({
@@ -64,7 +67,10 @@ pub(crate) async fn control(
             )
         }
         (&Method::POST, "/reset-stats") => {
-            *state.stats.lock().unwrap_or_else(|p| p.into_inner()) = Stats::default();
+            *state
+                .stats
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Stats::default();
             json_answer(StatusCode::OK, &json!({ "ok": true }))
         }
         (_, path) => json_answer(

@@ -31,7 +31,9 @@ pub(crate) async fn forward(
     headers: &HeaderMap,
     body: Bytes,
 ) -> Answer {
-    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let path = uri
+        .path_and_query()
+        .map_or("/", hyper::http::uri::PathAndQuery::as_str);
     let target: Uri = match format!("http://{}{path}", state.upstream).parse() {
         Ok(u) => u,
         Err(e) => {
@@ -104,7 +106,10 @@ pub(crate) async fn handle(
     let n = state.request_ids.fetch_add(1, Ordering::SeqCst) + 1;
     let request_id = format!("5e5f0000-0000-4000-8000-{n:012x}");
     {
-        let mut stats = state.stats.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stats = state
+            .stats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         stats.total += 1;
         if applies {
             stats.faulted += 1;

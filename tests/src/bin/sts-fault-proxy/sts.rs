@@ -15,8 +15,7 @@ pub(crate) type Answer = Response<Full<Bytes>>;
 pub(crate) fn now_unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 pub(crate) fn xml_escape(s: &str) -> String {

@@ -16,7 +16,7 @@ use super::{err_resp, json_resp, Body, Shared};
 
 pub(super) fn parse_rv(s: Option<&String>) -> Result<Option<u64>, ApiError> {
     match s.map(String::as_str) {
-        None | Some("") | Some("0") => Ok(None),
+        None | Some("" | "0") => Ok(None),
         Some(v) => v.parse().map(Some).map_err(|_| {
             ApiError::new(
                 400,
@@ -36,11 +36,11 @@ pub(super) fn filter_of(
     Ok(Filter {
         namespace: ns,
         fields: FieldSelector::parse(
-            query.get("fieldSelector").map(String::as_str).unwrap_or(""),
+            query.get("fieldSelector").map_or("", String::as_str),
             RESOURCES[res].fields,
         )
         .map_err(bad)?,
-        labels: LabelSelector::parse(query.get("labelSelector").map(String::as_str).unwrap_or(""))
+        labels: LabelSelector::parse(query.get("labelSelector").map_or("", String::as_str))
             .map_err(bad)?,
     })
 }

@@ -41,36 +41,33 @@ pub(super) fn list(
         None => 0,
     };
     let store = shared.store();
-    let (at, start) = match query.get("continue").filter(|c| !c.is_empty()) {
-        Some(token) => {
-            let c: Continue = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(token)
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .ok_or_else(|| ApiError::new(400, "BadRequest", "continue key is not valid"))?;
-            if c.rv < store.compacted() {
+    let (at, start) = if let Some(token) = query.get("continue").filter(|c| !c.is_empty()) {
+        let c: Continue = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| ApiError::new(400, "BadRequest", "continue key is not valid"))?;
+        if c.rv < store.compacted() {
+            return Err(ApiError::new(
+                410,
+                "Expired",
+                "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+            ));
+        }
+        (c.rv, Some(c.start))
+    } else {
+        let rv = parse_rv(query.get("resourceVersion"))?;
+        let exact = query.get("resourceVersionMatch").map(String::as_str) == Some("Exact");
+        match rv {
+            Some(rv) if rv > store.rv() => {
                 return Err(ApiError::new(
-                    410,
-                    "Expired",
-                    "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+                    504,
+                    "Timeout",
+                    format!("Too large resource version: {rv}, current: {}", store.rv()),
                 ));
             }
-            (c.rv, Some(c.start))
-        }
-        None => {
-            let rv = parse_rv(query.get("resourceVersion"))?;
-            let exact = query.get("resourceVersionMatch").map(String::as_str) == Some("Exact");
-            match rv {
-                Some(rv) if rv > store.rv() => {
-                    return Err(ApiError::new(
-                        504,
-                        "Timeout",
-                        format!("Too large resource version: {rv}, current: {}", store.rv()),
-                    ));
-                }
-                Some(rv) if exact => (rv, None),
-                _ => (store.rv(), None),
-            }
+            Some(rv) if exact => (rv, None),
+            _ => (store.rv(), None),
         }
     };
     let snap = store.snapshot(res, Some(at))?;
@@ -106,7 +103,11 @@ pub(super) fn list(
         })
         .unwrap_or_default();
         meta["continue"] = json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token));
-        if filter.fields.is_empty() && query.get("labelSelector").is_none_or(|s| s.is_empty()) {
+        if filter.fields.is_empty()
+            && query
+                .get("labelSelector")
+                .is_none_or(std::string::String::is_empty)
+        {
             meta["remainingItemCount"] = json!(remaining);
         }
     }
@@ -182,8 +183,8 @@ pub(super) fn start_watch(
                         shared2.store().send_bookmark(id);
                     }
                 }
-                _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
-                _ = out_tx.closed() => break,
+                () = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
+                () = out_tx.closed() => break,
             }
         }
         if let Some(id) = id {

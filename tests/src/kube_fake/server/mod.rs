@@ -82,7 +82,9 @@ impl Shared {
     }
 
     pub(super) fn store(&self) -> MutexGuard<'_, Store> {
-        self.store.lock().unwrap_or_else(|e| e.into_inner())
+        self.store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -117,7 +119,11 @@ where
     let svc = service_fn(move |req: Request<Incoming>| {
         let shared = shared.clone();
         async move {
-            let body = req.into_body().collect().await.map(|b| b.to_bytes());
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(http_body_util::Collected::to_bytes);
             let answer = match body {
                 Err(e) => json!({ "error": format!("reading body: {e}") }),
                 Ok(b) => match serde_json::from_slice::<ControlOp>(&b) {
@@ -166,7 +172,10 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let r = route(&path);
     let verb = verb_of(&method, &r, &query);
     let (latency, fail) = {
-        let mut f = shared.faults.lock().unwrap_or_else(|e| e.into_inner());
+        let mut f = shared
+            .faults
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let fail = if f.fail_next > 0 {
             f.fail_next -= 1;
             Some(f.fail_status)
@@ -182,7 +191,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         .into_body()
         .collect()
         .await
-        .map(|b| b.to_bytes())
+        .map(http_body_util::Collected::to_bytes)
         .unwrap_or_default();
     let resp = match fail {
         Some(code) => json_resp(
@@ -198,7 +207,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     shared
         .requests
         .lock()
-        .unwrap_or_else(|e| e.into_inner())
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
         .push(RequestRecord {
             method: method.to_string(),
             verb: verb.into(),

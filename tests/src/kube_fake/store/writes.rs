@@ -14,9 +14,8 @@ impl Store {
         self.next_uid += 1;
         let t = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
-        let a = t ^ (std::process::id() as u64).rotate_left(32);
+            .map_or(0, |d| d.as_nanos() as u64);
+        let a = t ^ u64::from(std::process::id()).rotate_left(32);
         format!(
             "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
             (a >> 32) as u32,
@@ -248,10 +247,10 @@ impl Store {
                     .pointer("/metadata/generation")
                     .and_then(Value::as_i64)
                     .unwrap_or(1);
-                if spec_of(p) != spec_of(&obj) {
-                    g + 1
-                } else {
+                if spec_of(p) == spec_of(&obj) {
                     g
+                } else {
+                    g + 1
                 }
             }
         };
@@ -283,7 +282,7 @@ fn spec_of(v: &Value) -> Value {
     v
 }
 
-/// A 404 NotFound error.
+/// A 404 `NotFound` error.
 pub fn not_found(res: usize, name: &str) -> ApiError {
     ApiError::new(
         404,
@@ -313,11 +312,14 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 }
 
 /// RFC 3339 UTC timestamp `secs` seconds from now (second precision, like Kubernetes).
+#[allow(
+    clippy::many_single_char_names,
+    reason = "the names of Hinnant's civil_from_days"
+)]
 pub fn timestamp_after(secs: u64) -> String {
     let t = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+        .map_or(0, |d| d.as_secs())
         + secs;
     let days = (t / 86_400) as i64;
     let rem = t % 86_400;

@@ -181,7 +181,7 @@ fn kube_churn_burst_of_container_starts_gets_their_roles() {
         );
         t.count(&c, "at start", &v);
         if v.own != 1 && v.clean() {
-            t.fail(&c, format!("at start got {status} {body:?}"));
+            t.fail(&c, &format!("at start got {status} {body:?}"));
         }
     }
     println!(

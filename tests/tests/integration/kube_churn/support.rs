@@ -373,7 +373,7 @@ impl Tally {
         if v.served() {
             self.expected_404.0 += 2;
         } else if v.clean() {
-            self.fail(c, format!("not served: {out}"));
+            self.fail(c, &format!("not served: {out}"));
         }
         let ms = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
         self.first_list_ms.push((c.order, ms(&out["fast"][2])));
@@ -409,11 +409,11 @@ impl Tally {
         self.wrong += v.foreign.len();
         self.node += v.node.len();
         for problem in v.foreign.iter().chain(&v.node).chain(&v.odd) {
-            self.fail(c, format!("{when}: {problem}"));
+            self.fail(c, &format!("{when}: {problem}"));
         }
     }
 
-    pub(crate) fn fail(&mut self, c: &Churner, problem: String) {
+    pub(crate) fn fail(&mut self, c: &Churner, problem: &str) {
         let id = c.pod.as_ref().map_or(0, FakePod::cgroup_id);
         let (n, r) = (c.n, role(role_of(c.n)));
         let who = format!("{} {} (role {r}, cgroup_id={id})", name(n), uid(n));
@@ -449,7 +449,7 @@ pub(crate) fn check_leftovers(t: &mut Tally, old: &mut [Churner], others: &[usiz
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             } else {
-                t.fail(c, format!("deleted, its leftover process got {out}"));
+                t.fail(c, &format!("deleted, its leftover process got {out}"));
             }
             break;
         }

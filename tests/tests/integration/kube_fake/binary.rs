@@ -27,7 +27,7 @@ async fn binary_with_unix_socket_control() {
         kubeconfig_yaml(&fake.url())
     );
     let kc = kube::config::Kubeconfig::read_from(&path).expect("reading the kubeconfig");
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
         .await
         .expect("kube config from the kubeconfig");
     let _ = std::fs::remove_dir_all(&dir);

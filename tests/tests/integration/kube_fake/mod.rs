@@ -44,7 +44,7 @@ fn names(store: &Store<Pod>) -> BTreeSet<String> {
 
 /// Waits until `store` holds exactly `want`.
 async fn converge(store: &Store<Pod>, want: &[&str]) -> Result<()> {
-    let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
+    let want: BTreeSet<String> = want.iter().map(std::string::ToString::to_string).collect();
     let deadline = Instant::now() + WAIT;
     loop {
         let have = names(store);

@@ -29,7 +29,11 @@ async fn list_with_selectors_and_pagination() {
         .list(&ListParams::default().fields("spec.nodeName!=node-a"))
         .await
         .expect("listing pods with fieldSelector spec.nodeName!=node-a");
-    let got: BTreeSet<_> = not_a.items.iter().map(|p| p.name_any()).collect();
+    let got: BTreeSet<_> = not_a
+        .items
+        .iter()
+        .map(kube::ResourceExt::name_any)
+        .collect();
     assert_eq!(got, BTreeSet::from(["b0".to_string(), "c0".to_string()]));
     let unscheduled = pods
         .list(&ListParams::default().fields("spec.nodeName="))
@@ -111,7 +115,7 @@ async fn list_with_selectors_and_pagination() {
         .iter()
         .chain(&second.items)
         .chain(&third.items)
-        .map(|p| p.name_any())
+        .map(kube::ResourceExt::name_any)
         .collect();
     assert_eq!(all, ["a0", "a1", "a2", "a3", "a4", "b0", "c0"]);
     assert_eq!(third.metadata.continue_.as_deref().unwrap_or(""), "");

@@ -1,7 +1,10 @@
 //! The loaded side's cluster: namespaces, service accounts, pods on this node and elsewhere,
 //! roles spread over them, and the static credentials for those roles.
 
-use super::*;
+use super::{
+    ensure, json, Context, KubeControl, Pod, RemoteApiServer, Result, Value, ACCOUNT,
+    ACCOUNTS_PER_NAMESPACE, NAMESPACES, NODE, OTHER_NODES, OTHER_NODE_PODS, ROLES,
+};
 
 /// One pod of the loaded cluster.
 pub(super) struct PodDesc {
@@ -39,7 +42,7 @@ impl PodDesc {
                 "svc-{svc}-{hash}-{:05x}",
                 (index + 1000 * group as usize) * 7919 % 0xfffff
             ),
-            uid: format!("5f1d{group:04x}-{:04x}-4000-8000-{index:012x}", role),
+            uid: format!("5f1d{group:04x}-{role:04x}-4000-8000-{index:012x}"),
             role: role_name(role),
             account: format!("svc-{svc}"),
             node,

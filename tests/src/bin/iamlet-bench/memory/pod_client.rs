@@ -1,6 +1,9 @@
 //! Inside a pod (`iamlet-bench memory-client`): the SDK flow, with its answers checked.
 
-use super::*;
+use super::{
+    ensure, Context, Duration, Read, Result, SocketAddr, TcpStream, Value, Write, IMDS_V4,
+    ROLES_PATH, TOKEN_PATH,
+};
 
 /// One HTTP/1.1 request to the metadata service (one connection, `Connection: close`);
 /// answers the status and body.
@@ -41,7 +44,7 @@ pub(super) fn request(
 
 /// Inside a pod: the SDK flow (PUT token, GET role list, GET credentials with the token);
 /// fails unless the role list is exactly `role` and the credentials are a success document.
-pub fn client(args: &[String]) -> Result<()> {
+pub(crate) fn client(args: &[String]) -> Result<()> {
     let role = args.first().context("role")?;
     let (status, token) = request(
         "PUT",

@@ -1,7 +1,10 @@
 //! What is read of an agent: `/proc/<pid>/status` and `smaps_rollup`, its BPF memlock, the
 //! engine's counters, and a reading after `malloc_trim(0)`.
 
-use super::*;
+use super::{
+    run_with_timeout, Agent, Context, Duration, HashSet, Path, Result, Side, TestNode, ADMIN_ADDR,
+    SETTLE,
+};
 
 /// One agent's memory, in KiB (bytes for none).
 #[derive(Clone, Copy, Debug, Default)]

@@ -1,6 +1,6 @@
 //! The readings of each stage over the rounds, and the baseline/loaded table.
 
-use super::*;
+use super::{median, Duration, Field, Mem, Mode, Reading, MEM_ROWS, PODS};
 
 /// Readings of one stage over the rounds.
 #[derive(Default)]

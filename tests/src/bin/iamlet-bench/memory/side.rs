@@ -1,6 +1,10 @@
 //! A side of the comparison: a fake node with its API server (and moto), its pods, its agent.
 
-use super::*;
+use super::{
+    engine_stats, ensure, run_with_timeout, Agent, Context, Duration, FakeApiServer, FakePod,
+    Instant, KubeControl, Mode, MotoSts, Path, RemoteApiServer, Result, TestNode, ACCOUNT, LOG,
+    NODE, PODS,
+};
 
 /// A fake node with its API server (and moto, for [`Mode::Sts`]).
 pub(super) struct Side {
