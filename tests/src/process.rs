@@ -235,6 +235,9 @@ impl ChildGuard {
     }
 
     /// Gives up ownership: the child is no longer killed on drop.
+    ///
+    /// # Panics
+    /// Never: a guard holds its child until it is dropped or given up here.
     pub fn into_inner(mut self) -> Child {
         self.child
             .take()

@@ -2,24 +2,6 @@
 //! in standalone mode with a bindings file that gives two fake pods two roles; inside each pod,
 //! plain boto3 with no AWS settings at all asks STS who it is, and gets its own role, served
 //! through the kernel's redirect of 169.254.169.254. Cleans up after itself.
-#![allow(
-    clippy::cast_precision_loss,
-    clippy::cast_possible_truncation,
-    clippy::cast_sign_loss,
-    clippy::cast_possible_wrap,
-    reason = "statistics over test measurements: counts to f64 and percentiles back to indices, all far below 2^52"
-)]
-#![allow(
-    clippy::too_many_lines,
-    clippy::format_push_string,
-    clippy::format_collect,
-    reason = "a test scenario, fixture or bench driver reads top to bottom, step by step"
-)]
-#![allow(
-    clippy::missing_panics_doc,
-    clippy::unwrap_used,
-    reason = "test code fails by panicking at the failing line"
-)]
 
 use std::path::PathBuf;
 

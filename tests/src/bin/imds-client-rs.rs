@@ -6,24 +6,6 @@
 //! The integration tests run it inside a fake pod (`iamlet_tests::clients`) with an empty
 //! environment apart from `PATH` and `HOME` (an empty directory), so the provider uses its
 //! default endpoint `http://169.254.169.254`. The SDK's debug log goes to stderr.
-#![allow(
-    clippy::cast_precision_loss,
-    clippy::cast_possible_truncation,
-    clippy::cast_sign_loss,
-    clippy::cast_possible_wrap,
-    reason = "statistics over test measurements: counts to f64 and percentiles back to indices, all far below 2^52"
-)]
-#![allow(
-    clippy::too_many_lines,
-    clippy::format_push_string,
-    clippy::format_collect,
-    reason = "a test scenario, fixture or bench driver reads top to bottom, step by step"
-)]
-#![allow(
-    clippy::missing_panics_doc,
-    clippy::unwrap_used,
-    reason = "test code fails by panicking at the failing line"
-)]
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -33,9 +15,10 @@ use aws_credential_types::provider::ProvideCredentials;
 
 /// `SystemTime` as RFC 3339 UTC with seconds (`2026-01-02T03:04:05Z`).
 fn rfc3339(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(UNIX_EPOCH)
-        .map_or_else(|e| -(e.duration().as_secs() as i64), |d| d.as_secs() as i64);
+    let secs = t.duration_since(UNIX_EPOCH).map_or_else(
+        |e| i64::try_from(e.duration().as_secs()).map_or(i64::MIN, |s| -s),
+        |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+    );
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days + 719_468;

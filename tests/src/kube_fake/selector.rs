@@ -80,21 +80,23 @@ pub fn field_value(obj: &Value, path: &str) -> String {
 }
 
 fn split_unescaped(s: &str, sep: char) -> Vec<String> {
-    let mut out = vec![String::new()];
+    let mut out = Vec::new();
+    let mut part = String::new();
     let mut escaped = false;
     for c in s.chars() {
         if escaped {
-            out.last_mut().unwrap().push('\\');
-            out.last_mut().unwrap().push(c);
+            part.push('\\');
+            part.push(c);
             escaped = false;
         } else if c == '\\' {
             escaped = true;
         } else if c == sep {
-            out.push(String::new());
+            out.push(std::mem::take(&mut part));
         } else {
-            out.last_mut().unwrap().push(c);
+            part.push(c);
         }
     }
+    out.push(part);
     out
 }
 

@@ -334,7 +334,7 @@ fn arguments_pass_through_unmodified() {
     ];
     let mut all = vec!["printf", "[%s]"];
     all.extend(args);
-    let want: String = args.iter().map(|a| format!("[{a}]")).collect();
+    let want: String = args.iter().flat_map(|a| ["[", a, "]"]).collect();
     assert_eq!(
         pod.run(&all)
             .expect("running printf in the pod")

@@ -24,22 +24,8 @@
 //! `IAMLET_BIN=target/debug/iamlet cargo test -p iamlet-tests --test integration --
 //! --test-threads=1 kube_churn::`.
 #![allow(
-    clippy::cast_precision_loss,
-    clippy::cast_possible_truncation,
-    clippy::cast_sign_loss,
-    clippy::cast_possible_wrap,
-    reason = "statistics over test measurements: counts to f64 and percentiles back to indices, all far below 2^52"
-)]
-#![allow(
     clippy::too_many_lines,
-    clippy::format_push_string,
-    clippy::format_collect,
-    reason = "a test scenario, fixture or bench driver reads top to bottom, step by step"
-)]
-#![allow(
-    clippy::missing_panics_doc,
-    clippy::unwrap_used,
-    reason = "test code fails by panicking at the failing line"
+    reason = "a test scenario or bench driver reads top to bottom, step by step"
 )]
 
 mod bypass;

@@ -18,6 +18,7 @@ const UID_A: &str = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
 const UID_B: &str = "5e6f7a8b-9c0d-4e1f-a2b3-c4d5e6f7a8b9";
 
 use iamlet_tests::besteffort_pod_slice as pod_slice;
+use iamlet_tests::stats::percentile;
 
 fn pod_cgroup(uid: &str) -> String {
     iamlet_tests::besteffort_container_cgroup(uid, 7)
@@ -142,7 +143,7 @@ impl Load {
     fn p(&self, q: f64) -> f64 {
         let mut v = self.secs.clone();
         v.sort_by(f64::total_cmp);
-        v[((v.len() as f64 - 1.0) * q).round() as usize]
+        percentile(&v, q).unwrap_or(f64::NAN)
     }
 }
 
@@ -164,7 +165,12 @@ fn load(pod: &FakePod, role: &str, n: usize, concurrency: usize) -> Result<Load>
     Ok(Load {
         statuses: rows
             .iter()
-            .map(|r| r["status"].as_u64().unwrap_or(0) as u16)
+            .map(|r| {
+                r["status"]
+                    .as_u64()
+                    .and_then(|s| u16::try_from(s).ok())
+                    .unwrap_or(0)
+            })
             .collect(),
         secs: rows
             .iter()

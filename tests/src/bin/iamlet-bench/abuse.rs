@@ -55,11 +55,7 @@ struct Victim {
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i] as f64
+    iamlet_tests::stats::percentile(sorted, p).map_or(f64::NAN, |v| v as f64)
 }
 
 fn run_victim(pod: &FakePod, exe: &std::path::Path) -> Result<Victim> {
@@ -78,7 +74,10 @@ fn run_victim(pod: &FakePod, exe: &std::path::Path) -> Result<Victim> {
         .filter_map(Value::as_u64)
         .collect();
     lat.sort_unstable();
-    let ok = v["statuses"]["200"].as_u64().unwrap_or(0) as usize;
+    let ok = v["statuses"]["200"]
+        .as_u64()
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(0);
     Ok(Victim {
         p50_us: percentile(&lat, 0.5),
         p99_us: percentile(&lat, 0.99),

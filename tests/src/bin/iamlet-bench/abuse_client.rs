@@ -98,11 +98,11 @@ fn victim(args: &[String]) -> Result<()> {
             };
             match tokio::time::timeout(Duration::from_secs(15), once).await {
                 Ok(Ok(status)) => {
-                    latencies.push(t.elapsed().as_micros() as u64);
+                    latencies.push(micros(t.elapsed()));
                     *statuses.entry(status.to_string()).or_default() += 1;
                 }
                 Ok(Err(e)) => {
-                    latencies.push(t.elapsed().as_micros() as u64);
+                    latencies.push(micros(t.elapsed()));
                     errors.push(e.to_string());
                 }
                 Err(_) => {
@@ -233,4 +233,9 @@ pub(crate) fn client(args: &[String]) -> Result<()> {
         Some("attack") => attack(&args[1..]),
         _ => bail!("usage: abuse-client victim N RATE PATH | attack KIND CONNS SECONDS"),
     }
+}
+
+/// `d` in whole microseconds.
+fn micros(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }

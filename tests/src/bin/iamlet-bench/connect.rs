@@ -50,9 +50,9 @@ pub(crate) fn sink(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// The `p`-quantile of `sorted` nanosecond samples, in microseconds.
 pub(crate) fn percentile(sorted: &[u64], p: f64) -> f64 {
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx] as f64 / 1000.0
+    iamlet_tests::stats::percentile(sorted, p).map_or(f64::NAN, |v| v as f64 / 1000.0)
 }
 
 pub(crate) fn bench_connect() -> Result<()> {

@@ -99,7 +99,7 @@ impl Fault {
     pub(crate) fn to_json(&self) -> Value {
         let mut v = json!({ "mode": self.mode.name() });
         match &self.mode {
-            Mode::Latency(d) => v["ms"] = json!(d.as_millis() as u64),
+            Mode::Latency(d) => v["ms"] = json!(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             Mode::Status {
                 code,
                 error_code,

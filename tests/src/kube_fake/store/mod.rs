@@ -279,7 +279,7 @@ fn event_for(filter: &Filter, c: &Change) -> Option<Vec<u8>> {
             (true, true) => Some(line(EventType::Modified.as_str(), &c.obj)),
             (false, true) => Some(line("ADDED", &c.obj)),
             (true, false) => {
-                let mut old = (**c.prev.as_ref().unwrap()).clone();
+                let mut old = c.prev.as_deref().map_or(Value::Null, Clone::clone);
                 old["metadata"]["resourceVersion"] = json!(c.rv.to_string());
                 Some(line("DELETED", &old))
             }

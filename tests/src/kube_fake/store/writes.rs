@@ -38,10 +38,7 @@ impl Store {
         }
         obj["apiVersion"] = json!(r.api_version());
         obj["kind"] = json!(r.kind);
-        if !obj.get("metadata").is_some_and(Value::is_object) {
-            obj["metadata"] = json!({});
-        }
-        let meta = obj["metadata"].as_object_mut().unwrap();
+        let meta = metadata_mut(obj);
         let ns = if r.namespaced {
             let ns = meta
                 .get("namespace")
@@ -254,7 +251,7 @@ impl Store {
                 }
             }
         };
-        let meta: &mut Map<String, Value> = obj["metadata"].as_object_mut().unwrap();
+        let meta = metadata_mut(&mut obj);
         meta.insert("uid".into(), json!(uid));
         meta.insert("resourceVersion".into(), json!(self.rv.to_string()));
         meta.insert("creationTimestamp".into(), created);
@@ -291,14 +288,27 @@ pub fn not_found(res: usize, name: &str) -> ApiError {
     )
 }
 
+/// `value` as a JSON object, made an empty one first if it is anything else.
+fn object_mut(value: &mut Value) -> &mut Map<String, Value> {
+    if !value.is_object() {
+        *value = Value::Object(Map::new());
+    }
+    match value {
+        Value::Object(map) => map,
+        _ => unreachable!("made an object just above"),
+    }
+}
+
+/// The object's `metadata`, made an empty map first if it is missing or not a map.
+fn metadata_mut(obj: &mut Value) -> &mut Map<String, Value> {
+    object_mut(&mut obj["metadata"])
+}
+
 /// RFC 7386 JSON merge patch.
 pub fn merge_patch(target: &mut Value, patch: &Value) {
     match patch {
         Value::Object(p) => {
-            if !target.is_object() {
-                *target = json!({});
-            }
-            let t = target.as_object_mut().unwrap();
+            let t = object_mut(target);
             for (k, v) in p {
                 if v.is_null() {
                     t.remove(k);

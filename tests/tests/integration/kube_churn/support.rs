@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use iamlet_tests::fake_imds::{INSTANCE_ID, NODE_ACCESS_KEY, NODE_ACCOUNT, NODE_SECRET};
+use iamlet_tests::stats::percentile;
 use iamlet_tests::{
     run_with_timeout, Agent, ChildGuard, FakeApiServer, FakeImds, FakePod, KubeControl,
     RemoteApiServer, TestNode,
@@ -424,10 +425,9 @@ impl Tally {
 
 pub(crate) fn percentiles(mut v: Vec<f64>) -> String {
     v.sort_by(f64::total_cmp);
-    let at = |p: f64| v[((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
-    match v.len() {
-        0 => "-".into(),
-        n => format!("p50 {:.1} ms, p99 {:.1} ms (n={n})", at(0.50), at(0.99)),
+    match (percentile(&v, 0.50), percentile(&v, 0.99)) {
+        (Some(p50), Some(p99)) => format!("p50 {p50:.1} ms, p99 {p99:.1} ms (n={})", v.len()),
+        _ => "-".into(),
     }
 }
 
