@@ -279,26 +279,18 @@ fn pods_reach_servers_in_the_node_namespace() {
 
     for pod in [&pod1, &pod2, &shared] {
         let (v4, v6): (IpAddr, IpAddr) = (pod.ipv4().unwrap().into(), pod.ipv6().unwrap().into());
-        assert_eq!(
-            curl(|a| pod.run(a), proxy4)
-                .unwrap_or_else(|e| panic!("curl {proxy4} from {}: {e:#}", pod.name())),
-            format!("proxy {v4}")
-        );
-        assert_eq!(
-            curl(|a| pod.run(a), proxy6)
-                .unwrap_or_else(|e| panic!("curl {proxy6} from {}: {e:#}", pod.name())),
-            format!("proxy {v6}")
-        );
-        assert_eq!(
-            curl(|a| pod.run(a), imds4)
-                .unwrap_or_else(|e| panic!("curl {imds4} from {}: {e:#}", pod.name())),
-            format!("imds {v4}")
-        );
-        assert_eq!(
-            curl(|a| pod.run(a), imds6)
-                .unwrap_or_else(|e| panic!("curl {imds6} from {}: {e:#}", pod.name())),
-            format!("imds {v6}")
-        );
+        for (addr, server, from) in [
+            (proxy4, "proxy", v4),
+            (proxy6, "proxy", v6),
+            (imds4, "imds", v4),
+            (imds6, "imds", v6),
+        ] {
+            assert_eq!(
+                curl(|a| pod.run(a), addr)
+                    .unwrap_or_else(|e| panic!("curl {addr} from {}: {e:#}", pod.name())),
+                format!("{server} {from}")
+            );
+        }
     }
     // Host network: connects from the node namespace itself.
     assert_eq!(

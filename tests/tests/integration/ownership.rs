@@ -29,10 +29,17 @@ const PIN_NAMES: [&str; 8] = [
     "COUNTERS_V2",
 ];
 
-fn start(node: &TestNode, roles: &StaticRoles) -> Result<Agent> {
+/// A node with pod A and an agent serving it (dropped in reverse: agent first).
+fn node_with_agent() -> (TestNode, FakePod, StaticRoles, Agent) {
+    let node = TestNode::new().expect("creating the test node");
+    let pod = node
+        .add_pod(&iamlet_tests::besteffort_container_cgroup(A.uid, 1))
+        .expect("adding the pod");
+    let roles = StaticRoles::write(&[A]).expect("writing the static roles");
     let args = roles.args_with(&["--log", "info"]);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    Agent::start(node, &refs)
+    let agent = Agent::start(&node, &refs).expect("starting the agent");
+    (node, pod, roles, agent)
 }
 
 /// The pod's own credentials through the redirect (so: the programs are attached).
@@ -72,12 +79,7 @@ fn pins_present(agent: &Agent) -> bool {
 #[test]
 fn removing_the_pins_detaches_nothing_and_they_come_back() {
     skip_unless_privileged!();
-    let node = TestNode::new().expect("creating the test node");
-    let pod = node
-        .add_pod(&iamlet_tests::besteffort_container_cgroup(A.uid, 1))
-        .expect("adding the pod");
-    let roles = StaticRoles::write(&[A]).expect("writing the static roles");
-    let agent = start(&node, &roles).expect("starting the agent");
+    let (node, pod, _roles, agent) = node_with_agent();
     assert!(pins_present(&agent), "pins after start");
     std::fs::remove_dir_all(agent.bpffs_dir()).expect("removing the pin directory");
     // No gap: the agent holds its links, so the pod stays redirected at once.
@@ -119,12 +121,7 @@ fn link_id(pin: &std::path::Path) -> Result<u64> {
 #[test]
 fn a_program_detached_behind_its_back_is_put_back() {
     skip_unless_privileged!();
-    let node = TestNode::new().expect("creating the test node");
-    let pod = node
-        .add_pod(&iamlet_tests::besteffort_container_cgroup(A.uid, 1))
-        .expect("adding the pod");
-    let roles = StaticRoles::write(&[A]).expect("writing the static roles");
-    let agent = start(&node, &roles).expect("starting the agent");
+    let (node, pod, _roles, agent) = node_with_agent();
     for hook in ["connect4", "egress"] {
         let id =
             link_id(&agent.bpffs_dir().join(format!("link_iamlet_{hook}"))).expect("the link id");
@@ -151,12 +148,7 @@ fn a_program_detached_behind_its_back_is_put_back() {
 #[test]
 fn what_cannot_be_put_back_makes_the_agent_not_ready() {
     skip_unless_privileged!();
-    let node = TestNode::new().expect("creating the test node");
-    let pod = node
-        .add_pod(&iamlet_tests::besteffort_container_cgroup(A.uid, 1))
-        .expect("adding the pod");
-    let roles = StaticRoles::write(&[A]).expect("writing the static roles");
-    let agent = start(&node, &roles).expect("starting the agent");
+    let (node, pod, _roles, agent) = node_with_agent();
     let dir = agent.bpffs_dir().to_owned();
     // The pin directory replaced by a dangling symlink: nothing can be pinned there.
     std::fs::remove_dir_all(&dir).expect("removing the pin directory");
@@ -184,12 +176,7 @@ fn what_cannot_be_put_back_makes_the_agent_not_ready() {
 #[test]
 fn a_second_agent_on_the_same_pins_refuses_to_start() {
     skip_unless_privileged!();
-    let node = TestNode::new().expect("creating the test node");
-    let pod = node
-        .add_pod(&iamlet_tests::besteffort_container_cgroup(A.uid, 1))
-        .expect("adding the pod");
-    let roles = StaticRoles::write(&[A]).expect("writing the static roles");
-    let agent = start(&node, &roles).expect("starting the agent");
+    let (node, pod, roles, agent) = node_with_agent();
     let mut second = node.command(iamlet_tests::agent::agent_bin());
     second
         .arg("--cgroup")

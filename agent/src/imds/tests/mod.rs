@@ -125,6 +125,16 @@ async fn call(imds: &Imds, c: &Caller, method: Method, path: &str, hdrs: &[(&str
     imds.handle(c, &method, path, &headers).await.1
 }
 
+/// `GET path` without headers.
+async fn get(imds: &Imds, c: &Caller, path: &str) -> Resp {
+    call(imds, c, Method::GET, path, &[]).await
+}
+
+/// The body of `resp`, parsed as JSON.
+async fn json(resp: Resp) -> serde_json::Value {
+    serde_json::from_str(&body(resp).await).expect("json")
+}
+
 async fn body(resp: Resp) -> String {
     let bytes = resp.into_body().collect().await.expect("body").to_bytes();
     String::from_utf8(bytes.to_vec()).expect("utf-8")
@@ -187,7 +197,7 @@ async fn token_put_refusals() {
             .status(),
         403
     );
-    let resp = call(&imds, &a, Method::GET, "/latest/api/token", &[]).await;
+    let resp = get(&imds, &a, "/latest/api/token").await;
     assert_eq!(resp.status(), 405);
     assert_eq!(resp.headers()["allow"], "PUT");
 }
@@ -279,7 +289,7 @@ async fn imdsv1_allowed_by_default_and_refused_when_v2_required() {
     let path = "/latest/meta-data/iam/security-credentials/";
     let a = caller(POD_A, Some("uid-a"));
     let open = imds();
-    assert_eq!(call(&open, &a, Method::GET, path, &[]).await.status(), 200);
+    assert_eq!(get(&open, &a, path).await.status(), 200);
     let strict = imds_with(
         ImdsSettings {
             require_imdsv2: true,
@@ -287,10 +297,7 @@ async fn imdsv1_allowed_by_default_and_refused_when_v2_required() {
         },
         None,
     );
-    assert_eq!(
-        call(&strict, &a, Method::GET, path, &[]).await.status(),
-        401
-    );
+    assert_eq!(get(&strict, &a, path).await.status(), 401);
     let t = get_token(&strict, &a).await;
     let resp = call(&strict, &a, Method::GET, path, &[(TOKEN_HEADER, &t)]).await;
     assert_eq!(resp.status(), 200);
@@ -305,23 +312,16 @@ async fn role_listing_with_and_without_slash() {
         "/latest/meta-data/iam/security-credentials",
         "/2016-09-02/meta-data/iam/security-credentials/",
     ] {
-        let resp = call(&imds, &a, Method::GET, path, &[]).await;
+        let resp = get(&imds, &a, path).await;
         assert_eq!(resp.status(), 200, "{path}");
         assert_eq!(body(resp).await, "role-a");
     }
     let none = caller(NO_ROLE, Some("uid-n"));
-    let resp = call(
-        &imds,
-        &none,
-        Method::GET,
-        "/latest/meta-data/iam/security-credentials/",
-        &[],
-    )
-    .await;
+    let resp = get(&imds, &none, "/latest/meta-data/iam/security-credentials/").await;
     assert_eq!(resp.status(), 404);
-    let resp = call(&imds, &none, Method::GET, "/latest/meta-data/iam/info", &[]).await;
+    let resp = get(&imds, &none, "/latest/meta-data/iam/info").await;
     assert_eq!(resp.status(), 404);
-    let resp = call(&imds, &a, Method::GET, "/latest/meta-data/iam/", &[]).await;
+    let resp = get(&imds, &a, "/latest/meta-data/iam/").await;
     assert_eq!(body(resp).await, "info\nsecurity-credentials/");
 }
 
@@ -329,16 +329,14 @@ async fn role_listing_with_and_without_slash() {
 async fn credentials_document_has_exactly_the_imds_fields() {
     let imds = imds();
     let a = caller(POD_A, Some("uid-a"));
-    let resp = call(
+    let resp = get(
         &imds,
         &a,
-        Method::GET,
         "/latest/meta-data/iam/security-credentials/role-a",
-        &[],
     )
     .await;
     assert_eq!(resp.status(), 200);
-    let doc: serde_json::Value = serde_json::from_str(&body(resp).await).expect("json");
+    let doc = json(resp).await;
     let mut keys: Vec<&str> = doc
         .as_object()
         .expect("object")
@@ -369,11 +367,7 @@ async fn credentials_document_has_exactly_the_imds_fields() {
         "/latest/meta-data/iam/security-credentials/node-role",
         "/latest/meta-data/iam/security-credentials/role-a/x",
     ] {
-        assert_eq!(
-            call(&imds, &a, Method::GET, path, &[]).await.status(),
-            404,
-            "{path}"
-        );
+        assert_eq!(get(&imds, &a, path).await.status(), 404, "{path}");
     }
 }
 
@@ -381,24 +375,20 @@ async fn credentials_document_has_exactly_the_imds_fields() {
 async fn extended_credentials_add_the_account() {
     let imds = imds();
     let a = caller(POD_A, Some("uid-a"));
-    let resp = call(
+    let resp = get(
         &imds,
         &a,
-        Method::GET,
         "/latest/meta-data/iam/security-credentials-extended/",
-        &[],
     )
     .await;
     assert_eq!(body(resp).await, "role-a");
-    let resp = call(
+    let resp = get(
         &imds,
         &a,
-        Method::GET,
         "/latest/meta-data/iam/security-credentials-extended/role-a",
-        &[],
     )
     .await;
-    let doc: serde_json::Value = serde_json::from_str(&body(resp).await).expect("json");
+    let doc = json(resp).await;
     assert_eq!(doc["AccountId"], "123456789012");
     assert_eq!(doc["AccessKeyId"], "ASIAPODA");
 }
@@ -407,16 +397,14 @@ async fn extended_credentials_add_the_account() {
 async fn credential_errors_are_500_with_a_code() {
     let imds = imds();
     let d = caller(DENIED, Some("uid-d"));
-    let resp = call(
+    let resp = get(
         &imds,
         &d,
-        Method::GET,
         "/latest/meta-data/iam/security-credentials/denied",
-        &[],
     )
     .await;
     assert_eq!(resp.status(), 500);
-    let doc: serde_json::Value = serde_json::from_str(&body(resp).await).expect("json");
+    let doc = json(resp).await;
     assert_eq!(doc["Code"], "AccessDenied");
     assert!(doc["Message"]
         .as_str()
@@ -424,18 +412,11 @@ async fn credential_errors_are_500_with_a_code() {
         .contains("AssumeRole"));
     let s = caller(SLOW, Some("uid-s"));
     let started = crate::clock::now();
-    let resp = call(
-        &imds,
-        &s,
-        Method::GET,
-        "/latest/meta-data/iam/security-credentials/slow",
-        &[],
-    )
-    .await;
+    let resp = get(&imds, &s, "/latest/meta-data/iam/security-credentials/slow").await;
     assert_eq!(resp.status(), 500);
     // The slow source is given exactly --credentials-timeout (200 ms here), not its 30 s.
     assert_eq!(crate::clock::since(started), Duration::from_millis(200));
-    let doc: serde_json::Value = serde_json::from_str(&body(resp).await).expect("json");
+    let doc = json(resp).await;
     assert_eq!(doc["Code"], "RequestTimeout");
 }
 
@@ -443,9 +424,9 @@ async fn credential_errors_are_500_with_a_code() {
 async fn iam_info_document() {
     let imds = imds();
     let a = caller(POD_A, Some("uid-a"));
-    let resp = call(&imds, &a, Method::GET, "/latest/meta-data/iam/info", &[]).await;
+    let resp = get(&imds, &a, "/latest/meta-data/iam/info").await;
     assert_eq!(resp.status(), 200);
-    let doc: serde_json::Value = serde_json::from_str(&body(resp).await).expect("json");
+    let doc = json(resp).await;
     assert_eq!(doc["Code"], "Success");
     assert_eq!(
         doc["InstanceProfileArn"],
@@ -462,22 +443,13 @@ async fn methods_paths_and_rate_limits() {
     let a = caller(POD_A, Some("uid-a"));
     let resp = call(&imds, &a, Method::POST, "/latest/meta-data/iam/info", &[]).await;
     assert_eq!(resp.status(), 405);
-    assert_eq!(
-        call(&imds, &a, Method::GET, "/latest/%ff", &[])
-            .await
-            .status(),
-        400
-    );
+    assert_eq!(get(&imds, &a, "/latest/%ff").await.status(), 400);
     for forbidden in [
         "/latest/meta-data/identity-credentials/ec2/security-credentials/ec2-instance",
         "/latest/meta-data/iam/security-credentials/role-a/../../iam-x",
         "/latest/user-data",
     ] {
-        assert_eq!(
-            call(&imds, &a, Method::GET, forbidden, &[]).await.status(),
-            404,
-            "{forbidden}"
-        );
+        assert_eq!(get(&imds, &a, forbidden).await.status(), 404, "{forbidden}");
     }
     let limited = imds_with(
         ImdsSettings {
@@ -488,23 +460,13 @@ async fn methods_paths_and_rate_limits() {
         None,
     );
     for _ in 0..3 {
-        assert_eq!(
-            call(&limited, &a, Method::GET, "/iamlet/whoami", &[])
-                .await
-                .status(),
-            200
-        );
+        assert_eq!(get(&limited, &a, "/iamlet/whoami").await.status(), 200);
     }
-    let resp = call(&limited, &a, Method::GET, "/iamlet/whoami", &[]).await;
+    let resp = get(&limited, &a, "/iamlet/whoami").await;
     assert_eq!(resp.status(), 429);
     assert_eq!(resp.headers()["retry-after"], "1");
     let b = caller(POD_B, Some("uid-b"));
-    assert_eq!(
-        call(&limited, &b, Method::GET, "/iamlet/whoami", &[])
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(get(&limited, &b, "/iamlet/whoami").await.status(), 200);
 }
 
 mod passthrough;

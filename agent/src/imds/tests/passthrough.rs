@@ -170,7 +170,7 @@ async fn only_the_canonical_path_is_forwarded() {
             ("/latest/user-data", 404),
             ("/latest/USER-DATA", 404),
         ] {
-            let resp = call(&imds, &a, Method::GET, path, &[]).await;
+            let resp = get(&imds, &a, path).await;
             let status = resp.status();
             let text = body(resp).await;
             assert!(
@@ -211,7 +211,7 @@ async fn node_credentials_never_pass_through() {
         "/1.0/meta-data/iam/security-credentials/node-role",
         "/latest/user-data",
     ] {
-        let resp = call(&imds, &none, Method::GET, path, &[]).await;
+        let resp = get(&imds, &none, path).await;
         let status = resp.status();
         let text = body(resp).await;
         assert!(
