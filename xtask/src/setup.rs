@@ -31,6 +31,8 @@ const APT_PACKAGES: &[&str] = &[
     // `cargo xtask bench imds`: load generator, and the baseline server.
     "wrk",
     "nginx-light",
+    // The kernel-refusal test: a seccomp filter answering one bpf(2) command with EINVAL.
+    "python3-seccomp",
 ];
 
 /// The Python the SDK venv is made from (Debian's).

@@ -29,6 +29,10 @@ pub(crate) struct Hook {
     pub section: &'static str,
     /// `enum bpf_attach_type` value of the hook.
     pub attach_type: u32,
+    /// `enum bpf_prog_type` value of its program.
+    pub prog_type: u32,
+    /// The first Linux release with this program and attach type.
+    pub since: &'static str,
 }
 
 /// The four hooks, in attach order. The egress filter comes first, so that no moment exists
@@ -38,21 +42,29 @@ pub(crate) const HOOKS: [Hook; 4] = [
         program: "iamlet_egress",
         section: "cgroup_skb/egress",
         attach_type: 1, // BPF_CGROUP_INET_EGRESS
+        prog_type: 8,   // BPF_PROG_TYPE_CGROUP_SKB
+        since: "4.10",
     },
     Hook {
         program: "iamlet_connect4",
         section: "cgroup/connect4",
         attach_type: 10, // BPF_CGROUP_INET4_CONNECT
+        prog_type: 18,   // BPF_PROG_TYPE_CGROUP_SOCK_ADDR
+        since: "4.17",
     },
     Hook {
         program: "iamlet_connect6",
         section: "cgroup/connect6",
         attach_type: 11, // BPF_CGROUP_INET6_CONNECT
+        prog_type: 18,   // BPF_PROG_TYPE_CGROUP_SOCK_ADDR
+        since: "4.17",
     },
     Hook {
         program: "iamlet_sock_ops",
         section: "sock_ops",
         attach_type: 3, // BPF_CGROUP_SOCK_OPS
+        prog_type: 13,  // BPF_PROG_TYPE_SOCK_OPS
+        since: "4.13",
     },
 ];
 

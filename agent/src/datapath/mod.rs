@@ -41,6 +41,7 @@ use aya::Ebpf;
 
 mod bpffs;
 pub(crate) mod forward_guard;
+mod kernel_support;
 pub(crate) mod links;
 pub(crate) mod pin_lock;
 mod repair;
@@ -130,6 +131,8 @@ pub enum Error {
     NoListener,
     #[error(transparent)]
     Lock(#[from] pin_lock::LockError),
+    #[error(transparent)]
+    Kernel(#[from] kernel_support::Unsupported),
     #[error("the node's forwarding guard: {0}")]
     ForwardGuard(#[from] forward_guard::GuardError),
     #[error("listing the programs attached to {} ({hook}): {source}", cgroup.display())]
@@ -265,6 +268,7 @@ impl Datapath {
         if EBPF_OBJECT.is_empty() {
             return Err(Error::NoPrograms);
         }
+        kernel_support::check()?;
         let value = config_value(cfg.listen_v4, cfg.listen_v6, cfg.exempt_cgroup_ids)?;
         bpffs::ensure(&cfg.pin_dir)?;
         let lock = match inherited_lock {

@@ -1,6 +1,6 @@
 //! The `bpf(2)` commands aya 0.14 does not expose for cgroup links: open and pin an object by
 //! fd, read a cgroup link's target and program, swap the program behind a link in place, and
-//! list the programs attached to a cgroup.
+//! list the programs attached to a cgroup; and the probes of what the kernel supports.
 
 use std::ffi::CString;
 use std::io;
@@ -8,10 +8,12 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_PROG_QUERY: libc::c_long = 16;
+const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_LINK_UPDATE: libc::c_long = 29;
 /// Most program ids [`prog_query`] reads for one attach type.
 const QUERY_MAX: usize = 64;
@@ -60,6 +62,34 @@ struct LinkUpdateAttr {
     new_prog_fd: u32,
     flags: u32,
     old_prog_fd: u32,
+}
+
+/// `union bpf_attr` for `BPF_PROG_LOAD` (the fields up to `expected_attach_type`).
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+}
+
+/// `union bpf_attr` for `BPF_LINK_CREATE` (the fields every link type shares).
+#[repr(C)]
+#[derive(Default)]
+struct LinkCreateAttr {
+    prog_fd: u32,
+    target_fd: u32,
+    attach_type: u32,
+    flags: u32,
 }
 
 /// The head of `struct bpf_link_info` with its `cgroup` union member; the kernel fills at most
@@ -162,6 +192,50 @@ pub fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()>
         ..LinkUpdateAttr::default()
     };
     sys_bpf(BPF_LINK_UPDATE, &mut attr).map(|_| ())
+}
+
+/// Loads the smallest program of `prog_type` for `expected_attach_type` (`r0 = 1; exit`): a
+/// kernel without that program or attach type refuses it with `EINVAL`.
+pub fn probe_prog_load(prog_type: u32, expected_attach_type: u32) -> io::Result<OwnedFd> {
+    // mov64 r0, 1 (BPF_ALU64 | BPF_MOV | BPF_K); exit (BPF_JMP | BPF_EXIT).
+    let insns: [u64; 2] = [0xb7 | (1 << 32), 0x95];
+    let license = c"GPL";
+    let mut attr = ProgLoadAttr {
+        prog_type,
+        insn_cnt: 2,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        expected_attach_type,
+        ..ProgLoadAttr::default()
+    };
+    let fd = sys_bpf(BPF_PROG_LOAD, &mut attr)?;
+    let fd = i32::try_from(fd).map_err(|_| io::Error::other("BPF_PROG_LOAD returned a bad fd"))?;
+    // SAFETY: a successful BPF_PROG_LOAD returns a new file descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Asks for a cgroup link of `prog` with no cgroup (target fd -1). A kernel with cgroup links
+/// (Linux 5.7) gets as far as the target and answers `EBADF`; one without answers `EINVAL`.
+/// Nothing is attached either way.
+pub fn probe_cgroup_link(prog: BorrowedFd<'_>, attach_type: u32) -> io::Result<()> {
+    let mut attr = LinkCreateAttr {
+        prog_fd: prog.as_raw_fd().cast_unsigned(),
+        target_fd: u32::MAX,
+        attach_type,
+        flags: 0,
+    };
+    match sys_bpf(BPF_LINK_CREATE, &mut attr) {
+        Err(e) if e.raw_os_error() == Some(libc::EBADF) => Ok(()),
+        Err(e) => Err(e),
+        Ok(fd) => {
+            // Not expected for fd -1; close whatever came back.
+            if let Ok(fd) = i32::try_from(fd) {
+                // SAFETY: a successful BPF_LINK_CREATE returns a new fd that nothing else owns.
+                drop(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Size of a `bpf(2)` argument struct, in the kernel's `u32`.

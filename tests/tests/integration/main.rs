@@ -6,6 +6,7 @@
 //!   nothing of the node's service.
 //! * [`harness`]: self-tests of the privileged harness (topology, connectivity, cleanup).
 //! * [`imds`]: the metadata API with real SDK clients, token binding, no node credentials.
+//! * [`kernel`]: a kernel without what iamlet needs is refused at start, by name.
 //! * [`kube`]: Kubernetes mode with the fake API server: annotations, namespace policy, races.
 //! * [`kube_churn`]: Kubernetes mode under pod churn, container-start bursts and API outages.
 //! * [`kube_fake`]: the fake Kubernetes API server against the real kube-rs client.
@@ -31,6 +32,7 @@
 mod bypass;
 mod harness;
 mod imds;
+mod kernel;
 mod kube;
 mod kube_churn;
 mod kube_fake;
