@@ -3,6 +3,7 @@
 //! directory (maps and links) and handover socket are removed once the last agent sharing
 //! them is gone, which detaches whatever it left attached.
 
+use crate::time_scale::scaled;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -186,7 +187,7 @@ impl Agent {
     }
 
     fn wait_ready(&mut self, node: &TestNode, successor: bool, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + scaled(timeout);
         let url = format!("http://{ADMIN_ADDR}/ready");
         loop {
             if let Some(child) = self.child.as_mut() {

@@ -5,6 +5,7 @@
 //! hybrid systems, `/sys/fs/cgroup/unified`). Only directories this crate created are ever
 //! written to or removed.
 
+use crate::time_scale::scaled;
 use std::fs;
 use std::io::ErrorKind;
 use std::os::unix::fs::MetadataExt;
@@ -133,7 +134,7 @@ pub fn kill_all(dir: &Path) -> Result<()> {
     if has_kill {
         fs::write(&kill_file, "1").with_context(|| format!("writing {}", kill_file.display()))?;
     }
-    let deadline = Instant::now() + KILL_TIMEOUT;
+    let deadline = Instant::now() + scaled(KILL_TIMEOUT);
     loop {
         if !is_populated(dir)? {
             return Ok(());

@@ -49,6 +49,7 @@ pub mod privileges;
 pub mod process;
 pub mod stats;
 pub mod sts;
+pub mod time_scale;
 
 pub use agent::{Agent, PROXY_PORT};
 pub use cleanup::cleanup_stale;
@@ -70,3 +71,4 @@ pub use sts::{
     assume_role, boto3_sts, caller_identity, sts_available, AssumeRoleCall, AssumedRole,
     Boto3Options, Boto3Outcome, CallerIdentity, Fault, FaultProxy, MotoSts, Stats,
 };
+pub use time_scale::{scaled, time_scale};

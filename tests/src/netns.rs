@@ -3,6 +3,7 @@
 //! Commands enter a namespace with `nsenter --net=/run/netns/NAME`, which (unlike
 //! `ip netns exec`) does not remount `/sys` and leaves the cgroup alone.
 
+use crate::time_scale::scaled;
 use std::ffi::OsStr;
 use std::fs;
 use std::io::ErrorKind;
@@ -132,7 +133,7 @@ impl Netns {
     /// Waits until something in this namespace listens on TCP `addr` (checked with
     /// `ss -Hltn`; a wildcard listener on the same port and family counts).
     pub fn wait_listening(&self, addr: SocketAddr, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + scaled(timeout);
         loop {
             let out = run_with_timeout(self.command("ss").arg("-Hltn"), DEFAULT_TIMEOUT)?
                 .ensure_success()?;

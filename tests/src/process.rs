@@ -4,6 +4,7 @@
 //! command fails the test instead of hanging it) or is held by a [`ChildGuard`]
 //! (background servers, the agent: killed and reaped on drop, also while unwinding).
 
+use crate::time_scale::scaled;
 use std::ffi::OsStr;
 use std::fmt;
 use std::io::Read;
@@ -95,7 +96,7 @@ impl Capture {
 
     /// Waits up to `grace` for end-of-file, then returns what was read.
     fn finish(self, grace: Duration) -> String {
-        let _ = self.done.recv_timeout(grace);
+        let _ = self.done.recv_timeout(scaled(grace));
         let bytes = match self.buf.lock() {
             Ok(b) => b.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
@@ -119,7 +120,7 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Result<RunOutpu
         .with_context(|| format!("cannot start {command}"))?;
     let out = Capture::start::<ChildStdout>(child.stdout.take());
     let err = Capture::start::<ChildStderr>(child.stderr.take());
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now() + scaled(timeout);
     let mut pause = Duration::from_millis(1);
     let status = loop {
         match child.try_wait() {
@@ -212,7 +213,7 @@ impl ChildGuard {
     /// Waits up to `timeout` for the child to exit on its own; `Ok(None)` if it is still
     /// running.
     pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + scaled(timeout);
         loop {
             if let Some(status) = self.try_wait()? {
                 return Ok(Some(status));

@@ -40,6 +40,7 @@ mod remote;
 pub use in_process::FakeApiServer;
 pub use remote::{binary, run_binary, Ready, RemoteApiServer};
 
+use crate::time_scale::scaled;
 use std::path::Path;
 use std::sync::Arc;
 use std::thread;
@@ -268,7 +269,7 @@ pub trait KubeControl {
 
     /// Waits until at least `n` watch streams are open.
     fn wait_for_watches(&self, n: usize, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + scaled(timeout);
         loop {
             let s = self.state()?;
             if s.watches >= n {

@@ -1,6 +1,7 @@
 //! [`RemoteApiServer`]: the `fake-kube-apiserver` binary as a child process, controlled over
 //! its unix socket; and the binary's `main`.
 
+use crate::time_scale::scaled;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixStream as StdUnixStream;
@@ -86,12 +87,14 @@ impl RemoteApiServer {
             let _ = tx.send(line);
         });
         let read_log = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
-        let line = rx.recv_timeout(Duration::from_secs(10)).map_err(|_| {
-            anyhow::anyhow!(
-                "fake-kube-apiserver printed no ready line:\n{}",
-                read_log(&log)
-            )
-        })?;
+        let line = rx
+            .recv_timeout(scaled(Duration::from_secs(10)))
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "fake-kube-apiserver printed no ready line:\n{}",
+                    read_log(&log)
+                )
+            })?;
         let ready: Ready = serde_json::from_str(line.trim()).with_context(|| {
             format!(
                 "fake-kube-apiserver did not start ({line:?}):\n{}",

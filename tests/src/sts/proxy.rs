@@ -1,5 +1,6 @@
 //! [`FaultProxy`]: `sts-fault-proxy` in a node's namespace, its [`Fault`]s and its [`Stats`].
 
+use crate::time_scale::scaled;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -167,7 +168,7 @@ impl FaultProxy {
             let _ = BufReader::new(stdout).read_line(&mut line);
             let _ = tx.send(line);
         });
-        let Ok(line) = rx.recv_timeout(PROXY_START_TIMEOUT) else {
+        let Ok(line) = rx.recv_timeout(scaled(PROXY_START_TIMEOUT)) else {
             bail!(
                 "{} printed no ready line after {PROXY_START_TIMEOUT:?}:\n{}",
                 bin.display(),
@@ -284,7 +285,7 @@ impl FaultProxy {
 
     /// Waits until at least `n` `AssumeRole` requests were seen; returns the count.
     pub fn wait_assume_role_calls(&self, n: u64, timeout: Duration) -> Result<u64> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + scaled(timeout);
         loop {
             let seen = self.stats()?.assume_role_calls();
             if seen >= n {

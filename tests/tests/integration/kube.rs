@@ -5,6 +5,7 @@
 //! container asks), kiam's external-id and session-name annotations, and the opt-in IRSA
 //! service account annotation. Run as root through `cargo xtask test`.
 
+use iamlet_tests::scaled;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -134,7 +135,7 @@ fn role_list(pod: &FakePod) -> Result<(u16, String)> {
 }
 
 fn wait_for(what: &str, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + scaled(Duration::from_secs(10));
     while Instant::now() < deadline {
         if f()? {
             return Ok(());

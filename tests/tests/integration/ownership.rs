@@ -3,6 +3,7 @@
 //! a second agent on the same pins refuses to start unless it takes over through the
 //! handover. Run as root through `cargo xtask test` (serially).
 
+use iamlet_tests::scaled;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -53,7 +54,7 @@ fn redirected(pod: &FakePod) -> bool {
 }
 
 fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now() + scaled(timeout);
     loop {
         if check()? {
             return Ok(());

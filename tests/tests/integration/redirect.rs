@@ -2,6 +2,7 @@
 //! connecting to the metadata service, and the kernel telling the proxy which cgroup each
 //! connection came from. Run as root through `cargo xtask test` (serially).
 
+use iamlet_tests::scaled;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -353,7 +354,7 @@ fn maps_pretty_print_and_empty_after_close() {
     holder.stdout(std::process::Stdio::piped());
     let mut holder =
         iamlet_tests::ChildGuard::spawn(&mut holder).expect("spawning the connection holder");
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + scaled(Duration::from_secs(10));
     let entry = loop {
         let peers = map_entries(&agent, "PEERS_V1").expect("reading map PEERS_V1");
         if let Some(e) = peers.into_iter().next() {
@@ -386,7 +387,7 @@ fn maps_pretty_print_and_empty_after_close() {
         whoami(&pod, Family::Mapped, "::ffff:169.254.169.254")
             .expect("whoami from pod to ::ffff:169.254.169.254");
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + scaled(Duration::from_secs(10));
     loop {
         let peers = map_entries(&agent, "PEERS_V1").expect("reading map PEERS_V1");
         let cookies = map_entries(&agent, "COOKIES_V1").expect("reading map COOKIES_V1");

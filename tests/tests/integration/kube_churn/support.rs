@@ -1,5 +1,6 @@
 //! Fixtures of the churn tests: pods, the agent, what a pod was answered, tallies.
 
+use iamlet_tests::scaled;
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{ChildStdin, Stdio};
@@ -329,7 +330,7 @@ impl Churner {
     /// The next output line that is `asking` (or, with `asking` false, that is not).
     pub(crate) fn line(&mut self, asking: bool) -> Result<String> {
         let (_, _, rx) = self.proc.as_mut().context("not started")?;
-        let deadline = Instant::now() + WAIT;
+        let deadline = Instant::now() + scaled(WAIT);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = rx
@@ -436,7 +437,7 @@ pub(crate) fn percentiles(mut v: Vec<f64>) -> String {
 /// own role is tolerated (and retried) for 10 s, until the agent has seen the deletion.
 pub(crate) fn check_leftovers(t: &mut Tally, old: &mut [Churner], others: &[usize]) -> Result<()> {
     for (c, &other) in old.iter_mut().zip(others) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + scaled(Duration::from_secs(10));
         t.expected_404.1 += 5;
         loop {
             let out = c.round(Some(other))?;

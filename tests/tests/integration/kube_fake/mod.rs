@@ -9,6 +9,7 @@ mod binary;
 mod requests;
 mod watch;
 
+use iamlet_tests::scaled;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -45,7 +46,7 @@ fn names(store: &Store<Pod>) -> BTreeSet<String> {
 /// Waits until `store` holds exactly `want`.
 async fn converge(store: &Store<Pod>, want: &[&str]) -> Result<()> {
     let want: BTreeSet<String> = want.iter().map(std::string::ToString::to_string).collect();
-    let deadline = Instant::now() + WAIT;
+    let deadline = Instant::now() + scaled(WAIT);
     loop {
         let have = names(store);
         if have == want {

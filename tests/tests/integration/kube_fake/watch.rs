@@ -2,6 +2,7 @@
 //! changes in order, bookmarks, relists after 410, selectors, server errors, aborted watches.
 
 use super::*;
+use iamlet_tests::scaled;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watcher_sees_changes_in_order() {
@@ -80,7 +81,7 @@ async fn watcher_sees_changes_in_order() {
     replaced["metadata"]["uid"] = json!("11111111-2222-4333-8444-555555555555");
     fake.apply(&replaced)
         .expect("applying the replacement of pod ns/existing");
-    let deadline = Instant::now() + WAIT;
+    let deadline = Instant::now() + scaled(WAIT);
     while store
         .state()
         .first()
