@@ -59,7 +59,7 @@ pub use clients::{
 pub use fake_imds::FakeImds;
 pub use fixtures::{PodRole, StaticRoles};
 pub use kube_fake::{FakeApiServer, KubeControl, RemoteApiServer};
-pub use net::{http, http_with, udp_probe, FakeUpstream, Family, HttpAnswer};
+pub use net::{http, http_each, http_with, udp_probe, FakeUpstream, Family, HttpAnswer};
 pub use netns::Netns;
 pub use node::{TestNode, IMDS_V4, IMDS_V6, NODE_PROXY_V4, NODE_PROXY_V6};
 pub use pod::{
