@@ -30,13 +30,16 @@ fn attempt(mut cmd: std::process::Command, mode: &str, family: &str) -> Result<V
     serde_json::from_str(line).with_context(|| format!("bypass output: {}", out.stdout))
 }
 
-/// (mode, family) pairs tried.
-const ATTEMPTS: &[(&str, &str)] = &[
+/// Attempts the kernel itself stops: raw IP sockets, whose packets the egress program drops
+/// (`EPERM`). Kernel-sensitive, so the kernel matrix runs them on every kernel.
+const RAW_SOCKETS: &[(&str, &str)] = &[("raw", "v4"), ("raw", "v6")];
+
+/// Attempts past the pod's own netfilter (DNAT to a decoy, also over v4-mapped) and below IP
+/// (frames the node must refuse to forward).
+const DNAT_AND_FRAMES: &[(&str, &str)] = &[
     ("dnat", "v4"),
     ("dnat", "v6"),
     ("dnat", "mapped"),
-    ("raw", "v4"),
-    ("raw", "v6"),
     ("packet", "v4"),
     ("packet", "v6"),
 ];
@@ -45,17 +48,16 @@ fn pod(node: &TestNode) -> Result<FakePod> {
     node.add_pod(&iamlet_tests::besteffort_container_cgroup(A.uid, 1))
 }
 
-#[test]
-fn no_packet_of_the_node_service_reaches_a_pod_that_bypasses_connect() {
-    skip_unless_privileged!();
-    let node = TestNode::new().expect("creating the test node");
-    let _imds = FakeImds::start(&node).expect("starting the fake IMDS");
+/// Makes each of `attempts` from a fresh pod, first without iamlet (the control: it must
+/// reach the node's service) and then with it (not one byte of the service may come back, and
+/// the pod's own credentials still come through the redirect). Gives the running agent.
+fn attempts_without_and_with_iamlet(node: &TestNode, attempts: &[(&str, &str)]) -> Agent {
     let mut report = Vec::new();
     // Control: without iamlet, each attempt reaches the node's service from the same pod (a
     // fresh pod each time: each starts without NAT rules).
-    for (mode, family) in ATTEMPTS {
+    for (mode, family) in attempts {
         let control = attempt(
-            pod(&node).expect("adding a pod").command("python3"),
+            pod(node).expect("adding a pod").command("python3"),
             mode,
             family,
         )
@@ -75,9 +77,9 @@ fn no_packet_of_the_node_service_reaches_a_pod_that_bypasses_connect() {
     let roles = StaticRoles::write(&[A]).expect("writing the static roles");
     let args = roles.args();
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let agent = Agent::start(&node, &refs).expect("starting the agent");
-    for (mode, family) in ATTEMPTS {
-        let pod = pod(&node).expect("adding a pod");
+    let agent = Agent::start(node, &refs).expect("starting the agent");
+    for (mode, family) in attempts {
+        let pod = pod(node).expect("adding a pod");
         let tried = attempt(pod.command("python3"), mode, family)
             .unwrap_or_else(|e| panic!("{mode}/{family}: {e:#}"));
         report.push(format!("with iamlet {mode}/{family}: {tried}"));
@@ -101,21 +103,25 @@ fn no_packet_of_the_node_service_reaches_a_pod_that_bypasses_connect() {
         assert!(!answer.body.contains(NODE_SECRET));
     }
     eprintln!("bypass attempts:\n{}", report.join("\n"));
-    // (Packets to the v4-in-v6 forms are dropped and counted as `imds_v4_in_v6`; no stack
-    // here sends them anywhere, so the unit tests of the decision cover them.)
-    for reason in ["imds_v4", "imds_v6"] {
-        let drops = agent
-            .metric(
-                &node,
-                &format!("iamlet_ebpf_egress_dropped_total{{reason=\"{reason}\"}}"),
-            )
-            .unwrap_or_else(|e| {
-                panic!(
-                    "reading metric iamlet_ebpf_egress_dropped_total{{reason=\"{reason}\"}}: {e:#}"
-                )
-            });
-        assert!(drops > 0.0, "no egress drop counted for {reason}");
-    }
+    agent
+}
+
+#[test]
+fn raw_sockets_get_nothing_from_the_node_service() {
+    skip_unless_privileged!();
+    let node = TestNode::new().expect("creating the test node");
+    let _imds = FakeImds::start(&node).expect("starting the fake IMDS");
+    let agent = attempts_without_and_with_iamlet(&node, RAW_SOCKETS);
+    assert_egress_drops_counted(&node, &agent);
+}
+
+#[test]
+fn no_packet_of_the_node_service_reaches_a_pod_that_bypasses_connect() {
+    skip_unless_privileged!();
+    let node = TestNode::new().expect("creating the test node");
+    let _imds = FakeImds::start(&node).expect("starting the fake IMDS");
+    let agent = attempts_without_and_with_iamlet(&node, DNAT_AND_FRAMES);
+    assert_egress_drops_counted(&node, &agent);
     // The frames written below IP were refused by the node's forwarding guard.
     let mut rules = node
         .run(&["ip", "-4", "rule", "show"])
@@ -131,12 +137,32 @@ fn no_packet_of_the_node_service_reaches_a_pod_that_bypasses_connect() {
         .stdout;
     let ours = rules.lines().filter(|l| l.contains("proto 195")).count();
     assert!(ours == 4, "forwarding guard rules:\n{rules}");
-    // And an SDK in a pod still gets its own credentials.
-    if sdk_available(Sdk::Boto3).is_ok() {
+    // And an SDK in a pod still gets its own credentials (the AWS SDK for Rust).
+    if sdk_available(Sdk::Rust).is_ok() {
         let pod = node
             .add_pod(&iamlet_tests::besteffort_container_cgroup(A.uid, 2))
             .expect("adding the pod");
-        let creds = fetch_credentials(&pod, Sdk::Boto3).expect("credentials through boto3 in pod");
+        let creds =
+            fetch_credentials(&pod, Sdk::Rust).expect("credentials through the Rust SDK in pod");
         assert!(creds.access_key_id == A.access_key, "{creds:?}");
+    }
+}
+
+/// The egress program counted drops of packets to both metadata addresses.
+fn assert_egress_drops_counted(node: &TestNode, agent: &Agent) {
+    // (Packets to the v4-in-v6 forms are dropped and counted as `imds_v4_in_v6`; no stack
+    // here sends them anywhere, so the unit tests of the decision cover them.)
+    for reason in ["imds_v4", "imds_v6"] {
+        let drops = agent
+            .metric(
+                node,
+                &format!("iamlet_ebpf_egress_dropped_total{{reason=\"{reason}\"}}"),
+            )
+            .unwrap_or_else(|e| {
+                panic!(
+                    "reading metric iamlet_ebpf_egress_dropped_total{{reason=\"{reason}\"}}: {e:#}"
+                )
+            });
+        assert!(drops > 0.0, "no egress drop counted for {reason}");
     }
 }
