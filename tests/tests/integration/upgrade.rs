@@ -23,8 +23,10 @@ const KEY: &str = "ASIAUPGRADEEXAMPLE01";
 /// A pod process that fetches one IMDSv2 token, then, like an SDK that caches it, asks for
 /// its role, its credentials and the instance id over fresh connections for `argv[1]`
 /// seconds, and prints a JSON summary.
+/// Asks for credentials in a loop until its stdin closes (or `argv[1]` seconds pass), then
+/// prints a JSON summary.
 const ASKER: &str = r#"
-import http.client, json, sys, time
+import http.client, json, select, sys, time
 seconds = float(sys.argv[1])
 out = {"ok": 0, "errors": [], "keys": {}, "max_ms": 0.0}
 def call(method, path, headers):
@@ -40,7 +42,7 @@ if status != 200:
     out["errors"].append("token: %d %s" % (status, token[:100]))
 h = {"X-aws-ec2-metadata-token": token}
 end = time.time() + seconds
-while time.time() < end:
+while time.time() < end and not select.select([sys.stdin], [], [], 0)[0]:
     t = time.time()
     try:
         status, role = call("GET", "/latest/meta-data/iam/security-credentials/", h)
@@ -203,7 +205,10 @@ fn upgrade_hands_over_without_losing_a_request() {
     );
 
     let mut cmd = pod.command("python3");
-    cmd.args(["-c", ASKER, "9", INSTANCE_ID])
+    // It asks until the test closes its stdin, after the second handover (however long the
+    // agents take to start, under emulation too).
+    cmd.args(["-c", ASKER, "300", INSTANCE_ID])
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped());
     let asker = ChildGuard::spawn(&mut cmd).expect("spawning the asking pod");
     std::thread::sleep(Duration::from_millis(1500));
@@ -227,9 +232,11 @@ fn upgrade_hands_over_without_losing_a_request() {
     std::thread::sleep(Duration::from_millis(1000));
     let status = second.stop().expect("stopping the second agent");
     assert!(status.success(), "second agent exit: {status}");
+    std::thread::sleep(Duration::from_millis(1000));
 
+    let mut asker = asker.into_inner();
+    drop(asker.stdin.take());
     let out = asker
-        .into_inner()
         .wait_with_output()
         .expect("waiting for the asking pod");
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
