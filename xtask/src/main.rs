@@ -201,6 +201,7 @@ fn build_ebpf(root: &Path) -> Result<()> {
     // asm_experimental_arch, unlocked for that crate alone. BTF makes the maps pretty-print.
     let mut cmd = cargo(root);
     cmd.env("RUSTC", setup::DEBIAN_RUSTC)
+        .env("RUSTC_BOOTSTRAP", "aya_ebpf")
         .env("RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf")
         .env_remove("RUSTC_WRAPPER")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
