@@ -248,6 +248,14 @@ pub fn client_command(pod: &FakePod, sdk: Sdk, home: &Path) -> Command {
         .env("PATH", CLIENT_PATH)
         .env("HOME", home)
         .current_dir(home);
+    if sdk == Sdk::Rust && crate::time_scale() > 1 {
+        // Under emulation only: the Rust client stretches the SDK's own timeouts by the same
+        // factor (see `imds-client-rs`). On the host it runs with the SDK's defaults.
+        cmd.env(
+            crate::time_scale::TIME_SCALE_ENV,
+            crate::time_scale().to_string(),
+        );
+    }
     cmd
 }
 

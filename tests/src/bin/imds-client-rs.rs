@@ -1,13 +1,13 @@
 //! `imds-client-rs`: fetches credentials from the instance metadata service with the AWS SDK
-//! for Rust (`aws-config`'s IMDS credentials provider, defaults only) and prints them as one
-//! JSON line: `{"access_key_id", "secret_access_key", "session_token", "expiration",
-//! "fetch_ms"}`.
+//! for Rust (`aws-config`'s IMDS credentials provider, defaults only; under emulation its
+//! timeouts are stretched, see `imds_client`) and prints them as one JSON line:
+//! `{"access_key_id", "secret_access_key", "session_token", "expiration", "fetch_ms"}`.
 //!
 //! The integration tests run it inside a fake pod (`iamlet_tests::clients`) with an empty
 //! environment apart from `PATH` and `HOME` (an empty directory), so the provider uses its
 //! default endpoint `http://169.254.169.254`. The SDK's debug log goes to stderr.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use aws_config::imds::credentials::ImdsCredentialsProvider;
@@ -38,6 +38,24 @@ fn rfc3339(t: SystemTime) -> String {
     )
 }
 
+/// The SDK's IMDS client with its defaults, except under emulation (the kernel-matrix VMs set
+/// `IAMLET_TEST_TIME_SCALE`): there its timeouts (connect and read 1 s, attempt 10 s, operation
+/// 30 s) are multiplied by that factor, as every other time limit of the tests is, since a
+/// debug build under TCG takes seconds just to set up its HTTP client.
+fn imds_client() -> aws_config::imds::Client {
+    let builder = aws_config::imds::Client::builder();
+    let scale = iamlet_tests::time_scale();
+    if scale == 1 {
+        return builder.build();
+    }
+    builder
+        .connect_timeout(Duration::from_secs(1) * scale)
+        .read_timeout(Duration::from_secs(1) * scale)
+        .operation_attempt_timeout(Duration::from_secs(10) * scale)
+        .operation_timeout(Duration::from_secs(30) * scale)
+        .build()
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -48,7 +66,9 @@ async fn main() -> Result<()> {
         ))
         .init();
 
-    let provider = ImdsCredentialsProvider::builder().build();
+    let provider = ImdsCredentialsProvider::builder()
+        .imds_client(imds_client())
+        .build();
     let start = Instant::now();
     let creds = provider
         .provide_credentials()
