@@ -61,10 +61,13 @@ fn bpftool_json(args: &[&str]) -> Result<Value> {
         .args(args)
         .output()
         .context("running bpftool")?;
+    // With `-j`, bpftool reports its errors as JSON on stdout.
     ensure!(
         out.status.success(),
-        "bpftool {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+        "bpftool {args:?} ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
     );
     if out.stdout.iter().all(u8::is_ascii_whitespace) {
         // `bpftool -j cgroup show` prints nothing at all for a cgroup without programs.
