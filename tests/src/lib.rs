@@ -35,6 +35,7 @@
 )]
 
 pub mod agent;
+pub mod bpftool;
 pub mod cgroup;
 pub mod cleanup;
 pub mod clients;

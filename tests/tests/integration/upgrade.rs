@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use iamlet_tests::fake_imds::{INSTANCE_ID, NODE_ACCESS_KEY, NODE_ACCOUNT};
 use iamlet_tests::process::ChildGuard;
 use iamlet_tests::{skip_unless_privileged, Agent, FakeImds, FakePod, TestNode};
@@ -158,27 +158,10 @@ const PROGRAMS: usize = 4;
 
 /// Ids of the programs attached to the node's pods cgroup.
 fn attached_programs(node: &TestNode) -> Result<Vec<u64>> {
-    let cgroup = node
-        .pods_cgroup()
-        .to_str()
-        .context("utf-8 path")?
-        .to_owned();
-    let out = std::process::Command::new("bpftool")
-        .args(["-j", "cgroup", "show", &cgroup])
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if text.trim().is_empty() {
-        return Ok(Vec::new());
-    }
-    let v: Value = serde_json::from_str(&text).with_context(|| format!("bpftool: {text}"))?;
-    let mut ids: Vec<u64> = v
-        .as_array()
+    Ok(iamlet_tests::bpftool::cgroup_programs(node.pods_cgroup())?
         .into_iter()
-        .flatten()
-        .filter_map(|p| p["id"].as_u64())
-        .collect();
-    ids.sort_unstable();
-    Ok(ids)
+        .map(|p| p.id)
+        .collect())
 }
 
 #[test]
