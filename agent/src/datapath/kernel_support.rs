@@ -30,7 +30,7 @@ pub enum Unsupported {
         source: io::Error,
     },
     /// This process may not load eBPF programs at all.
-    #[error("no permission to load eBPF programs ({source}): the agent needs CAP_BPF and CAP_NET_ADMIN (or CAP_SYS_ADMIN)")]
+    #[error("no permission to load eBPF programs ({source}): the agent needs CAP_BPF and CAP_NET_ADMIN (or CAP_SYS_ADMIN), and before Linux 5.11 CAP_SYS_RESOURCE to lift its locked-memory limit")]
     Permission {
         /// The kernel's answer.
         #[source]
@@ -41,6 +41,32 @@ pub enum Unsupported {
 /// Since when cgroup programs can be attached through a `bpf_link` (and swapped in place by
 /// `BPF_LINK_UPDATE`, which the upgrade handover relies on).
 const CGROUP_LINKS_SINCE: &str = "5.7";
+
+/// Lifts the locked-memory limit. Before Linux 5.11, the kernel charges eBPF programs and maps
+/// to the user's `RLIMIT_MEMLOCK` (later kernels charge the cgroup's memory instead), and all
+/// of root's processes share that count: on 5.10 a successor or an adopting agent, loading
+/// while the programs and maps of the one before are still there, was refused with `EPERM`.
+/// Raising it needs `CAP_SYS_RESOURCE`; without it the limit is kept, which later kernels
+/// ignore anyway.
+pub(crate) fn lift_memlock_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let from = getrlimit(Resource::Memlock);
+    if from.current.is_none() {
+        return;
+    }
+    let unlimited = Rlimit {
+        current: None,
+        maximum: None,
+    };
+    match setrlimit(Resource::Memlock, unlimited) {
+        Ok(()) => tracing::debug!(from = ?from.current, "lifted the locked-memory limit"),
+        Err(e) => tracing::debug!(
+            error = %e,
+            limit = ?from.current,
+            "could not lift the locked-memory limit (needed for eBPF before Linux 5.11 only)"
+        ),
+    }
+}
 
 /// Checks every hook of [`HOOKS`].
 pub(crate) fn check() -> Result<(), Unsupported> {

@@ -268,6 +268,7 @@ impl Datapath {
         if EBPF_OBJECT.is_empty() {
             return Err(Error::NoPrograms);
         }
+        kernel_support::lift_memlock_limit();
         kernel_support::check()?;
         let value = config_value(cfg.listen_v4, cfg.listen_v6, cfg.exempt_cgroup_ids)?;
         bpffs::ensure(&cfg.pin_dir)?;

@@ -200,7 +200,7 @@ fn daemonset_security_context_and_resources() {
         .collect();
     assert_eq!(
         added,
-        BTreeSet::from(["BPF", "NET_ADMIN", "PERFMON", "SYS_ADMIN"])
+        BTreeSet::from(["BPF", "NET_ADMIN", "PERFMON", "SYS_ADMIN", "SYS_RESOURCE"])
     );
     // The API server rejects allowPrivilegeEscalation: false together with SYS_ADMIN.
     assert_ne!(sc.allow_privilege_escalation, Some(false));
