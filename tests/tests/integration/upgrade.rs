@@ -80,7 +80,11 @@ struct Files {
 
 impl Files {
     fn write() -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!("iamlet-upgrade-test-{}", std::process::id()));
+        // One directory per test (tests of one process may run at once; each removes its own).
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("iamlet-upgrade-test-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         std::fs::write(
             dir.join("bindings.yaml"),
