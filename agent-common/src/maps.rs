@@ -73,6 +73,28 @@ pub struct ConfigV1 {
     pub _pad: u32,
 }
 
+impl ConfigV1 {
+    /// This config with `id` among its exemptions, or `None` when it is there already (or is
+    /// 0). A free slot is taken first; otherwise the last slot that does not hold `keep` is
+    /// overwritten. A successor (or an adopting agent) writes itself into the pinned config
+    /// of the programs still attached, whose owner `keep` is, so that its own connects to the
+    /// metadata service reach it before its own programs replace those.
+    #[must_use]
+    pub fn with_exemption(self, id: u64, keep: u64) -> Option<ConfigV1> {
+        if id == 0 || self.exempt_cgroup_ids.contains(&id) {
+            return None;
+        }
+        let ids = self.exempt_cgroup_ids;
+        let slot = ids
+            .iter()
+            .position(|&e| e == 0)
+            .or_else(|| ids.iter().rposition(|&e| e != keep))?;
+        let mut next = self;
+        next.exempt_cgroup_ids[slot] = id;
+        Some(next)
+    }
+}
+
 /// `ConnInfoV1::kind`: the connect was aimed at the metadata service and rewritten.
 pub const CONN_KIND_REDIRECTED: u32 = 1;
 /// `ConnInfoV1::kind`: the connect was aimed straight at the proxy's own address.
@@ -152,6 +174,60 @@ pub const COUNTER_COUNT: u32 = 12;
 mod tests {
     use super::*;
     use core::mem::{align_of, size_of};
+
+    fn exempting(ids: [u64; EXEMPT_SLOTS]) -> ConfigV1 {
+        ConfigV1 {
+            exempt_cgroup_ids: ids,
+            v4_addr: 7,
+            flags: CONFIG_FLAG_V4,
+            v4_port: 8181,
+            ..ConfigV1::default()
+        }
+    }
+
+    #[test]
+    fn a_successor_takes_a_free_slot_or_the_one_its_predecessor_does_not_hold() {
+        // The running agent B exempts itself and its own predecessor A: C replaces A.
+        let next = exempting([11, 10]).with_exemption(12, 11).expect("changed");
+        assert_eq!(next.exempt_cgroup_ids, [11, 12]);
+        assert_eq!(
+            (next.v4_addr, next.v4_port, next.flags),
+            (7, 8181, CONFIG_FLAG_V4)
+        );
+        // B had no predecessor, or runs outside the attached cgroup.
+        assert_eq!(
+            exempting([11, 0])
+                .with_exemption(12, 11)
+                .map(|c| c.exempt_cgroup_ids),
+            Some([11, 12])
+        );
+        assert_eq!(
+            exempting([0, 0])
+                .with_exemption(12, 0)
+                .map(|c| c.exempt_cgroup_ids),
+            Some([12, 0])
+        );
+        // Adopting a crashed agent's programs (no predecessor to keep): the last slot.
+        assert_eq!(
+            exempting([11, 10])
+                .with_exemption(12, 0)
+                .map(|c| c.exempt_cgroup_ids),
+            Some([11, 12])
+        );
+        // The predecessor's own id is kept even when it sits in the last slot.
+        assert_eq!(
+            exempting([10, 11])
+                .with_exemption(12, 11)
+                .map(|c| c.exempt_cgroup_ids),
+            Some([12, 11])
+        );
+    }
+
+    #[test]
+    fn nothing_changes_for_an_exempt_id_or_none() {
+        assert_eq!(exempting([11, 12]).with_exemption(12, 11), None);
+        assert_eq!(exempting([11, 10]).with_exemption(0, 11), None);
+    }
 
     #[test]
     fn layouts_have_no_implicit_padding() {

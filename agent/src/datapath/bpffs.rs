@@ -5,8 +5,8 @@ use std::path::Path;
 use std::process::Command;
 
 use agent_common::maps::{CONFIG_MAP, COOKIES_MAP, COUNTERS_MAP, LEGACY_COUNTERS_MAP, PEERS_MAP};
-use agent_common::{ConnInfoV1, PeerKeyV1};
-use aya::maps::{HashMap, MapData};
+use agent_common::{ConfigV1, ConnInfoV1, PeerKeyV1};
+use aya::maps::{Array, HashMap, MapData};
 
 use super::Error;
 
@@ -46,6 +46,44 @@ pub(crate) fn open_previous_peers(path: &Path) -> Option<HashMap<MapData, PeerKe
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "ignoring an unusable pinned peers map");
             None
+        }
+    }
+}
+
+/// Exempts this agent's cgroup `own` in the config map an earlier agent pinned at `path`,
+/// whose programs stay attached until [`super::Datapath::attach`] replaces them; `keep` is that
+/// agent's own cgroup id (0 when it is gone or runs outside the attached cgroup). Without
+/// this, the new agent's connects to the metadata service while it starts (the node's
+/// `iam/info` for bare role names, its upstream token) would be redirected to the proxy.
+/// Only the exemption slots change; the programs read the rest as before.
+pub(crate) fn exempt_in_pinned_config(path: &Path, own: u64, keep: u64) {
+    if own == 0 || !path.exists() {
+        return;
+    }
+    let opened = MapData::from_pin(path)
+        .and_then(aya::maps::Map::from_map_data)
+        .and_then(Array::<MapData, ConfigV1>::try_from);
+    let mut config = match opened {
+        Ok(map) => map,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "could not open the pinned config map to exempt this agent; its own metadata requests may be redirected until it takes over");
+            return;
+        }
+    };
+    let written = config
+        .get(&0, 0)
+        .and_then(|current| match current.with_exemption(own, keep) {
+            Some(next) => config.set(0, next, 0).map(|()| true),
+            None => Ok(false),
+        });
+    match written {
+        Ok(true) => tracing::info!(
+            cgroup_id = own,
+            "exempted this agent in the attached programs' config until its own replace them"
+        ),
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "could not exempt this agent in the pinned config map; its own metadata requests may be redirected until it takes over");
         }
     }
 }

@@ -292,6 +292,8 @@ impl Datapath {
             prog_ids.push(load_program(&mut ebpf, &hook)?);
         }
 
+        let [own, predecessor] = cfg.exempt_cgroup_ids;
+        bpffs::exempt_in_pinned_config(&cfg.pin_dir.join(CONFIG_MAP), own, predecessor);
         let previous = bpffs::open_previous_peers(&cfg.pin_dir.join(PEERS_MAP)).map(|peers| {
             tracing::info!("found a predecessor's peers map; consulting it during the switch-over");
             Previous { peers, until: None }

@@ -17,14 +17,20 @@ use iamlet_tests::{skip_unless_privileged, Agent, FakeImds, FakePod, TestNode};
 use serde_json::Value;
 
 const UID: &str = "7a7a7a7a-1b1b-4c2c-8d3d-4e4e4e4e4e4e";
-const ROLE: &str = "arn:aws:iam::123456789012:role/upgrade-app";
+/// The pod's role, bound by its bare name: each agent expands it with the node's account,
+/// which it reads from the metadata service's `iam/info` as it starts. During a handover
+/// that read goes out under the predecessor's programs, so the predecessor's config must
+/// exempt the successor by then (or the read is redirected to the proxy and refused).
+const ROLE_NAME: &str = "upgrade-app";
+/// The role ARN `ROLE_NAME` expands to (the fake node's account).
+fn role_arn() -> String {
+    format!("arn:aws:iam::{NODE_ACCOUNT}:role/{ROLE_NAME}")
+}
 const KEY: &str = "ASIAUPGRADEEXAMPLE01";
 
 /// A pod process that fetches one IMDSv2 token, then, like an SDK that caches it, asks for
-/// its role, its credentials and the instance id over fresh connections for `argv[1]`
-/// seconds, and prints a JSON summary.
-/// Asks for credentials in a loop until its stdin closes (or `argv[1]` seconds pass), then
-/// prints a JSON summary.
+/// its role, its credentials and the instance id over fresh connections until its stdin
+/// closes (or `argv[1]` seconds pass), and prints a JSON summary.
 const ASKER: &str = r#"
 import http.client, json, select, sys, time
 seconds = float(sys.argv[1])
@@ -89,13 +95,13 @@ impl Files {
         std::fs::write(
             dir.join("bindings.yaml"),
             format!(
-                "bindings:\n  - cgroup: \"**/kubepods-besteffort-pod{}.slice\"\n    role: {ROLE}\n",
+                "bindings:\n  - cgroup: \"**/kubepods-besteffort-pod{}.slice\"\n    role: {ROLE_NAME}\n",
                 UID.replace('-', "_")
             ),
         )?;
         std::fs::write(
             dir.join("creds.yaml"),
-            format!("credentials:\n  {ROLE}:\n    access_key_id: {KEY}\n    secret_access_key: s\n    session_token: t\n"),
+            format!("credentials:\n  {}:\n    access_key_id: {KEY}\n    secret_access_key: s\n    session_token: t\n", role_arn()),
         )?;
         Ok(Files { dir })
     }
@@ -287,7 +293,17 @@ fn exit_or_crash_without_successor_fails_closed_and_the_next_agent_adopts() {
         }
     };
 
-    let mut agent = Agent::start(&node, &refs(&files.args(&[]))).expect("starting the agent");
+    // Each agent runs in a host-network pod of its own below the attached cgroup, as a
+    // restarted DaemonSet pod does: an adopting agent's own start-up requests (the node's
+    // `iam/info`) go out under the programs it is about to adopt.
+    let agent_pods: Vec<FakePod> = (1..=3)
+        .map(|i| {
+            node.add_host_network_pod(&format!("kubepods-burstable.slice/iamlet-agent-{i}.scope"))
+        })
+        .collect::<Result<_>>()
+        .expect("adding the agents' host-network pods");
+    let mut agent = Agent::start_in_pod(&node, &agent_pods[0], &refs(&files.args(&[])))
+        .expect("starting the agent");
     served("first agent");
     let status = agent.stop().expect("stopping the first agent");
     assert!(status.success(), "exit status {status}");
@@ -301,8 +317,9 @@ fn exit_or_crash_without_successor_fails_closed_and_the_next_agent_adopts() {
     refused("after a clean exit");
 
     // The next agent adopts the pinned links (no handover partner: the first one is gone).
-    let mut next = Agent::start_successor(&node, &agent, &refs(&files.args(&[])))
-        .expect("starting the adopting agent");
+    let mut next =
+        Agent::start_successor_in_pod(&node, &agent_pods[1], &agent, &refs(&files.args(&[])))
+            .expect("starting the adopting agent");
     assert!(
         next.log_text().contains("Adopted"),
         "links not adopted:\n{}",
@@ -325,9 +342,13 @@ fn exit_or_crash_without_successor_fails_closed_and_the_next_agent_adopts() {
         "programs gone after a crash"
     );
     refused("after a crash");
-    let mut last =
-        Agent::start_successor(&node, &next, &refs(&files.args(&["--on-exit", "detach"])))
-            .expect("starting the agent after the crash");
+    let mut last = Agent::start_successor_in_pod(
+        &node,
+        &agent_pods[2],
+        &next,
+        &refs(&files.args(&["--on-exit", "detach"])),
+    )
+    .expect("starting the agent after the crash");
     served("agent after the crash");
 
     // Control: --on-exit detach removes everything, and then the pod does reach the metadata
