@@ -2,8 +2,8 @@
 //!
 //! * `setup` installs what a fresh Debian 12 machine lacks (idempotent; says what it does).
 //! * `build-ebpf` builds `agent-ebpf` for bpfel-unknown-none with BTF, for `iamlet` to embed.
-//! * `test` runs setup, build-ebpf, fmt --check, clippy, unit tests and the privileged
-//!   integration tests (serially).
+//! * `test` runs setup, build-ebpf, fmt --check, clippy, unit tests, the privileged
+//!   integration tests (serially), the fuzz targets briefly, the demo, and the kernel matrix.
 //! * `demo` runs the main job locally on fake pods.
 //! * `bench` runs a benchmark, side by side with its baseline.
 //! * `fuzz` builds and runs the fuzz targets (see `fuzz`).
@@ -34,7 +34,8 @@ enum Cmd {
     Setup,
     /// Build the eBPF object (target/ebpf/bpfel-unknown-none/release/agent-ebpf).
     BuildEbpf,
-    /// Everything CI runs: setup, build-ebpf, fmt, clippy, unit and privileged tests.
+    /// Everything CI runs: setup, build-ebpf, fmt, clippy, unit and privileged tests, the fuzz
+    /// targets, the demo and the kernel matrix (`vm-test --kernel all`).
     Test {
         /// Only run integration tests whose name contains this; a test's name is its module
         /// path, so `kube_churn::` runs one area (see tests/tests/integration/main.rs).
@@ -105,7 +106,7 @@ fn main() -> Result<()> {
                 Some(n) => fuzz::Budget::Runs(n),
                 None => fuzz::Budget::Seconds(seconds),
             };
-            fuzz::run(&root, budget, &targets)
+            fuzz::run(&root, fuzz::Build::Thorough, budget, &targets)
         }
         Cmd::Demo => {
             setup::run(&root)?;
@@ -316,9 +317,17 @@ fn test(root: &Path, filter: Option<&str>, no_setup: bool) -> Result<()> {
     }
     run(&mut cmd)?;
     // Every fuzz target, briefly, from its committed corpus.
-    fuzz::run(root, fuzz::Budget::Seconds(FUZZ_SECONDS_IN_CI), &[])?;
+    fuzz::run(
+        root,
+        fuzz::Build::Quick,
+        fuzz::Budget::Seconds(FUZZ_SECONDS_IN_CI),
+        &[],
+    )?;
     // The README's first command must keep working: run the demo too.
-    run_tests_bin(root, "iamlet-demo", &[])
+    run_tests_bin(root, "iamlet-demo", &[])?;
+    // The kernel-sensitive tests on the kernels EKS nodes run, each in a VM.
+    let outcomes = vm_test(root, vm::kernels::KERNELS, &[])?;
+    vm::report(&outcomes)
 }
 
 /// Seconds each fuzz target runs in `cargo xtask test`.
