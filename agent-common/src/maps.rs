@@ -194,33 +194,19 @@ mod tests {
             (next.v4_addr, next.v4_port, next.flags),
             (7, 8181, CONFIG_FLAG_V4)
         );
-        // B had no predecessor, or runs outside the attached cgroup.
-        assert_eq!(
-            exempting([11, 0])
-                .with_exemption(12, 11)
-                .map(|c| c.exempt_cgroup_ids),
-            Some([11, 12])
-        );
-        assert_eq!(
-            exempting([0, 0])
-                .with_exemption(12, 0)
-                .map(|c| c.exempt_cgroup_ids),
-            Some([12, 0])
-        );
-        // Adopting a crashed agent's programs (no predecessor to keep): the last slot.
-        assert_eq!(
-            exempting([11, 10])
-                .with_exemption(12, 0)
-                .map(|c| c.exempt_cgroup_ids),
-            Some([11, 12])
-        );
-        // The predecessor's own id is kept even when it sits in the last slot.
-        assert_eq!(
-            exempting([10, 11])
-                .with_exemption(12, 11)
-                .map(|c| c.exempt_cgroup_ids),
-            Some([12, 11])
-        );
+        let cases = [
+            // B had no predecessor, or runs outside the attached cgroup.
+            ([11, 0], 11, [11, 12]),
+            ([0, 0], 0, [12, 0]),
+            // Adopting a crashed agent's programs (no predecessor to keep): the last slot.
+            ([11, 10], 0, [11, 12]),
+            // The predecessor's own id is kept even when it sits in the last slot.
+            ([10, 11], 11, [12, 11]),
+        ];
+        for (before, keep, after) in cases {
+            let next = exempting(before).with_exemption(12, keep);
+            assert_eq!(next.map(|c| c.exempt_cgroup_ids), Some(after), "{before:?}");
+        }
     }
 
     #[test]

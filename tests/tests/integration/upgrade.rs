@@ -163,6 +163,16 @@ fn fetch_credentials(pod: &FakePod) -> Result<String> {
     Ok(doc.body)
 }
 
+/// Three host-network pods below the attached cgroup, one per agent, as DaemonSet pods are.
+fn agent_pods(node: &TestNode) -> Vec<FakePod> {
+    (1..=3)
+        .map(|i| {
+            node.add_host_network_pod(&format!("kubepods-burstable.slice/iamlet-agent-{i}.scope"))
+        })
+        .collect::<Result<_>>()
+        .expect("adding the agents' host-network pods")
+}
+
 /// How many programs an agent attaches (connect4, connect6, `sock_ops`, `cgroup_skb` egress).
 const PROGRAMS: usize = 4;
 
@@ -183,12 +193,7 @@ fn upgrade_hands_over_without_losing_a_request() {
     let pod = node.add_pod(&pod_cgroup()).expect("adding the pod");
     // Each agent runs in its own host-network pod below the attached cgroup, as DaemonSet
     // pods do, so each must be exempt from the redirect (and its predecessor too).
-    let agent_pods: Vec<FakePod> = (1..=3)
-        .map(|i| {
-            node.add_host_network_pod(&format!("kubepods-burstable.slice/iamlet-agent-{i}.scope"))
-        })
-        .collect::<Result<_>>()
-        .expect("adding the agents' host-network pods");
+    let agent_pods = agent_pods(&node);
     let mut first = Agent::start_in_pod(&node, &agent_pods[0], &refs(&files.args(&[])))
         .expect("starting the first agent");
     let programs_first = attached_programs(&node).expect("the attached programs");
@@ -296,12 +301,7 @@ fn exit_or_crash_without_successor_fails_closed_and_the_next_agent_adopts() {
     // Each agent runs in a host-network pod of its own below the attached cgroup, as a
     // restarted DaemonSet pod does: an adopting agent's own start-up requests (the node's
     // `iam/info`) go out under the programs it is about to adopt.
-    let agent_pods: Vec<FakePod> = (1..=3)
-        .map(|i| {
-            node.add_host_network_pod(&format!("kubepods-burstable.slice/iamlet-agent-{i}.scope"))
-        })
-        .collect::<Result<_>>()
-        .expect("adding the agents' host-network pods");
+    let agent_pods = agent_pods(&node);
     let mut agent = Agent::start_in_pod(&node, &agent_pods[0], &refs(&files.args(&[])))
         .expect("starting the agent");
     served("first agent");
