@@ -19,6 +19,7 @@ use crate::role::kubernetes as k8s;
 use crate::role::kubernetes::pod_index::PodIndex;
 use crate::role::{NoRoles, RoleResolver};
 use crate::server::admin::Admin;
+use crate::server::heap_trim::TrimRequests;
 use crate::server::proxy::Proxy;
 use crate::server::{self, AcceptControl, ServerLimits};
 use crate::telemetry::metrics::{self, Metrics};
@@ -308,6 +309,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let accept = AcceptControl::default();
     let mut tasks = Vec::new();
+    let trims = TrimRequests::default();
     tasks.push(tokio::spawn(refresh_index(index.clone(), stop_rx.clone())));
     let pods = kube.as_ref().map(|k| k.index.clone());
     if let Some(k) = kube {
@@ -317,6 +319,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
             k.node,
             k.state,
             sts_cache.clone(),
+            trims.clone(),
             stop_rx.clone(),
         )));
     }
@@ -350,8 +353,11 @@ pub async fn run(config: Config) -> Result<(), Error> {
             held.clone(),
         )));
     }
+    // Start-up is done: what it freed goes back (see heap_trim).
+    trims.request();
     tasks.push(tokio::spawn(crate::server::heap_trim::run(
         held.clone(),
+        trims,
         stop_rx.clone(),
     )));
     tracing::info!(listen = %config.runtime.admin_listen, "admin server listening");

@@ -37,7 +37,7 @@ use agent_common::{
 };
 use aya::maps::{Array, HashMap, IterableMap, MapData, MapError, PerCpuArray};
 use aya::programs::{CgroupSkb, CgroupSockAddr, ProgramError, SockOps};
-use aya::Ebpf;
+use aya::{Ebpf, EbpfLoader};
 
 mod bpffs;
 pub(crate) mod forward_guard;
@@ -529,13 +529,21 @@ fn map_data(map: &aya::maps::Map) -> Option<&MapData> {
 
 /// Parses and loads the embedded object (an empty stub, embedded when the object was missing
 /// at build time, is refused with what to do).
+///
+/// The kernel's own BTF is not read: iamlet's programs have no CO-RE relocations (a unit
+/// test checks the object), and aya's default loader would parse all of
+/// `/sys/kernel/btf/vmlinux` (5.5 MB on 6.18, some 150,000 types) only to find nothing to
+/// relocate. That parse was most of the agent's start-up memory peak.
 fn load_object(object: &[u8]) -> Result<Ebpf, Error> {
     if object.is_empty() {
         return Err(Error::NoPrograms);
     }
-    Ebpf::load(object).map_err(|e| Error::Load {
-        source: Box::new(e),
-    })
+    EbpfLoader::new()
+        .btf(None)
+        .load(object)
+        .map_err(|e| Error::Load {
+            source: Box::new(e),
+        })
 }
 
 /// Loads the program of `hook` and returns its kernel id.

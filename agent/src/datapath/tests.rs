@@ -26,6 +26,21 @@ fn a_stub_object_is_refused_with_what_to_do() {
 }
 
 #[test]
+fn the_object_needs_no_kernel_btf() {
+    // `load_object` skips the kernel's BTF; a CO-RE relocation would then go unresolved.
+    if EBPF_OBJECT.is_empty() {
+        eprintln!("no eBPF object embedded (cargo xtask build-ebpf); nothing to check");
+        return;
+    }
+    let object = aya_obj::Object::parse(EBPF_OBJECT).expect("the embedded object parses");
+    assert!(
+        !object.has_btf_relocations(),
+        "the eBPF programs now have CO-RE relocations: load_object must pass the kernel's BTF \
+         (aya::Btf::from_sys_fs) to the loader"
+    );
+}
+
+#[test]
 fn mapped_peers_are_keyed_as_ipv4() {
     let v4: SocketAddr = "198.18.1.2:40000".parse().expect("addr");
     let mapped: SocketAddr = "[::ffff:198.18.1.2]:40000".parse().expect("addr");

@@ -19,6 +19,7 @@ use tokio::sync::watch as signal;
 use crate::credentials::sts_cache::StsCache;
 use crate::role::kubernetes::cluster_state::{ClusterState, Effect};
 use crate::role::kubernetes::policy::PodInfo;
+use crate::server::heap_trim::TrimRequests;
 
 /// The pod metadata the rules need.
 pub(crate) fn pod_info(pod: &Pod) -> Option<PodInfo> {
@@ -93,6 +94,7 @@ pub(crate) async fn run(
     node: String,
     mut state: ClusterState,
     sts_cache: Option<StsCache>,
+    trims: TrimRequests,
     mut stop: signal::Receiver<bool>,
 ) {
     let recorder = Recorder::new(
@@ -147,6 +149,7 @@ pub(crate) async fn run(
                 Ok(Event::Init) => { ns_buf = Some(HashMap::new()); Vec::new() }
                 Ok(Event::InitDone) => {
                     ns_synced = true;
+                    trims.request();
                     state.replace_namespaces(ns_buf.take().unwrap_or_default())
                 }
                 Err(e) => { tracing::warn!(error = %e, "namespace watch"); Vec::new() }
@@ -163,6 +166,7 @@ pub(crate) async fn run(
                 Ok(Event::Init) => { sa_buf = Some(HashMap::new()); Vec::new() }
                 Ok(Event::InitDone) => {
                     sa_synced = true;
+                    trims.request();
                     state.replace_service_accounts(sa_buf.take().unwrap_or_default())
                 }
                 Err(e) => { tracing::warn!(error = %e, "service account watch"); Vec::new() }
@@ -181,7 +185,11 @@ pub(crate) async fn run(
                     None => Vec::new(),
                 },
                 Ok(Event::Init) => { pod_buf = Some(Vec::new()); Vec::new() }
-                Ok(Event::InitDone) => state.replace_pods(pod_buf.take().unwrap_or_default()),
+                Ok(Event::InitDone) => {
+                    // The list was decoded whole and is dropped now (see heap_trim).
+                    trims.request();
+                    state.replace_pods(pod_buf.take().unwrap_or_default())
+                }
                 Err(e) => { tracing::warn!(error = %e, "pod watch"); Vec::new() }
             },
         };

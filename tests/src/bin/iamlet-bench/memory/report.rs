@@ -2,6 +2,11 @@
 
 use super::{median, Duration, Field, Mem, Mode, Reading, MEM_ROWS, PODS};
 
+/// Goal: the loaded agent's anonymous memory after load (served twice), in KiB.
+const GOAL_RSS_ANON_KIB: f64 = 10.0 * 1024.0;
+/// Goal: the loaded agent's peak resident memory, start-up included, in KiB.
+const GOAL_HWM_KIB: f64 = 32.0 * 1024.0;
+
 /// Readings of one stage over the rounds.
 #[derive(Default)]
 pub(super) struct Stage {
@@ -134,6 +139,16 @@ pub(super) fn report(mode: Mode, r: &Results) {
         let v: Vec<String> = s.runs.iter().map(|m| m.rss_anon.to_string()).collect();
         v.join(" ")
     };
+    let goal = |name: &str, value: f64, limit: f64| {
+        let verdict = if value <= limit { "met" } else { "NOT met" };
+        println!(
+            "goal {name} <= {:.0} MB after load: {verdict} ({:.1} MB)",
+            limit / 1024.0,
+            value / 1024.0
+        );
+    };
+    goal("RssAnon", r.again.median(|m| m.rss_anon), GOAL_RSS_ANON_KIB);
+    goal("VmHWM", r.again.median(|m| m.hwm), GOAL_HWM_KIB);
     println!(
         "baseline RssAnon per round: [{}]; after malloc_trim(0): [{}]",
         per(&r.base),
