@@ -75,6 +75,10 @@ enum Cmd {
         /// `imds` only: an older build of the agent to measure side by side (same rounds).
         #[arg(long)]
         baseline: Option<PathBuf>,
+        /// `imds` only: `shared` (wrk and the servers on every CPU) or `split` (wrk on CPU 0,
+        /// each server on CPU 1).
+        #[arg(long, default_value = "shared")]
+        cpus: String,
     },
 }
 
@@ -120,10 +124,15 @@ fn main() -> Result<()> {
             let outcomes = vm_test(&root, &kernels, &filters)?;
             vm::report(&outcomes)
         }
-        Cmd::Bench { which, baseline } => {
+        Cmd::Bench {
+            which,
+            baseline,
+            cpus,
+        } => {
             if let Some(b) = &baseline {
                 std::env::set_var("IAMLET_BASELINE_BIN", b);
             }
+            std::env::set_var("IAMLET_BENCH_CPUS", cpus);
             setup::run(&root)?;
             build_ebpf(&root)?;
             build_agent(&root)?;

@@ -1,17 +1,17 @@
 //! `imds`: iamlet against nginx serving the same bytes.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use iamlet_tests::{
-    require_privileges, run_with_timeout, Agent, ChildGuard, FakePod, TestNode, IMDS_V4,
-    NODE_PROXY_V4,
+    require_privileges, run_with_timeout, Agent, FakePod, TestNode, IMDS_V4, NODE_PROXY_V4,
 };
 
-use crate::wrk::{report, run_wrk, Series, Server};
+use crate::imds_report::{report, summary};
+use crate::nginx::start_nginx;
+use crate::wrk::{run_wrk, Load, Placement, Series, Server, LATENCY_HOOK, WRK_SECONDS};
 
 /// The benchmark pod's UID; its cgroup is laid out as the kubelet's systemd driver does.
 pub(crate) const BENCH_POD_UID: &str = "3f2e1d0c-b9a8-4765-8432-10fedcba9876";
@@ -19,19 +19,24 @@ pub(crate) const BENCH_ROLE: &str = "bench-app";
 pub(crate) const BENCH_ROLE_ARN: &str = "arn:aws:iam::123456789012:role/bench-app";
 /// nginx listens next to iamlet's listener (same address, other port): the same hop.
 pub(crate) const NGINX_PORT: u16 = 8080;
-pub(crate) const WRK_THREADS: u32 = 2;
-pub(crate) const WRK_CONNECTIONS: u32 = 8;
-pub(crate) const WRK_SECONDS: u32 = 5;
+/// The loads every scenario runs at: 8 connections over 2 wrk threads, and 1 connection (each
+/// request waits for the one before: latency alone).
+pub(crate) const LOADS: [Load; 2] = [
+    Load {
+        connections: 8,
+        threads: 2,
+    },
+    Load {
+        connections: 1,
+        threads: 1,
+    },
+];
 pub(crate) const IMDS_ROUNDS: usize = 3;
 pub(crate) const TOKEN_PATH: &str = "/latest/api/token";
 pub(crate) const ROLES_PATH: &str = "/latest/meta-data/iam/security-credentials/";
 pub(crate) const TTL_HEADER: &str = "X-aws-ec2-metadata-token-ttl-seconds: 21600";
-/// Target: iamlet's throughput at least this fraction of nginx's.
-pub(crate) const TARGET_RATIO: f64 = 0.8;
-/// Target: iamlet's p99 latency at most this, in µs, at [`WRK_CONNECTIONS`] connections.
-pub(crate) const TARGET_P99_US: f64 = 1000.0;
 
-fn creds_path() -> String {
+pub(crate) fn creds_path() -> String {
     format!("{ROLES_PATH}{BENCH_ROLE}")
 }
 
@@ -45,7 +50,7 @@ fn bench_session_token() -> String {
 }
 
 /// A private directory under the temp dir, removed on drop.
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(pub(crate) PathBuf);
 
 impl TempDir {
     fn new(label: &str) -> Result<TempDir> {
@@ -57,7 +62,7 @@ impl TempDir {
         Ok(TempDir(dir))
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.0.join(name)
     }
 }
@@ -66,105 +71,6 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// nginx (master + workers) in the node namespace; asked to quit on drop, killed if it does
-/// not (the node namespace's removal kills any worker left).
-struct Nginx {
-    master: ChildGuard,
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let pid = self.master.id().to_string();
-        let _ = Command::new("kill")
-            .args(["-QUIT", &pid])
-            .stderr(std::process::Stdio::null())
-            .status();
-        if !matches!(
-            self.master.wait_timeout(Duration::from_secs(5)),
-            Ok(Some(_))
-        ) {
-            eprintln!("nginx {pid} did not quit; killing it");
-        }
-    }
-}
-
-/// Text for a double-quoted nginx string (`return 200 "..."`).
-fn nginx_quoted(s: &str) -> Result<String> {
-    ensure!(
-        s.chars()
-            .all(|c| c.is_ascii_graphic() && c != '"' && c != '\\' && c != '$'),
-        "token {s:?} has characters the nginx config would need to escape"
-    );
-    Ok(format!("\"{s}\""))
-}
-
-fn start_nginx(node: &TestNode, dir: &TempDir, token: &str) -> Result<Nginx> {
-    let d = dir.0.display();
-    for t in ["body", "proxy", "fastcgi", "uwsgi", "scgi"] {
-        std::fs::create_dir_all(dir.path(&format!("tmp/{t}")))?;
-    }
-    let conf = format!(
-        r"worker_processes auto;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    server_tokens off;
-    sendfile on;
-    tcp_nodelay on;
-    keepalive_requests 100000000;
-    keepalive_timeout 65s;
-    open_file_cache max=16 inactive=1h;
-    open_file_cache_valid 1h;
-    types {{ }}
-    default_type text/plain;
-    client_body_temp_path {d}/tmp/body;
-    proxy_temp_path {d}/tmp/proxy;
-    fastcgi_temp_path {d}/tmp/fastcgi;
-    uwsgi_temp_path {d}/tmp/uwsgi;
-    scgi_temp_path {d}/tmp/scgi;
-    server {{
-        listen {NODE_PROXY_V4}:{NGINX_PORT};
-        root {d}/www;
-        location = {TOKEN_PATH} {{ return 200 {token}; }}
-        location = {ROLES_PATH} {{ try_files /roles =404; }}
-        location = {creds} {{ try_files /creds =404; }}
-        location / {{ return 404; }}
-    }}
-}}
-",
-        token = nginx_quoted(token)?,
-        creds = creds_path(),
-    );
-    let conf_path = dir.path("nginx.conf");
-    std::fs::write(&conf_path, conf)?;
-    let mut cmd = node.command("nginx");
-    cmd.arg("-p")
-        .arg(&dir.0)
-        .arg("-e")
-        .arg(dir.path("error.log"))
-        .arg("-c")
-        .arg(&conf_path)
-        .args(["-g", "daemon off;"])
-        .stdin(std::process::Stdio::null());
-    let mut nginx = Nginx {
-        master: ChildGuard::spawn(&mut cmd).context("starting nginx (apt-get install nginx)")?,
-    };
-    let addr = SocketAddr::new(NODE_PROXY_V4.into(), NGINX_PORT);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while let Err(e) = node.wait_listening(addr, Duration::from_millis(100)) {
-        let exited = nginx.master.try_wait()?;
-        if exited.is_some() || Instant::now() > deadline {
-            let log = std::fs::read_to_string(dir.path("error.log")).unwrap_or_default();
-            return Err(e.context(format!(
-                "nginx did not start ({exited:?}); its error log:\n{log}"
-            )));
-        }
-    }
-    Ok(nginx)
 }
 
 /// One request from inside the pod with curl; returns the status and the exact body bytes.
@@ -276,7 +182,7 @@ response = function(status, headers, body)
         token = body
     end
 end
-"#
+{LATENCY_HOOK}"#
     )
 }
 
@@ -309,8 +215,25 @@ struct Baseline {
     _node: TestNode,
 }
 
+/// What starts the agent `bin`: itself, or a script that pins it to the server's CPU.
+fn agent_launcher(dir: &TempDir, bin: &Path, placement: Placement, tag: &str) -> Result<PathBuf> {
+    let Some(cpus) = placement.server_cpus() else {
+        return Ok(bin.to_owned());
+    };
+    let script = dir.path(&format!("iamlet-on-cpu-{tag}"));
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nexec taskset -c {cpus} '{}' \"$@\"\n",
+            bin.display()
+        ),
+    )?;
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    Ok(script)
+}
+
 impl Baseline {
-    fn start(bin: &Path, dir: &TempDir, uid: &str) -> Result<Baseline> {
+    fn start(bin: &Path, dir: &TempDir, uid: &str, placement: Placement) -> Result<Baseline> {
         let node = TestNode::new()?;
         let pod = node.add_pod(&format!(
             "kubepods-besteffort.slice/kubepods-besteffort-pod{uid}.slice/cri-containerd-{:064x}.scope",
@@ -318,7 +241,8 @@ impl Baseline {
         ))?;
         let args = agent_args(dir);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let agent = Agent::start_with_bin(&node, bin, &args)?;
+        let launcher = agent_launcher(dir, bin, placement, "baseline")?;
+        let agent = Agent::start_with_bin(&node, &launcher, &args)?;
         let served = fetch_flow(&pod, &format!("http://{IMDS_V4}"), dir, "baseline")?;
         let token = String::from_utf8(served.token)?;
         let script = dir.path("flow-baseline.lua");
@@ -337,12 +261,30 @@ impl Baseline {
     }
 }
 
+/// One scenario of `bench imds`: what wrk asks of each server (iamlet, nginx) and of the
+/// baseline build.
+struct Scenario<'a> {
+    title: String,
+    /// The title in the goal summary.
+    short: &'static str,
+    urls: [String; 2],
+    script: &'a Path,
+    header: Option<&'a str>,
+    baseline_url: String,
+    baseline_script: Option<&'a Path>,
+    baseline_header: Option<&'a str>,
+}
+
 /// `bench imds`: wrk inside a fake pod against iamlet (through the redirect, static
 /// credentials, no upstream, no rate limit) and against nginx serving the bytes iamlet served
 /// (same node address, same veth), rounds alternating between the two:
 ///
 /// 1. keep-alive GET of the credentials path (with a token, as the SDKs send);
-/// 2. the SDK flow: PUT token, GET role list, GET credentials with the token just minted.
+/// 2. the SDK flow: PUT token, GET role list, GET credentials with the token just minted;
+///
+/// each at every load of [`LOADS`]. Besides wrk's view (req/s, percentiles from its `done`
+/// hook), each run charges the server the CPU time, run-queue wait and timeslices its
+/// threads took (`/proc/<pid>/task/*/schedstat`), per request.
 pub(crate) fn bench_imds() -> Result<()> {
     if let Err(reason) = require_privileges() {
         bail!("the benchmark needs what the privileged tests need: {reason}");
@@ -355,6 +297,7 @@ pub(crate) fn bench_imds() -> Result<()> {
             .success();
         ensure!(found, "{tool} not found (cargo xtask setup installs it)");
     }
+    let placement = Placement::from_env()?;
     let dir = TempDir::new("imds")?;
     std::fs::create_dir_all(dir.path("www"))?;
     let uid = BENCH_POD_UID.replace('-', "_");
@@ -379,7 +322,8 @@ pub(crate) fn bench_imds() -> Result<()> {
     ))?;
     let args = agent_args(&dir);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let agent = Agent::start(&node, &args)?;
+    let launcher = agent_launcher(&dir, &iamlet_tests::agent::agent_bin(), placement, "iamlet")?;
+    let agent = Agent::start_with_bin(&node, &launcher, &args)?;
     eprintln!(
         "iamlet: {} (pid {})",
         iamlet_tests::agent::agent_bin().display(),
@@ -393,7 +337,7 @@ pub(crate) fn bench_imds() -> Result<()> {
     std::fs::write(dir.path("www/roles"), &served.roles)?;
     std::fs::write(dir.path("www/creds"), &served.creds)?;
     let token = String::from_utf8(served.token.clone())?;
-    let nginx = start_nginx(&node, &dir, &token)?;
+    let nginx = start_nginx(&node, &dir, &token, placement)?;
     let servers = [
         Server {
             pid: agent.pid().context("agent pid")?,
@@ -443,98 +387,110 @@ pub(crate) fn bench_imds() -> Result<()> {
 
     let script = dir.path("flow.lua");
     std::fs::write(&script, flow_script(&token))?;
+    // Keep-alive GETs need no script but the latency hook.
+    let hook = dir.path("keepalive.lua");
+    std::fs::write(&hook, LATENCY_HOOK)?;
     let token_header = format!("X-aws-ec2-metadata-token: {token}");
     let creds_url = |base: &str| format!("{base}{}", creds_path());
     // An older build of the agent, side by side (IAMLET_BASELINE_BIN): its own node and pod,
     // laid out alike.
     let baseline = match std::env::var_os("IAMLET_BASELINE_BIN") {
-        Some(bin) => Some(Baseline::start(std::path::Path::new(&bin), &dir, &uid)?),
+        Some(bin) => Some(Baseline::start(
+            std::path::Path::new(&bin),
+            &dir,
+            &uid,
+            placement,
+        )?),
         None => None,
     };
 
-    let mut keepalive = [
-        Series {
-            name: "iamlet",
-            runs: Vec::new(),
+    let scenarios = [
+        Scenario {
+            title: format!("1. keep-alive GET {} (with token)", creds_path()),
+            short: "keep-alive GET",
+            urls: [creds_url(&iamlet_base), creds_url(&nginx_base)],
+            script: &hook,
+            header: Some(&token_header),
+            baseline_url: creds_url(&iamlet_base),
+            baseline_script: Some(&hook),
+            baseline_header: baseline.as_ref().map(|b| b.token_header.as_str()),
         },
-        Series {
-            name: "nginx",
-            runs: Vec::new(),
+        Scenario {
+            title:
+                "2. SDK flow: PUT token -> GET role list -> GET credentials (req/s counts requests)"
+                    .into(),
+            short: "SDK flow",
+            urls: [iamlet_base.clone(), nginx_base.clone()],
+            script: &script,
+            header: None,
+            baseline_url: iamlet_base.clone(),
+            baseline_script: baseline.as_ref().map(|b| b.script.as_path()),
+            baseline_header: None,
         },
     ];
-    let mut flow = [
-        Series {
-            name: "iamlet",
-            runs: Vec::new(),
-        },
-        Series {
-            name: "nginx",
-            runs: Vec::new(),
-        },
-    ];
-    let mut base_keepalive = Series {
-        name: "iamlet-baseline",
-        runs: Vec::new(),
-    };
-    let mut base_flow = Series {
-        name: "iamlet-baseline",
-        runs: Vec::new(),
-    };
+    // [load][scenario]: iamlet, nginx, baseline.
+    let mut series: Vec<Vec<[Series; 3]>> = LOADS
+        .iter()
+        .map(|_| {
+            scenarios
+                .iter()
+                .map(|_| {
+                    [
+                        Series::new("iamlet"),
+                        Series::new("nginx"),
+                        Series::new("iamlet-baseline"),
+                    ]
+                })
+                .collect()
+        })
+        .collect();
     for round in 1..=IMDS_ROUNDS {
         eprintln!("round {round}/{IMDS_ROUNDS}");
-        for (i, base) in [&iamlet_base, &nginx_base].into_iter().enumerate() {
-            keepalive[i].runs.push(run_wrk(
-                &pod,
-                servers[i],
-                &creds_url(base),
-                None,
-                Some(&token_header),
-            )?);
-            if let (0, Some(b)) = (i, &baseline) {
-                base_keepalive.runs.push(run_wrk(
-                    &b.pod,
-                    b.server,
-                    &creds_url(&iamlet_base),
-                    None,
-                    Some(&b.token_header),
-                )?);
-            }
-        }
-        for (i, base) in [&iamlet_base, &nginx_base].into_iter().enumerate() {
-            flow[i]
-                .runs
-                .push(run_wrk(&pod, servers[i], base, Some(&script), None)?);
-            if let (0, Some(b)) = (i, &baseline) {
-                base_flow.runs.push(run_wrk(
-                    &b.pod,
-                    b.server,
-                    &iamlet_base,
-                    Some(&b.script),
-                    None,
-                )?);
+        for (l, &load) in LOADS.iter().enumerate() {
+            for (s, sc) in scenarios.iter().enumerate() {
+                for i in 0..2 {
+                    let run = run_wrk(
+                        &pod,
+                        servers[i],
+                        (load, placement),
+                        &sc.urls[i],
+                        sc.script,
+                        sc.header,
+                    )?;
+                    series[l][s][i].runs.push(run);
+                }
+                if let (Some(b), Some(bs)) = (&baseline, sc.baseline_script) {
+                    let run = run_wrk(
+                        &b.pod,
+                        b.server,
+                        (load, placement),
+                        &sc.baseline_url,
+                        bs,
+                        sc.baseline_header,
+                    )?;
+                    series[l][s][2].runs.push(run);
+                }
             }
         }
     }
-    let with_baseline = |s| baseline.as_ref().map(|_| s);
     println!(
-        "wrk in a fake pod over veth, {WRK_CONNECTIONS} connections, {WRK_THREADS} threads, {IMDS_ROUNDS} alternating rounds x {WRK_SECONDS} s per server; median of rounds; {} CPUs",
+        "wrk in a fake pod over veth, {IMDS_ROUNDS} alternating rounds x {WRK_SECONDS} s per server and load; median of rounds; {} CPUs",
         std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
     );
+    println!("{}", placement.describe());
+    println!("runq: time the server's threads were runnable but waited for a CPU; on-CPU: times they were scheduled");
     if let Some(b) = &baseline {
         println!("iamlet-baseline: {}", b.bin.display());
     }
-    report(
-        &format!("1. keep-alive GET {} (with token)", creds_path()),
-        &keepalive[0],
-        &keepalive[1],
-        with_baseline(&base_keepalive),
-    );
-    report(
-        "2. SDK flow: PUT token -> GET role list -> GET credentials (req/s counts requests)",
-        &flow[0],
-        &flow[1],
-        with_baseline(&base_flow),
-    );
+    let mut verdicts = Vec::new();
+    for (l, &load) in LOADS.iter().enumerate() {
+        for (s, sc) in scenarios.iter().enumerate() {
+            let [iamlet, nginx, base] = &series[l][s];
+            let base = baseline.as_ref().map(|_| base);
+            verdicts.push(report(&sc.title, sc.short, load, iamlet, nginx, base));
+        }
+    }
+    summary(&verdicts);
     let log = agent.log_text();
     if !log.trim().is_empty() {
         println!("\niamlet logged (warn and above):\n{}", log.trim_end());

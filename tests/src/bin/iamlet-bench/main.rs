@@ -24,7 +24,9 @@ mod abuse;
 mod abuse_client;
 mod connect;
 mod imds;
+mod imds_report;
 mod memory;
+mod nginx;
 mod wrk;
 
 use anyhow::{bail, Result};

@@ -1,35 +1,120 @@
-//! Running wrk and reading its report.
+//! Running wrk and reading its report, and what the server spent meanwhile.
 
-use crate::imds::{TARGET_P99_US, TARGET_RATIO, WRK_CONNECTIONS, WRK_SECONDS, WRK_THREADS};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use iamlet_tests::{run_with_timeout, FakePod};
 
-/// What one wrk run reported.
+/// How hard wrk pushes: its connections and threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Load {
+    pub(crate) connections: u32,
+    pub(crate) threads: u32,
+}
+
+/// Where the load generator and the server run (`cargo xtask bench imds --cpus`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Placement {
+    /// Anywhere: wrk and the server share every CPU (as pods and the agent share a node).
+    Shared,
+    /// wrk on CPU 0, the server on CPU 1: the server's figures are its own, not the load
+    /// generator's competition for a core. Each server then has one CPU (nginx one worker;
+    /// iamlet's runtime one worker, sized from its CPU affinity).
+    Split,
+}
+
+impl Placement {
+    /// From `IAMLET_BENCH_CPUS` (`shared`, the default, or `split`).
+    pub(crate) fn from_env() -> Result<Placement> {
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        Placement::parse(std::env::var("IAMLET_BENCH_CPUS").ok().as_deref(), cpus)
+    }
+
+    /// `value` of `IAMLET_BENCH_CPUS` on a machine with `cpus` CPUs.
+    fn parse(value: Option<&str>, cpus: usize) -> Result<Placement> {
+        match value {
+            None | Some("" | "shared") => Ok(Placement::Shared),
+            Some("split") => {
+                anyhow::ensure!(
+                    cpus >= 2,
+                    "--cpus split needs 2 CPUs, this machine has {cpus}"
+                );
+                Ok(Placement::Split)
+            }
+            Some(other) => anyhow::bail!("--cpus {other:?}: want shared or split"),
+        }
+    }
+
+    /// The CPU list (`taskset -c`) of the load generator, if pinned.
+    pub(crate) fn client_cpus(self) -> Option<&'static str> {
+        match self {
+            Placement::Shared => None,
+            Placement::Split => Some("0"),
+        }
+    }
+
+    /// The CPU list of the server, if pinned.
+    pub(crate) fn server_cpus(self) -> Option<&'static str> {
+        match self {
+            Placement::Shared => None,
+            Placement::Split => Some("1"),
+        }
+    }
+
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            Placement::Shared => "wrk and the servers share every CPU",
+            Placement::Split => "wrk pinned to CPU 0, each server to CPU 1",
+        }
+    }
+}
+
+/// Seconds of each wrk run.
+pub(crate) const WRK_SECONDS: u32 = 5;
+
+/// What wrk reports at the end of a run, through the `done` hook every script of the bench
+/// carries ([`LATENCY_HOOK`]): exact percentiles in µs instead of its rounded table.
+const LATENCY_LINE: &str = "iamlet-bench-latency-us";
+
+/// The Lua `done` hook appended to every wrk script of the bench.
+pub(crate) const LATENCY_HOOK: &str = r#"
+done = function(summary, latency, requests)
+    io.write(string.format("iamlet-bench-latency-us %d %d %d %d\n",
+        latency:percentile(50.0), latency:percentile(99.0),
+        latency:percentile(99.9), latency.max))
+end
+"#;
+
+/// What one wrk run reported, and what the server spent on it.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct WrkRun {
     pub(crate) rps: f64,
     pub(crate) p50_us: f64,
     pub(crate) p99_us: f64,
+    pub(crate) p999_us: f64,
+    pub(crate) max_us: f64,
     pub(crate) requests: u64,
     pub(crate) non_2xx: u64,
     pub(crate) socket_errors: u64,
     pub(crate) socket_errors_text: String,
     /// CPU time the server's processes used during the run, per request, in µs.
     pub(crate) cpu_us_per_req: f64,
+    /// Time the server's threads were runnable but waited for a CPU, per request, in µs.
+    pub(crate) runq_us_per_req: f64,
+    /// Times the server's threads were put on a CPU, per request.
+    pub(crate) switches_per_req: f64,
 }
 
 /// Clock ticks per second of `/proc/<pid>/stat` times.
-pub(crate) fn clock_ticks() -> Result<f64> {
+fn clock_ticks() -> Result<f64> {
     let out = Command::new("getconf").arg("CLK_TCK").output()?;
     Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
 }
 
-/// `(ppid, utime + stime)` of `pid` (all its threads), in clock ticks.
-pub(crate) fn proc_stat(pid: u32) -> Option<(u32, u64)> {
+/// `(ppid, utime + stime)` of `pid` (all its threads, living or gone), in clock ticks.
+fn proc_stat(pid: u32) -> Option<(u32, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the parenthesised command name; ppid is field 4, utime/stime 14/15.
     let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
@@ -38,59 +123,79 @@ pub(crate) fn proc_stat(pid: u32) -> Option<(u32, u64)> {
     Some((ppid, ticks))
 }
 
-/// The server whose CPU time a run is charged: a process and its children (nginx workers).
+/// The scheduler's account of `pid`'s living threads (`/proc/<pid>/task/*/schedstat`): ns
+/// spent waiting on a run queue, and timeslices run.
+fn sched_stat(pid: u32) -> (u64, u64) {
+    let mut total = (0, 0);
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return total;
+    };
+    for task in tasks.flatten() {
+        let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else {
+            continue;
+        };
+        let fields: Vec<u64> = text
+            .split_whitespace()
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        if let [_, wait, slices] = fields[..] {
+            total.0 += wait;
+            total.1 += slices;
+        }
+    }
+    total
+}
+
+/// What a server has spent so far.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Usage {
+    cpu_ticks: u64,
+    runq_ns: u64,
+    switches: u64,
+}
+
+/// The server whose costs a run is charged: a process and its children (nginx workers).
 #[derive(Clone, Copy)]
 pub(crate) struct Server {
     pub(crate) pid: u32,
 }
 
 impl Server {
-    /// CPU ticks used so far by the process and its direct children.
-    pub(crate) fn cpu_ticks(self) -> u64 {
-        let mut total = proc_stat(self.pid).map_or(0, |(_, t)| t);
+    /// The process's and its direct children's costs so far.
+    pub(crate) fn usage(self) -> Usage {
+        let mut pids = vec![self.pid];
         if let Ok(entries) = std::fs::read_dir("/proc") {
             for e in entries.flatten() {
                 let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
                     continue;
                 };
-                if let Some((ppid, t)) = proc_stat(pid) {
-                    if ppid == self.pid {
-                        total += t;
-                    }
+                if proc_stat(pid).is_some_and(|(ppid, _)| ppid == self.pid) {
+                    pids.push(pid);
                 }
             }
         }
-        total
+        let mut usage = Usage::default();
+        for pid in pids {
+            usage.cpu_ticks += proc_stat(pid).map_or(0, |(_, t)| t);
+            let (wait, slices) = sched_stat(pid);
+            usage.runq_ns += wait;
+            usage.switches += slices;
+        }
+        usage
     }
-}
-
-/// A wrk duration (`812.00us`, `1.23ms`, `2.00s`, `1.00m`) in µs.
-pub(crate) fn wrk_duration_us(s: &str) -> Result<f64> {
-    let split = s
-        .find(|c: char| c.is_ascii_alphabetic())
-        .with_context(|| format!("no unit in wrk duration {s:?}"))?;
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().with_context(|| format!("wrk duration {s:?}"))?;
-    let scale = match unit {
-        "us" => 1.0,
-        "ms" => 1e3,
-        "s" => 1e6,
-        "m" => 60e6,
-        "h" => 3600e6,
-        _ => bail!("unknown unit in wrk duration {s:?}"),
-    };
-    Ok(n * scale)
 }
 
 pub(crate) fn parse_wrk(out: &str) -> Result<WrkRun> {
     let mut run = WrkRun::default();
-    let (mut rps, mut p50, mut p99, mut requests) = (None, None, None, None);
+    let (mut rps, mut latency, mut requests) = (None, None, None);
     for line in out.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
             ["Requests/sec:", v] => rps = Some(v.parse::<f64>()?),
-            ["50%", v] => p50 = Some(wrk_duration_us(v)?),
-            ["99%", v] => p99 = Some(wrk_duration_us(v)?),
+            [LATENCY_LINE, p50, p99, p999, max] => {
+                let us = |v: &str| v.parse::<f64>().with_context(|| format!("latency {v:?}"));
+                latency = Some((us(p50)?, us(p99)?, us(p999)?, us(max)?));
+            }
             [n, "requests", "in", ..] => requests = Some(n.parse::<u64>()?),
             ["Non-2xx", "or", "3xx", "responses:", n] => run.non_2xx = n.parse()?,
             ["Socket", "errors:", rest @ ..] => {
@@ -104,38 +209,50 @@ pub(crate) fn parse_wrk(out: &str) -> Result<WrkRun> {
         }
     }
     run.rps = rps.context("no Requests/sec line")?;
-    run.p50_us = p50.context("no 50% latency line (--latency)")?;
-    run.p99_us = p99.context("no 99% latency line (--latency)")?;
+    (run.p50_us, run.p99_us, run.p999_us, run.max_us) =
+        latency.with_context(|| format!("no `{LATENCY_LINE}` line (the script's done hook)"))?;
     run.requests = requests.context("no `N requests in` line")?;
     Ok(run)
 }
 
+/// One wrk run from inside `pod` with `script` (which must carry [`LATENCY_HOOK`]) and an
+/// optional extra header, where `placement` puts it, charging `server`.
 pub(crate) fn run_wrk(
     pod: &FakePod,
     server: Server,
+    (load, placement): (Load, Placement),
     url: &str,
-    script: Option<&Path>,
+    script: &Path,
     header: Option<&str>,
 ) -> Result<WrkRun> {
-    let mut cmd = pod.command("wrk");
-    cmd.arg(format!("-t{WRK_THREADS}"))
-        .arg(format!("-c{WRK_CONNECTIONS}"))
+    let mut cmd = match placement.client_cpus() {
+        Some(cpus) => {
+            let mut cmd = pod.command("taskset");
+            cmd.args(["-c", cpus, "wrk"]);
+            cmd
+        }
+        None => pod.command("wrk"),
+    };
+    cmd.arg(format!("-t{}", load.threads))
+        .arg(format!("-c{}", load.connections))
         .arg(format!("-d{WRK_SECONDS}s"))
-        .arg("--latency");
+        .arg("-s")
+        .arg(script);
     if let Some(h) = header {
         cmd.args(["-H", h]);
     }
-    if let Some(s) = script {
-        cmd.arg("-s").arg(s);
-    }
     cmd.arg(url);
-    let before = server.cpu_ticks();
+    let before = server.usage();
     let out = run_with_timeout(&mut cmd, Duration::from_secs(u64::from(WRK_SECONDS) + 30))?
         .ensure_success()?;
-    let used = server.cpu_ticks().saturating_sub(before);
+    let after = server.usage();
     let mut run =
         parse_wrk(&out.stdout).with_context(|| format!("parsing wrk's output:\n{}", out.stdout))?;
-    run.cpu_us_per_req = used as f64 * 1e6 / clock_ticks()? / run.requests.max(1) as f64;
+    let requests = run.requests.max(1) as f64;
+    run.cpu_us_per_req =
+        after.cpu_ticks.saturating_sub(before.cpu_ticks) as f64 * 1e6 / clock_ticks()? / requests;
+    run.runq_us_per_req = after.runq_ns.saturating_sub(before.runq_ns) as f64 / 1e3 / requests;
+    run.switches_per_req = after.switches.saturating_sub(before.switches) as f64 / requests;
     Ok(run)
 }
 
@@ -151,81 +268,70 @@ pub(crate) struct Series {
 }
 
 impl Series {
+    pub(crate) fn new(name: &'static str) -> Series {
+        Series {
+            name,
+            runs: Vec::new(),
+        }
+    }
+
+    /// The median over the rounds of one figure.
+    pub(crate) fn median(&self, figure: fn(&WrkRun) -> f64) -> f64 {
+        median(self.runs.iter().map(figure).collect())
+    }
+
     pub(crate) fn rps(&self) -> f64 {
-        median(self.runs.iter().map(|r| r.rps).collect())
+        self.median(|r| r.rps)
     }
-    pub(crate) fn p50(&self) -> f64 {
-        median(self.runs.iter().map(|r| r.p50_us).collect())
-    }
+
     pub(crate) fn p99(&self) -> f64 {
-        median(self.runs.iter().map(|r| r.p99_us).collect())
+        self.median(|r| r.p99_us)
     }
-    pub(crate) fn cpu_per_req(&self) -> f64 {
-        median(self.runs.iter().map(|r| r.cpu_us_per_req).collect())
+
+    pub(crate) fn p999(&self) -> f64 {
+        self.median(|r| r.p999_us)
     }
+
     pub(crate) fn errors(&self) -> u64 {
         self.runs.iter().map(|r| r.non_2xx + r.socket_errors).sum()
     }
 }
 
-/// Prints one scenario: iamlet, nginx and (when given) a baseline build of iamlet, measured in
-/// the same alternating rounds.
-pub(crate) fn report(title: &str, iamlet: &Series, nginx: &Series, baseline: Option<&Series>) {
-    println!();
-    println!("{title}");
-    println!(
-        "  {:<16} {:>10} {:>9} {:>9} {:>16} {:>8}",
-        "server", "req/s", "p50 µs", "p99 µs", "server CPU µs/req", "errors"
-    );
-    for s in [Some(iamlet), baseline, Some(nginx)].into_iter().flatten() {
-        println!(
-            "  {:<16} {:>10.0} {:>9.0} {:>9.0} {:>16.1} {:>8}",
-            s.name,
-            s.rps(),
-            s.p50(),
-            s.p99(),
-            s.cpu_per_req(),
-            s.errors()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_done_hook_and_the_summary() {
+        let out = "Running 5s test @ http://169.254.169.254/\n  2 threads and 8 connections\n\
+            200000 requests in 5.00s, 300.00MB read\n\
+            Non-2xx or 3xx responses: 3\n\
+            Requests/sec:  40000.10\n\
+            iamlet-bench-latency-us 180 1190 2900 11000\n";
+        let run = parse_wrk(out).unwrap();
+        assert_eq!(run.requests, 200_000);
+        assert_eq!(run.non_2xx, 3);
+        assert!((run.rps - 40000.1).abs() < 1e-6);
+        assert_eq!(
+            (run.p50_us, run.p99_us, run.p999_us, run.max_us),
+            (180.0, 1190.0, 2900.0, 11000.0)
         );
-        for (i, r) in s.runs.iter().enumerate() {
-            if r.non_2xx > 0 || r.socket_errors > 0 {
-                println!(
-                    "    round {}: {} non-2xx of {} requests; socket errors: {}",
-                    i + 1,
-                    r.non_2xx,
-                    r.requests,
-                    if r.socket_errors_text.is_empty() {
-                        "none"
-                    } else {
-                        &r.socket_errors_text
-                    }
-                );
-            }
-        }
+        assert!(parse_wrk("Requests/sec: 1\n1 requests in 1s\n").is_err());
     }
-    let ratio = iamlet.rps() / nginx.rps();
-    let p99 = iamlet.p99();
-    let met = |ok: bool| if ok { "met" } else { "NOT met" };
-    println!("  iamlet/nginx throughput: {ratio:.2}x");
-    if let Some(b) = baseline {
-        println!(
-            "  {}/nginx throughput: {:.2}x; this build / {}: throughput {:.2}x, p99 {:.2}x, CPU per request {:.2}x",
-            b.name,
-            b.rps() / nginx.rps(),
-            b.name,
-            iamlet.rps() / b.rps(),
-            iamlet.p99() / b.p99(),
-            iamlet.cpu_per_req() / b.cpu_per_req()
+
+    #[test]
+    fn placement_from_its_name() {
+        assert_eq!(Placement::parse(None, 2).unwrap(), Placement::Shared);
+        assert_eq!(
+            Placement::parse(Some("split"), 2).unwrap(),
+            Placement::Split
         );
+        assert_eq!(Placement::Split.client_cpus(), Some("0"));
+        assert_eq!(Placement::Split.server_cpus(), Some("1"));
+        assert!(
+            Placement::parse(Some("split"), 1).is_err(),
+            "one CPU cannot be split"
+        );
+        assert!(Placement::parse(Some("pinned"), 2).is_err());
     }
-    println!(
-        "  target iamlet >= {TARGET_RATIO}x nginx throughput: {} ({ratio:.2}x)",
-        met(ratio >= TARGET_RATIO)
-    );
-    println!(
-        "  target iamlet p99 <= {:.0} ms at {WRK_CONNECTIONS} connections: {} ({:.2} ms)",
-        TARGET_P99_US / 1000.0,
-        met(p99 <= TARGET_P99_US),
-        p99 / 1000.0
-    );
 }

@@ -1,0 +1,171 @@
+//! `bench imds`'s table: each scenario's figures per server, the ratios to nginx, and the
+//! goals.
+//!
+//! Goals (reported, never asserted), in the same run: iamlet's p99 at most [`GOAL_P99`]×
+//! nginx's p99 in every scenario and at every load, and its throughput at least
+//! [`GOAL_THROUGHPUT`]× nginx's at [`THROUGHPUT_GOAL_CONNECTIONS`] connections (where that
+//! ratio was first measured; at 1 connection req/s is one round trip after another, mostly
+//! the kernel's, and is printed but not held to it).
+
+use crate::wrk::{Load, Series, WrkRun};
+
+/// Goal: iamlet's req/s at least this multiple of nginx's.
+pub(crate) const GOAL_THROUGHPUT: f64 = 1.3;
+/// Goal: iamlet's p99 at most this multiple of nginx's.
+pub(crate) const GOAL_P99: f64 = 2.0;
+/// The load whose throughput is held to [`GOAL_THROUGHPUT`].
+pub(crate) const THROUGHPUT_GOAL_CONNECTIONS: u32 = 8;
+
+/// One line of the goal summary.
+pub(crate) struct Verdict {
+    pub(crate) scenario: String,
+    pub(crate) load: Load,
+    pub(crate) throughput: f64,
+    pub(crate) p99: f64,
+    pub(crate) p999: f64,
+}
+
+impl Verdict {
+    /// Whether the throughput goal applies at this load.
+    fn throughput_held(&self) -> bool {
+        self.load.connections == THROUGHPUT_GOAL_CONNECTIONS
+    }
+
+    pub(crate) fn met(&self) -> bool {
+        (!self.throughput_held() || self.throughput >= GOAL_THROUGHPUT) && self.p99 <= GOAL_P99
+    }
+}
+
+type Column = (&'static str, fn(&WrkRun) -> f64, usize);
+
+/// The columns of a scenario's table: header, figure (median over the rounds), decimals.
+const COLUMNS: [Column; 8] = [
+    ("req/s", |r| r.rps, 0),
+    ("p50 µs", |r| r.p50_us, 0),
+    ("p99 µs", |r| r.p99_us, 0),
+    ("p99.9 µs", |r| r.p999_us, 0),
+    ("max µs", |r| r.max_us, 0),
+    ("CPU µs/req", |r| r.cpu_us_per_req, 1),
+    ("runq µs/req", |r| r.runq_us_per_req, 2),
+    ("on-CPU/req", |r| r.switches_per_req, 2),
+];
+
+/// Prints one scenario at one load: iamlet, nginx and (when given) a baseline build of
+/// iamlet, measured in the same alternating rounds; returns iamlet's ratios to nginx.
+pub(crate) fn report(
+    title: &str,
+    short: &str,
+    load: Load,
+    iamlet: &Series,
+    nginx: &Series,
+    baseline: Option<&Series>,
+) -> Verdict {
+    println!();
+    println!(
+        "{title}, {} connection(s), {} wrk thread(s)",
+        load.connections, load.threads
+    );
+    print!("  {:<16}", "server");
+    for (name, _, _) in COLUMNS {
+        print!(" {name:>11}");
+    }
+    println!(" {:>7}", "errors");
+    for s in [Some(iamlet), baseline, Some(nginx)].into_iter().flatten() {
+        print!("  {:<16}", s.name);
+        for (_, figure, decimals) in COLUMNS {
+            print!(" {:>11.decimals$}", s.median(figure));
+        }
+        println!(" {:>7}", s.errors());
+        for (i, r) in s.runs.iter().enumerate() {
+            if r.non_2xx > 0 || r.socket_errors > 0 {
+                println!(
+                    "    round {}: {} non-2xx of {} requests; socket errors: {}",
+                    i + 1,
+                    r.non_2xx,
+                    r.requests,
+                    if r.socket_errors_text.is_empty() {
+                        "none"
+                    } else {
+                        &r.socket_errors_text
+                    }
+                );
+            }
+        }
+    }
+    let verdict = Verdict {
+        scenario: format!("{short}, {} connection(s)", load.connections),
+        load,
+        throughput: iamlet.rps() / nginx.rps(),
+        p99: iamlet.p99() / nginx.p99(),
+        p999: iamlet.p999() / nginx.p999(),
+    };
+    println!(
+        "  iamlet/nginx: throughput {:.2}x, p99 {:.2}x, p99.9 {:.2}x",
+        verdict.throughput, verdict.p99, verdict.p999
+    );
+    if let Some(b) = baseline {
+        println!(
+            "  this build / {}: throughput {:.2}x, p99 {:.2}x, p99.9 {:.2}x, CPU per request {:.2}x",
+            b.name,
+            iamlet.rps() / b.rps(),
+            iamlet.p99() / b.p99(),
+            iamlet.p999() / b.p999(),
+            iamlet.median(|r| r.cpu_us_per_req) / b.median(|r| r.cpu_us_per_req)
+        );
+    }
+    verdict
+}
+
+/// The goal summary over every scenario and load.
+pub(crate) fn summary(verdicts: &[Verdict]) {
+    println!();
+    println!(
+        "goals (same run): p99 <= {GOAL_P99}x nginx's; throughput >= {GOAL_THROUGHPUT}x nginx's at {THROUGHPUT_GOAL_CONNECTIONS} connections"
+    );
+    for v in verdicts {
+        println!(
+            "  {:<28} throughput {:>5.2}x{} p99 {:>5.2}x  p99.9 {:>5.2}x  {}",
+            v.scenario,
+            v.throughput,
+            if v.throughput_held() { "  " } else { "*" },
+            v.p99,
+            v.p999,
+            if v.met() { "met" } else { "NOT met" }
+        );
+    }
+    let missed = verdicts.iter().filter(|v| !v.met()).count();
+    println!("  {} of {} met", verdicts.len() - missed, verdicts.len());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdict(connections: u32, throughput: f64, p99: f64) -> Verdict {
+        Verdict {
+            scenario: String::new(),
+            load: Load {
+                connections,
+                threads: 1,
+            },
+            throughput,
+            p99,
+            p999: 1.0,
+        }
+    }
+
+    #[test]
+    fn goals_by_load() {
+        assert!(verdict(8, 1.3, 2.0).met());
+        assert!(
+            !verdict(8, 1.29, 1.0).met(),
+            "throughput held at 8 connections"
+        );
+        assert!(!verdict(8, 2.0, 2.01).met(), "p99 held everywhere");
+        assert!(
+            verdict(1, 0.9, 1.5).met(),
+            "throughput not held at 1 connection"
+        );
+        assert!(!verdict(1, 2.0, 2.5).met());
+    }
+}
