@@ -39,7 +39,7 @@ use crate::timefmt::format_utc;
 use passthrough::Upstream;
 use paths::{AllowList, Route};
 use ratelimit::RateLimiter;
-use token::TokenKey;
+use token::{TokenKey, TokenMemo};
 
 const TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
 const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
@@ -95,8 +95,6 @@ pub(crate) struct Imds {
     credentials: Arc<dyn CredentialSource>,
     upstream: Option<Upstream>,
     limiter: RateLimiter<Subject>,
-    /// Tokens already verified: token → (subject, expiry). Spares the HMAC on every request.
-    verified: moka::sync::Cache<String, (Subject, u64)>,
     /// Rendered credentials documents, keyed by the credentials' address and whether the
     /// extended form was asked for (the `Arc` in the value keeps the address unique).
     bodies: moka::sync::Cache<(usize, bool), (Arc<Credentials>, bytes::Bytes)>,
@@ -197,10 +195,6 @@ impl Imds {
             credentials,
             upstream,
             limiter,
-            verified: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(Duration::from_secs(token::MAX_TTL))
-                .build(),
             bodies: moka::sync::Cache::builder()
                 .max_capacity(20_000)
                 .time_to_idle(Duration::from_secs(600))
@@ -208,10 +202,11 @@ impl Imds {
         }
     }
 
-    /// Answers one request of `caller`.
+    /// Answers one request of `caller` on a connection whose token memo is `memo`.
     pub(crate) async fn handle(
         &self,
         caller: &Caller,
+        memo: &TokenMemo,
         method: &Method,
         raw_path: &str,
         headers: &HeaderMap,
@@ -243,7 +238,7 @@ impl Imds {
                 .insert("allow", HeaderValue::from_static("GET, HEAD"));
             return ("method_not_allowed", resp);
         }
-        if let Some(refusal) = self.check_token(&subject, headers) {
+        if let Some(refusal) = self.check_token(&subject, memo, headers) {
             return ("unauthorized", refusal);
         }
         match route {
@@ -291,20 +286,22 @@ impl Imds {
     }
 
     /// `Some(401)` when the request's token (or its absence) is not acceptable.
-    fn check_token(&self, subject: &Subject, headers: &HeaderMap) -> Option<Resp> {
+    fn check_token(
+        &self,
+        subject: &Subject,
+        memo: &TokenMemo,
+        headers: &HeaderMap,
+    ) -> Option<Resp> {
         match headers.get(TOKEN_HEADER) {
             Some(value) => {
-                let token = value.to_str().unwrap_or("");
                 let now = unix_now();
-                if let Some((owner, expiry)) = self.verified.get(token) {
-                    if owner == *subject && expiry > now {
-                        return None;
-                    }
+                if memo.accepts(value.as_bytes(), now) {
+                    return None;
                 }
+                let token = value.to_str().unwrap_or("");
                 match self.tokens.verify(token, &subject.bytes(), now) {
                     Ok(expiry) => {
-                        self.verified
-                            .insert(token.to_owned(), (subject.clone(), expiry));
+                        memo.remember(value.as_bytes(), expiry);
                         None
                     }
                     Err(e) => {

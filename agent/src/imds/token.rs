@@ -5,6 +5,12 @@
 //! it (the pod UID, or the cgroup id for a caller outside any pod): presented by anyone else
 //! it fails verification. Restarting the agent invalidates all tokens; SDKs answer the 401 by
 //! fetching a new one.
+//!
+//! Checking a token is one HMAC (with the key's state computed once, two SHA-256 blocks,
+//! on the CPU's SHA instructions where it has them). A connection remembers the last token it
+//! was accepted with ([`TokenMemo`]), so an SDK sending the same token on a keep-alive
+//! connection pays a byte comparison; nothing else keeps tokens, so no client can grow a
+//! cache by minting them.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -36,6 +42,8 @@ pub(crate) enum TokenError {
 /// Mints and verifies tokens with one secret key.
 pub(crate) struct TokenKey {
     key: [u8; 32],
+    /// The HMAC state after the key (cloned for each token).
+    keyed: HmacSha256,
 }
 
 impl std::fmt::Debug for TokenKey {
@@ -49,12 +57,15 @@ impl TokenKey {
     pub(crate) fn random() -> Result<Self, getrandom::Error> {
         let mut key = [0u8; 32];
         getrandom::fill(&mut key)?;
-        Ok(TokenKey { key })
+        Ok(TokenKey::from_bytes(key))
     }
 
     /// A key from given bytes: a predecessor's (handover) or a test's.
     pub(crate) fn from_bytes(key: [u8; 32]) -> Self {
-        TokenKey { key }
+        let Ok(keyed) = HmacSha256::new_from_slice(&key) else {
+            unreachable!("HMAC accepts any key length")
+        };
+        TokenKey { key, keyed }
     }
 
     /// The key's bytes, handed to a successor so tokens SDKs hold stay valid across upgrades.
@@ -64,9 +75,7 @@ impl TokenKey {
 
     fn mac(&self, body: &[u8], subject: &[u8]) -> HmacSha256 {
         // HMAC takes keys of any length; 32 bytes never fails.
-        let Ok(mut mac) = HmacSha256::new_from_slice(&self.key) else {
-            unreachable!("HMAC accepts any key length")
-        };
+        let mut mac = self.keyed.clone();
         mac.update(body);
         mac.update(&(subject.len() as u64).to_be_bytes());
         mac.update(subject);
@@ -133,6 +142,35 @@ pub(crate) fn parse_ttl(value: Option<&[u8]>) -> Result<u64, String> {
     Ok(ttl)
 }
 
+/// The last token one connection was accepted with, and its expiry (see the module doc).
+/// A connection belongs to one caller, so a token remembered here was verified for it.
+#[derive(Debug, Default)]
+pub(crate) struct TokenMemo(std::sync::Mutex<Option<(Box<[u8]>, u64)>>);
+
+impl TokenMemo {
+    /// Whether `token` is the one remembered and is still valid at `now_secs`.
+    pub(crate) fn accepts(&self, token: &[u8], now_secs: u64) -> bool {
+        let memo = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        matches!(&*memo, Some((t, expiry)) if **t == *token && *expiry > now_secs)
+    }
+
+    /// Remembers `token`, just verified, valid until `expiry` (seconds).
+    pub(crate) fn remember(&self, token: &[u8], expiry: u64) {
+        let mut memo = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &mut *memo {
+            // The same token again (its expiry cannot differ: it is in the token).
+            Some((t, _)) if **t == *token => {}
+            _ => *memo = Some((token.into(), expiry)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,6 +206,19 @@ mod tests {
         for padded in [format!("\x0c{t}\t"), format!(" {t}"), format!("{t}\n")] {
             assert!(key.verify(&padded, b"pod-a", 1000).is_err(), "{padded:?}");
         }
+    }
+
+    #[test]
+    fn a_connection_remembers_one_token_until_it_expires() {
+        let memo = TokenMemo::default();
+        assert!(!memo.accepts(b"t1", 100), "nothing remembered yet");
+        memo.remember(b"t1", 160);
+        assert!(memo.accepts(b"t1", 159));
+        assert!(!memo.accepts(b"t1", 160), "expired");
+        assert!(!memo.accepts(b"t2", 100), "another token is checked");
+        memo.remember(b"t2", 200);
+        assert!(memo.accepts(b"t2", 100));
+        assert!(!memo.accepts(b"t1", 100), "only the last one is kept");
     }
 
     #[test]

@@ -20,6 +20,7 @@ use hyper::Request;
 
 use crate::caller::attribution::{Attributor, Caller, Unattributed};
 use crate::clock;
+use crate::imds::token::TokenMemo;
 use crate::imds::{Imds, Subject};
 use crate::server::admission::Refusal;
 use crate::server::{self, ConnHandler, Resp};
@@ -56,12 +57,21 @@ impl Proxy {
     }
 }
 
+/// What the proxy keeps per connection.
+#[derive(Debug)]
+pub(crate) struct ProxyConn {
+    /// Who made the connection, from the kernel's record.
+    caller: Result<Caller, Unattributed>,
+    /// The last IMDSv2 token accepted on it.
+    tokens: TokenMemo,
+}
+
 impl ConnHandler for Proxy {
-    type Conn = Result<Caller, Unattributed>;
+    type Conn = ProxyConn;
     type Key = ClientKey;
 
     fn admission_key(&self, conn: &Self::Conn) -> Option<ClientKey> {
-        Some(match conn {
+        Some(match &conn.caller {
             Ok(caller) => ClientKey::Subject(Subject::of(caller)),
             Err(_) => ClientKey::Unattributed,
         })
@@ -96,18 +106,27 @@ impl ConnHandler for Proxy {
                 tracing::info!(%peer, %reason, "refusing unattributed connection");
             }
         }
-        caller
+        ProxyConn {
+            caller,
+            tokens: TokenMemo::default(),
+        }
     }
 
-    async fn handle(&self, caller: &Self::Conn, req: Request<Incoming>) -> Resp {
-        let (route, resp) = match caller {
+    async fn handle(&self, conn: &Self::Conn, req: Request<Incoming>) -> Resp {
+        let (route, resp) = match &conn.caller {
             Err(reason) => (
                 "unattributed",
                 server::response(403, "text/plain", format!("{reason}\n")),
             ),
             Ok(caller) => {
                 self.imds
-                    .handle(caller, req.method(), req.uri().path(), req.headers())
+                    .handle(
+                        caller,
+                        &conn.tokens,
+                        req.method(),
+                        req.uri().path(),
+                        req.headers(),
+                    )
                     .await
             }
         };

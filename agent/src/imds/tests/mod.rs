@@ -122,7 +122,10 @@ async fn call(imds: &Imds, c: &Caller, method: Method, path: &str, hdrs: &[(&str
             HeaderValue::from_str(v).expect("value"),
         );
     }
-    imds.handle(c, &method, path, &headers).await.1
+    // A fresh connection for each request, as a client that does not keep its connections.
+    imds.handle(c, &TokenMemo::default(), &method, path, &headers)
+        .await
+        .1
 }
 
 /// `GET path` without headers.
@@ -202,6 +205,40 @@ async fn token_put_refusals() {
     assert_eq!(resp.headers()["allow"], "PUT");
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_connection_keeps_its_token_only_until_it_expires() {
+    let imds = imds();
+    let a = caller(POD_A, Some("uid-a"));
+    let conn = TokenMemo::default();
+    let on_conn = |token: String| {
+        let (imds, a, conn) = (&imds, &a, &conn);
+        async move {
+            let mut headers = HeaderMap::new();
+            headers.insert(TOKEN_HEADER, HeaderValue::from_str(&token).expect("value"));
+            let path = "/latest/meta-data/iam/security-credentials/";
+            imds.handle(a, conn, &Method::GET, path, &headers)
+                .await
+                .1
+                .status()
+        }
+    };
+    let minted = call(
+        &imds,
+        &a,
+        Method::PUT,
+        "/latest/api/token",
+        &[(TTL_HEADER, "2")],
+    )
+    .await;
+    let token = body(minted).await;
+    assert_eq!(on_conn(token.clone()).await, 200);
+    assert_eq!(on_conn(token.clone()).await, 200, "the same token again");
+    assert_eq!(on_conn("not-a-token".into()).await, 401);
+    assert_eq!(on_conn(token.clone()).await, 200, "checked again");
+    tokio::time::advance(Duration::from_secs(3)).await;
+    assert_eq!(on_conn(token).await, 401, "expired on the connection too");
+}
+
 #[tokio::test]
 async fn tokens_are_bound_to_the_pod() {
     let imds = imds();
@@ -232,7 +269,7 @@ async fn tokens_are_bound_to_the_pod() {
         call(&imds, &b, Method::GET, path, &with).await.status(),
         401
     );
-    // Verified tokens are cached; the cache never lets another pod in.
+    // Checked again on every connection: it never lets another pod in.
     assert_eq!(
         call(&imds, &a, Method::GET, path, &with).await.status(),
         200
