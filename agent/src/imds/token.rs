@@ -62,6 +62,7 @@ impl TokenKey {
 
     /// A key from given bytes: a predecessor's (handover) or a test's.
     pub(crate) fn from_bytes(key: [u8; 32]) -> Self {
+        // HMAC takes keys of any length; 32 bytes never fails.
         let Ok(keyed) = HmacSha256::new_from_slice(&key) else {
             unreachable!("HMAC accepts any key length")
         };
@@ -74,7 +75,6 @@ impl TokenKey {
     }
 
     fn mac(&self, body: &[u8], subject: &[u8]) -> HmacSha256 {
-        // HMAC takes keys of any length; 32 bytes never fails.
         let mut mac = self.keyed.clone();
         mac.update(body);
         mac.update(&(subject.len() as u64).to_be_bytes());

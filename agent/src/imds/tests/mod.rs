@@ -115,6 +115,19 @@ fn imds() -> Imds {
 }
 
 async fn call(imds: &Imds, c: &Caller, method: Method, path: &str, hdrs: &[(&str, &str)]) -> Resp {
+    // A fresh connection for each request, as a client that does not keep its connections.
+    call_on(imds, c, &TokenMemo::default(), method, path, hdrs).await
+}
+
+/// One request on the connection whose token memo is `conn`.
+async fn call_on(
+    imds: &Imds,
+    c: &Caller,
+    conn: &TokenMemo,
+    method: Method,
+    path: &str,
+    hdrs: &[(&str, &str)],
+) -> Resp {
     let mut headers = HeaderMap::new();
     for (k, v) in hdrs {
         headers.insert(
@@ -122,10 +135,7 @@ async fn call(imds: &Imds, c: &Caller, method: Method, path: &str, hdrs: &[(&str
             HeaderValue::from_str(v).expect("value"),
         );
     }
-    // A fresh connection for each request, as a client that does not keep its connections.
-    imds.handle(c, &TokenMemo::default(), &method, path, &headers)
-        .await
-        .1
+    imds.handle(c, conn, &method, path, &headers).await.1
 }
 
 /// `GET path` without headers.
@@ -210,15 +220,13 @@ async fn a_connection_keeps_its_token_only_until_it_expires() {
     let imds = imds();
     let a = caller(POD_A, Some("uid-a"));
     let conn = TokenMemo::default();
+    let path = "/latest/meta-data/iam/security-credentials/";
     let on_conn = |token: String| {
         let (imds, a, conn) = (&imds, &a, &conn);
         async move {
-            let mut headers = HeaderMap::new();
-            headers.insert(TOKEN_HEADER, HeaderValue::from_str(&token).expect("value"));
-            let path = "/latest/meta-data/iam/security-credentials/";
-            imds.handle(a, conn, &Method::GET, path, &headers)
+            let with = [(TOKEN_HEADER, token.as_str())];
+            call_on(imds, a, conn, Method::GET, path, &with)
                 .await
-                .1
                 .status()
         }
     };
@@ -237,6 +245,9 @@ async fn a_connection_keeps_its_token_only_until_it_expires() {
     assert_eq!(on_conn(token.clone()).await, 200, "checked again");
     tokio::time::advance(Duration::from_secs(3)).await;
     assert_eq!(on_conn(token).await, 401, "expired on the connection too");
+    // What the connection remembers is what it trusts (no second check on it).
+    conn.remember(b"remembered", u64::MAX);
+    assert_eq!(on_conn("remembered".into()).await, 200);
 }
 
 #[tokio::test]

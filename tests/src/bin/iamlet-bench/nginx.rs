@@ -9,7 +9,7 @@ use anyhow::{ensure, Context, Result};
 use iamlet_tests::{ChildGuard, TestNode, NODE_PROXY_V4};
 
 use crate::imds::{creds_path, TempDir, NGINX_PORT, ROLES_PATH, TOKEN_PATH};
-use crate::wrk::Placement;
+use crate::wrk::{on_cpus, Placement};
 
 /// nginx (master + workers) in the node namespace; asked to quit on drop, killed if it does
 /// not (the node namespace's removal kills any worker left).
@@ -95,14 +95,7 @@ http {{
     );
     let conf_path = dir.path("nginx.conf");
     std::fs::write(&conf_path, conf)?;
-    let mut cmd = match placement.server_cpus() {
-        Some(cpus) => {
-            let mut cmd = node.command("taskset");
-            cmd.args(["-c", cpus, "nginx"]);
-            cmd
-        }
-        None => node.command("nginx"),
-    };
+    let mut cmd = on_cpus(placement.server_cpus(), "nginx", |p| node.command(p));
     cmd.arg("-p")
         .arg(&dir.0)
         .arg("-e")

@@ -71,6 +71,22 @@ impl Placement {
     }
 }
 
+/// `program` as `command` makes it (in a pod or the node), under `taskset -c cpus` if given.
+pub(crate) fn on_cpus(
+    cpus: Option<&str>,
+    program: &str,
+    command: impl Fn(&str) -> Command,
+) -> Command {
+    match cpus {
+        Some(cpus) => {
+            let mut cmd = command("taskset");
+            cmd.args(["-c", cpus, program]);
+            cmd
+        }
+        None => command(program),
+    }
+}
+
 /// Seconds of each wrk run.
 pub(crate) const WRK_SECONDS: u32 = 5;
 
@@ -225,14 +241,7 @@ pub(crate) fn run_wrk(
     script: &Path,
     header: Option<&str>,
 ) -> Result<WrkRun> {
-    let mut cmd = match placement.client_cpus() {
-        Some(cpus) => {
-            let mut cmd = pod.command("taskset");
-            cmd.args(["-c", cpus, "wrk"]);
-            cmd
-        }
-        None => pod.command("wrk"),
-    };
+    let mut cmd = on_cpus(placement.client_cpus(), "wrk", |p| pod.command(p));
     cmd.arg(format!("-t{}", load.threads))
         .arg(format!("-c{}", load.connections))
         .arg(format!("-d{WRK_SECONDS}s"))
