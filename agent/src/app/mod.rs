@@ -21,6 +21,7 @@ use crate::role::{NoRoles, RoleResolver};
 use crate::server::admin::Admin;
 use crate::server::heap_trim::TrimRequests;
 use crate::server::proxy::Proxy;
+use crate::server::proxy_thread::{self, ProxyListener};
 use crate::server::{self, AcceptControl, ServerLimits};
 use crate::telemetry::metrics::{self, Metrics};
 
@@ -70,6 +71,9 @@ pub enum Error {
     /// No Kubernetes client could be built (kubeconfig, in-cluster config).
     #[error("Kubernetes client: {0}")]
     Kube(#[source] KubeClientError),
+    /// The proxy's thread could not start.
+    #[error(transparent)]
+    ProxyThread(#[from] proxy_thread::ProxyThreadError),
     /// The pin directory's lock could not be passed to a successor.
     #[error("could not share the pin directory's lock for a handover: {0}")]
     ShareLock(#[source] std::io::Error),
@@ -341,18 +345,21 @@ pub async fn run(config: Config) -> Result<(), Error> {
     if predecessor.is_some() {
         warm_up(pods.as_deref(), sts_cache.as_ref()).await;
     }
+    let mut proxy_listeners = Vec::new();
     for listener in listeners {
         let local = listener.local_addr().ok();
         tracing::info!(listen = ?local, "metadata proxy listening");
-        tasks.push(tokio::spawn(server::serve(
-            "proxy",
+        proxy_listeners.push(ProxyListener {
             listener,
-            proxy.clone(),
-            limits,
-            accept.gate(),
-            held.clone(),
-        )));
+            gate: accept.gate(),
+        });
     }
+    let proxy_thread = proxy_thread::start(proxy_listeners, proxy.clone(), limits, held.clone())?;
+    tasks.push(tokio::task::spawn_blocking(move || {
+        if proxy_thread.join().is_err() {
+            tracing::error!("the proxy thread panicked");
+        }
+    }));
     // Start-up is done: what it freed goes back (see heap_trim).
     trims.request();
     tasks.push(tokio::spawn(crate::server::heap_trim::run(

@@ -40,24 +40,20 @@ impl ConnLookup for Datapath {
 
 /// Resolves cgroup ids to paths relative to the cgroup2 root.
 pub(crate) trait CgroupPaths: Send + Sync + 'static {
-    /// The cgroup path (e.g. `/kubepods.slice/...`) of `id`, if it exists.
+    /// The path (e.g. `/kubepods.slice/...`) of `id` if the index has it; never blocks.
+    fn cached(&self, id: u64) -> Option<String>;
+    /// The path of `id`, if it exists; on a miss of the index this walks the cgroup tree
+    /// (file system I/O), so it runs on a blocking thread.
     fn path_of(&self, id: u64) -> Option<String>;
 }
 
 impl CgroupPaths for CgroupIndex {
+    fn cached(&self, id: u64) -> Option<String> {
+        CgroupIndex::cached(self, id)
+    }
+
     fn path_of(&self, id: u64) -> Option<String> {
-        if let Some(path) = self.cached(id) {
-            return Some(path);
-        }
-        // A miss walks the cgroup tree (file system I/O): on the multi-threaded runtime, let
-        // the worker's other tasks move elsewhere meanwhile.
-        let multi_thread = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        if multi_thread {
-            tokio::task::block_in_place(|| CgroupIndex::path_of(self, id))
-        } else {
-            CgroupIndex::path_of(self, id)
-        }
+        CgroupIndex::path_of(self, id)
     }
 }
 
@@ -118,15 +114,27 @@ impl Attributor {
         Attributor { conns, cgroups }
     }
 
-    /// Who made the connection whose client end is `peer`. May walk the cgroup tree on a miss
-    /// of the index; call from a blocking-tolerant context.
-    pub(crate) fn attribute(&self, peer: SocketAddr) -> Result<Caller, Unattributed> {
+    /// Who made the connection whose client end is `peer`. A cgroup the index does not have
+    /// yet is looked for on a blocking thread: the thread serving connections never waits
+    /// for the file system.
+    pub(crate) async fn attribute(&self, peer: SocketAddr) -> Result<Caller, Unattributed> {
         let info = match self.conns.lookup(peer) {
             Ok(Some(info)) => info,
             Ok(None) => return Err(Unattributed::NoRecord { peer }),
             Err(source) => return Err(Unattributed::LookupFailed { peer, source }),
         };
-        let cgroup_path = self.cgroups.path_of(info.cgroup_id);
+        let id = info.cgroup_id;
+        let cgroup_path = if let Some(path) = self.cgroups.cached(id) {
+            Some(path)
+        } else {
+            let cgroups = self.cgroups.clone();
+            tokio::task::spawn_blocking(move || cgroups.path_of(id))
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(cgroup_id = id, error = %e, "looking up a cgroup path failed");
+                    None
+                })
+        };
         let pod_uid = cgroup_path
             .as_deref()
             .and_then(pod_identity::parse_pod_cgroup)
@@ -171,8 +179,12 @@ mod tests {
             Ok(self.0.get(&peer).copied())
         }
     }
+    /// Paths by id: the ones below 100 are in the index, the others found by a walk.
     struct Paths(HashMap<u64, String>);
     impl CgroupPaths for Paths {
+        fn cached(&self, id: u64) -> Option<String> {
+            self.0.get(&id).filter(|_| id < 100).cloned()
+        }
         fn path_of(&self, id: u64) -> Option<String> {
             self.0.get(&id).cloned()
         }
@@ -190,17 +202,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn attributes_by_cgroup_not_by_ip() {
+    #[tokio::test]
+    async fn attributes_by_cgroup_not_by_ip() {
         let a: SocketAddr = "198.18.1.2:40000".parse().expect("addr");
         let b: SocketAddr = "198.18.1.2:40001".parse().expect("addr");
         let c: SocketAddr = "[fd00:1a3e:1::2]:40002".parse().expect("addr");
+        let d: SocketAddr = "198.18.1.3:40003".parse().expect("addr");
         let imds4 = [ipv4_raw([169, 254, 169, 254]), 0, 0, 0];
         let imds6 = ipv6_raw([0xfd, 0, 0x0e, 0xc2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0x54]);
         let conns = Table(HashMap::from([
             (a, info(10, AF_INET, imds4, CONN_KIND_REDIRECTED)),
             (b, info(11, AF_INET, imds4, CONN_KIND_DIRECT)),
             (c, info(12, AF_INET6, imds6, CONN_KIND_REDIRECTED)),
+            (d, info(200, AF_INET, imds4, CONN_KIND_REDIRECTED)),
         ]));
         let paths = Paths(HashMap::from([
             (
@@ -208,10 +222,11 @@ mod tests {
                 "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1d4a6c37_5b2e_4c8e_9a6f_0e5e2d7c9b11.slice".to_string(),
             ),
             (11, "/system.slice/foo.service".to_string()),
+            (200, "/kubepods.slice/kubepods-pod0b4e9a77_1c2d_4e5f_8a9b_0c1d2e3f4a5b.slice".to_string()),
         ]));
         let at = Attributor::new(Arc::new(conns), Arc::new(paths));
 
-        let ca = at.attribute(a).expect("a");
+        let ca = at.attribute(a).await.expect("a");
         assert_eq!(ca.cgroup_id, 10);
         assert_eq!(
             ca.pod_uid.as_deref(),
@@ -223,24 +238,31 @@ mod tests {
         );
         assert_eq!(ca.kind, ConnKind::Redirected);
 
-        let cb = at.attribute(b).expect("b");
+        let cb = at.attribute(b).await.expect("b");
         assert_eq!((cb.cgroup_id, cb.pod_uid.as_deref()), (11, None));
         assert_eq!(cb.kind, ConnKind::Direct);
 
-        let cc = at.attribute(c).expect("c");
+        let cc = at.attribute(c).await.expect("c");
         assert_eq!(cc.cgroup_path, None);
         assert_eq!(
             cc.original_destination,
             "[fd00:ec2::254]:80".parse().expect("addr")
         );
 
+        // Not in the index yet: found by the walk (on a blocking thread).
+        let cd = at.attribute(d).await.expect("d");
+        assert_eq!(
+            cd.pod_uid.as_deref(),
+            Some("0b4e9a77-1c2d-4e5f-8a9b-0c1d2e3f4a5b")
+        );
+
         let unknown: SocketAddr = "198.18.1.2:1".parse().expect("addr");
         assert!(matches!(
-            at.attribute(unknown),
+            at.attribute(unknown).await,
             Err(Unattributed::NoRecord { peer }) if peer == unknown
         ));
         let broken: SocketAddr = "198.18.1.2:666".parse().expect("addr");
-        let err = at.attribute(broken).expect_err("lookup failed");
+        let err = at.attribute(broken).await.expect_err("lookup failed");
         assert!(matches!(err, Unattributed::LookupFailed { .. }));
         assert!(err.to_string().ends_with("failed: map gone"), "{err}");
     }

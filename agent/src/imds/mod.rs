@@ -20,6 +20,7 @@
 pub(crate) mod passthrough;
 pub(crate) mod paths;
 pub(crate) mod ratelimit;
+pub(crate) mod session;
 pub(crate) mod token;
 
 use std::sync::Arc;
@@ -39,7 +40,8 @@ use crate::timefmt::format_utc;
 use passthrough::Upstream;
 use paths::{AllowList, Route};
 use ratelimit::RateLimiter;
-use token::{TokenKey, TokenMemo};
+use session::Session;
+use token::TokenKey;
 
 const TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
 const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
@@ -60,13 +62,6 @@ impl Subject {
         match &caller.pod_uid {
             Some(uid) => Subject::Pod(uid.clone()),
             None => Subject::Cgroup(caller.cgroup_id),
-        }
-    }
-
-    fn bytes(&self) -> Vec<u8> {
-        match self {
-            Subject::Pod(uid) => format!("pod:{uid}").into_bytes(),
-            Subject::Cgroup(id) => format!("cgroup:{id}").into_bytes(),
         }
     }
 }
@@ -202,16 +197,15 @@ impl Imds {
         }
     }
 
-    /// Answers one request of `caller` on a connection whose token memo is `memo`.
+    /// Answers one request of `caller` on a connection whose state is `session`.
     pub(crate) async fn handle(
         &self,
         caller: &Caller,
-        memo: &TokenMemo,
+        session: &Session,
         method: &Method,
         raw_path: &str,
         headers: &HeaderMap,
     ) -> Answer {
-        let subject = Subject::of(caller);
         let path = match paths::normalize(raw_path) {
             Ok(path) => path,
             Err(e) => return ("bad_request", text(400, format!("Bad Request: {e}\n"))),
@@ -220,9 +214,9 @@ impl Imds {
         if route == Route::Token {
             // Minting costs one HMAC and SDKs treat anything but 200 on this PUT as fatal or
             // as "no IMDSv2", so it is not rate limited.
-            return ("token", self.token(&subject, method, headers));
+            return ("token", self.token(session, method, headers));
         }
-        if !self.limiter.allow(&subject, clock::now()) {
+        if !self.limiter.allow(session.subject(), clock::now()) {
             let mut resp = text(429, "Too Many Requests\n");
             resp.headers_mut()
                 .insert("retry-after", HeaderValue::from_static("1"));
@@ -238,7 +232,7 @@ impl Imds {
                 .insert("allow", HeaderValue::from_static("GET, HEAD"));
             return ("method_not_allowed", resp);
         }
-        if let Some(refusal) = self.check_token(&subject, memo, headers) {
+        if let Some(refusal) = self.check_token(session, headers) {
             return ("unauthorized", refusal);
         }
         match route {
@@ -256,7 +250,7 @@ impl Imds {
             },
             Route::RoleCredentials { role, extended } => (
                 "role_credentials",
-                self.role_credentials(caller, &role, extended).await,
+                self.role_credentials(caller, role, extended).await,
             ),
             Route::Forbidden => ("forbidden", text(404, "Not Found\n")),
             Route::Token => unreachable!("handled above"),
@@ -264,7 +258,7 @@ impl Imds {
         }
     }
 
-    fn token(&self, subject: &Subject, method: &Method, headers: &HeaderMap) -> Resp {
+    fn token(&self, session: &Session, method: &Method, headers: &HeaderMap) -> Resp {
         if method != Method::PUT {
             let mut resp = text(405, "Method Not Allowed\n");
             resp.headers_mut()
@@ -278,7 +272,7 @@ impl Imds {
             Ok(ttl) => ttl,
             Err(reason) => return text(400, format!("Bad Request: {reason}\n")),
         };
-        let token = self.tokens.mint(&subject.bytes(), unix_now(), ttl);
+        let token = self.tokens.mint(session.binding(), unix_now(), ttl);
         let mut resp = text(200, token);
         resp.headers_mut()
             .insert(TTL_HEADER, HeaderValue::from(ttl));
@@ -286,12 +280,8 @@ impl Imds {
     }
 
     /// `Some(401)` when the request's token (or its absence) is not acceptable.
-    fn check_token(
-        &self,
-        subject: &Subject,
-        memo: &TokenMemo,
-        headers: &HeaderMap,
-    ) -> Option<Resp> {
+    fn check_token(&self, session: &Session, headers: &HeaderMap) -> Option<Resp> {
+        let memo = session.tokens();
         match headers.get(TOKEN_HEADER) {
             Some(value) => {
                 let now = unix_now();
@@ -299,13 +289,13 @@ impl Imds {
                     return None;
                 }
                 let token = value.to_str().unwrap_or("");
-                match self.tokens.verify(token, &subject.bytes(), now) {
+                match self.tokens.verify(token, session.binding(), now) {
                     Ok(expiry) => {
                         memo.remember(value.as_bytes(), expiry);
                         None
                     }
                     Err(e) => {
-                        tracing::debug!(?subject, error = %e, "token refused");
+                        tracing::debug!(subject = ?session.subject(), error = %e, "token refused");
                         Some(text(401, "Unauthorized\n"))
                     }
                 }

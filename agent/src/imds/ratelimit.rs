@@ -41,7 +41,11 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
             .buckets
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if buckets.len() > MAX_IDLE_BUCKETS && !buckets.contains_key(key) {
+        // A known caller (every request but its first) costs no allocation.
+        if let Some(bucket) = buckets.get_mut(key) {
+            return self.take(bucket, now);
+        }
+        if buckets.len() > MAX_IDLE_BUCKETS {
             let (rate, burst) = (self.rate, self.burst);
             buckets.retain(|_, b| {
                 b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * rate < burst
@@ -51,6 +55,11 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
             tokens: self.burst,
             last: now,
         });
+        self.take(bucket, now)
+    }
+
+    /// Refills `bucket` up to `now` and takes one token from it if it has one.
+    fn take(&self, bucket: &mut Bucket, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(bucket.last).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * self.rate).min(self.burst);
         bucket.last = now;

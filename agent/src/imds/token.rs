@@ -166,6 +166,11 @@ impl TokenMemo {
         match &mut *memo {
             // The same token again (its expiry cannot differ: it is in the token).
             Some((t, _)) if **t == *token => {}
+            // A new token as long as the last (as iamlet's all are): no allocation.
+            Some((t, e)) if t.len() == token.len() => {
+                t.copy_from_slice(token);
+                *e = expiry;
+            }
             _ => *memo = Some((token.into(), expiry)),
         }
     }
@@ -217,8 +222,11 @@ mod tests {
         assert!(!memo.accepts(b"t1", 160), "expired");
         assert!(!memo.accepts(b"t2", 100), "another token is checked");
         memo.remember(b"t2", 200);
-        assert!(memo.accepts(b"t2", 100));
+        assert!(memo.accepts(b"t2", 180), "kept with its own expiry");
         assert!(!memo.accepts(b"t1", 100), "only the last one is kept");
+        memo.remember(b"longer", 300);
+        assert!(memo.accepts(b"longer", 250));
+        assert!(!memo.accepts(b"t2", 100));
     }
 
     #[test]

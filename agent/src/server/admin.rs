@@ -79,7 +79,7 @@ impl ConnHandler for Admin {
     type Conn = ();
     type Key = ();
 
-    fn on_connect(&self, _peer: SocketAddr) {}
+    async fn on_connect(&self, _peer: SocketAddr) {}
 
     fn admission_key(&self, _conn: &()) -> Option<()> {
         None

@@ -12,6 +12,7 @@ pub(crate) mod admission;
 pub(crate) mod heap_trim;
 pub(crate) mod io;
 pub(crate) mod proxy;
+pub(crate) mod proxy_thread;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -43,7 +44,7 @@ pub(crate) trait ConnHandler: Send + Sync + 'static {
     /// Whose connections a connection counts with for the per-client limit (the pod).
     type Key: std::hash::Hash + Eq + Clone + Send + Sync + 'static;
     /// Called once when a connection is accepted, before its first request is read.
-    fn on_connect(&self, peer: SocketAddr) -> Self::Conn;
+    fn on_connect(&self, peer: SocketAddr) -> impl Future<Output = Self::Conn> + Send;
     /// The per-client limit key of a connection; `None`: only the server's total limit.
     fn admission_key(&self, conn: &Self::Conn) -> Option<Self::Key>;
     /// A connection was closed unserved.
@@ -201,9 +202,8 @@ pub(crate) async fn serve<H: ConnHandler>(
         let budget = budget.clone();
         tokio::spawn(async move {
             let _held = held;
-            // Attribution (which may walk the cgroup tree on a miss) and the wait for a turn
-            // run here, off the accept loop.
-            let conn_state = Arc::new(handler.on_connect(peer));
+            // Attribution and the wait for a turn run here, off the accept loop.
+            let conn_state = Arc::new(handler.on_connect(peer).await);
             let _turn = match handler.admission_key(&conn_state) {
                 Some(key) => match admission.enter_key(key).await {
                     Ok(turn) => Some(turn),

@@ -20,7 +20,7 @@ use hyper::Request;
 
 use crate::caller::attribution::{Attributor, Caller, Unattributed};
 use crate::clock;
-use crate::imds::token::TokenMemo;
+use crate::imds::session::Session;
 use crate::imds::{Imds, Subject};
 use crate::server::admission::Refusal;
 use crate::server::{self, ConnHandler, Resp};
@@ -57,22 +57,18 @@ impl Proxy {
     }
 }
 
-/// What the proxy keeps per connection.
+/// What the proxy keeps per connection: who made it (from the kernel's record) and the
+/// metadata API's state for it, or why nobody can be named.
 #[derive(Debug)]
-pub(crate) struct ProxyConn {
-    /// Who made the connection, from the kernel's record.
-    caller: Result<Caller, Unattributed>,
-    /// The last IMDSv2 token accepted on it.
-    tokens: TokenMemo,
-}
+pub(crate) struct ProxyConn(Result<(Caller, Session), Unattributed>);
 
 impl ConnHandler for Proxy {
     type Conn = ProxyConn;
     type Key = ClientKey;
 
     fn admission_key(&self, conn: &Self::Conn) -> Option<ClientKey> {
-        Some(match &conn.caller {
-            Ok(caller) => ClientKey::Subject(Subject::of(caller)),
+        Some(match &conn.0 {
+            Ok((_, session)) => ClientKey::Subject(session.subject().clone()),
             Err(_) => ClientKey::Unattributed,
         })
     }
@@ -94,8 +90,8 @@ impl ConnHandler for Proxy {
         }
     }
 
-    fn on_connect(&self, peer: SocketAddr) -> Self::Conn {
-        let caller = self.attributor.attribute(peer);
+    async fn on_connect(&self, peer: SocketAddr) -> Self::Conn {
+        let caller = self.attributor.attribute(peer).await;
         match &caller {
             Ok(c) => {
                 self.metrics.connection(ConnResult::Attributed);
@@ -106,23 +102,23 @@ impl ConnHandler for Proxy {
                 tracing::info!(%peer, %reason, "refusing unattributed connection");
             }
         }
-        ProxyConn {
-            caller,
-            tokens: TokenMemo::default(),
-        }
+        ProxyConn(caller.map(|c| {
+            let session = Session::new(&c);
+            (c, session)
+        }))
     }
 
     async fn handle(&self, conn: &Self::Conn, req: Request<Incoming>) -> Resp {
-        let (route, resp) = match &conn.caller {
+        let (route, resp) = match &conn.0 {
             Err(reason) => (
                 "unattributed",
                 server::response(403, "text/plain", format!("{reason}\n")),
             ),
-            Ok(caller) => {
+            Ok((caller, session)) => {
                 self.imds
                     .handle(
                         caller,
-                        &conn.tokens,
+                        session,
                         req.method(),
                         req.uri().path(),
                         req.headers(),

@@ -11,6 +11,9 @@
 //!   the last error at once while the backoff runs, so it never waits on a known-bad STS.
 //! * **Eviction**: an entry no registered pod uses and nobody asked for during `grace` is
 //!   dropped.
+//! * **Where calls run**: on the runtime the cache was made on (the agent's main runtime), also
+//!   when a request on the proxy's thread starts one: that thread only waits for the result,
+//!   it never does a TLS handshake or parses an STS answer.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -107,6 +110,8 @@ struct Inner {
     settings: StsCacheSettings,
     permits: Semaphore,
     stats: StsCacheStats,
+    /// Where AssumeRole calls run (`None` outside a runtime: wherever they start).
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 /// The STS cache (cheap to clone).
@@ -142,6 +147,7 @@ impl StsCache {
                 settings,
                 permits,
                 stats: StsCacheStats::default(),
+                runtime: tokio::runtime::Handle::try_current().ok(),
             }),
         }
     }
@@ -219,13 +225,22 @@ impl StsCache {
             }
             result
         });
-        let shared = fut.shared();
-        st.inflight = Some(shared.clone());
-        // Drive it to the end even if every waiter gives up (their bound is shorter).
-        let driver = shared.clone();
-        tokio::spawn(async move {
-            let _ = driver.await;
+        // Its own task drives it to the end even if every waiter gives up (their bound is
+        // shorter); waiters only wait for that task.
+        let task = match &self.inner.runtime {
+            Some(runtime) => runtime.spawn(fut),
+            None => tokio::spawn(fut),
+        };
+        let waited: BoxFuture<'static, FetchResult> = Box::pin(async move {
+            task.await.unwrap_or_else(|e| {
+                Err(CredentialError::new(
+                    "InternalError",
+                    format!("the AssumeRole task ended without an answer: {e}"),
+                ))
+            })
         });
+        let shared = waited.shared();
+        st.inflight = Some(shared.clone());
         shared
     }
 

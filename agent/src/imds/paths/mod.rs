@@ -26,8 +26,9 @@ use regex::RegexSet;
 /// A request path in canonical form.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct NormalPath {
-    /// Segments, none empty, `.` or `..`, each made only of the segment alphabet.
-    pub segments: Vec<String>,
+    /// The segments joined by `/` (no leading or trailing `/`): none empty, `.` or `..`, each
+    /// made only of the segment alphabet. One string, so a request costs one allocation here.
+    joined: String,
     /// Whether the original path ended in `/`.
     pub trailing_slash: bool,
 }
@@ -62,11 +63,18 @@ pub(crate) enum PathError {
 pub(crate) const MAX_PATH_BYTES: usize = 2048;
 
 impl NormalPath {
+    /// The segments, in order.
+    pub(crate) fn segments(&self) -> impl Iterator<Item = &str> {
+        // No segment is empty, so an empty string is the only source of an empty piece.
+        self.joined.split('/').filter(|s| !s.is_empty())
+    }
+
     /// The path as text, starting with `/`; made of the segment alphabet and `/` only.
     pub(crate) fn render(&self) -> String {
-        let mut s = String::from("/");
-        s.push_str(&self.segments.join("/"));
-        if self.trailing_slash && !self.segments.is_empty() {
+        let mut s = String::with_capacity(self.joined.len() + 2);
+        s.push('/');
+        s.push_str(&self.joined);
+        if self.trailing_slash && !self.joined.is_empty() {
             s.push('/');
         }
         s
@@ -74,8 +82,11 @@ impl NormalPath {
 
     /// The path below the version segment (`meta-data/instance-id`), as text.
     pub(crate) fn below_version(&self) -> String {
-        let mut s = self.segments.get(1..).unwrap_or_default().join("/");
-        if self.trailing_slash && self.segments.len() > 1 {
+        let Some((_, below)) = self.joined.split_once('/') else {
+            return String::new();
+        };
+        let mut s = below.to_owned();
+        if self.trailing_slash {
             s.push('/');
         }
         s
@@ -157,24 +168,28 @@ pub(crate) fn normalize(raw: &str) -> Result<NormalPath, PathError> {
         return Err(PathError::NotAbsolute);
     }
     let decoded = decode(raw)?;
-    let mut segments: Vec<String> = Vec::new();
+    let mut joined = String::with_capacity(decoded.len());
     let mut last_was_dir = true;
     for seg in decoded.split(|b| *b == b'/') {
         last_was_dir = true;
         match seg {
             b"" | b"." => {}
             b".." => {
-                segments.pop();
+                let parent = joined.rfind('/').unwrap_or(0);
+                joined.truncate(parent);
             }
             s => {
+                if !joined.is_empty() {
+                    joined.push('/');
+                }
                 // Only segment bytes are left: ASCII.
-                segments.push(s.iter().map(|b| char::from(*b)).collect());
+                joined.extend(s.iter().map(|b| char::from(*b)));
                 last_was_dir = false;
             }
         }
     }
     Ok(NormalPath {
-        segments,
+        joined,
         trailing_slash: last_was_dir,
     })
 }
@@ -196,7 +211,7 @@ pub(crate) fn is_version(seg: &str) -> bool {
 
 /// What a canonical path asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Route {
+pub(crate) enum Route<'a> {
     /// `/<v>/api/token`.
     Token,
     /// `/<v>/meta-data/iam` (a listing).
@@ -207,7 +222,7 @@ pub(crate) enum Route {
     /// `security-credentials-extended`.
     RoleList { extended: bool },
     /// `/<v>/meta-data/iam/security-credentials/<role>`.
-    RoleCredentials { role: String, extended: bool },
+    RoleCredentials { role: &'a str, extended: bool },
     /// Any other credential path of the real service, in any letter case: never forwarded.
     Forbidden,
     /// `/iamlet/whoami`.
@@ -230,9 +245,20 @@ fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
 
 /// Classifies a canonical path. iamlet's own routes match in the exact letter case the SDKs
 /// use; a credential area in any other case (or at any other depth) is [`Route::Forbidden`].
-pub(crate) fn route(path: &NormalPath) -> Route {
-    let s: Vec<&str> = path.segments.iter().map(String::as_str).collect();
-    match s.as_slice() {
+pub(crate) fn route(path: &NormalPath) -> Route<'_> {
+    // Every route of iamlet's own has at most five segments; more is `Other` or `Forbidden`.
+    let mut s = [""; 6];
+    let mut n = 0;
+    for seg in path.segments() {
+        if n == s.len() {
+            n += 1;
+            break;
+        }
+        s[n] = seg;
+        n += 1;
+    }
+    let own = if n <= 5 { &s[..n] } else { &[][..] };
+    match own {
         ["iamlet", "whoami"] => Route::Whoami,
         [v, "api", "token"] if is_version(v) => Route::Token,
         [v, "meta-data", "iam"] if is_version(v) => Route::IamListing,
@@ -242,11 +268,11 @@ pub(crate) fn route(path: &NormalPath) -> Route {
         },
         [v, "meta-data", "iam", kind, role] if is_version(v) && is_creds(kind) => {
             Route::RoleCredentials {
-                role: (*role).to_owned(),
+                role,
                 extended: *kind != "security-credentials",
             }
         }
-        segs if segs.iter().any(|x| is_credential_segment(x)) => Route::Forbidden,
+        _ if path.segments().any(is_credential_segment) => Route::Forbidden,
         _ => Route::Other,
     }
 }
@@ -257,14 +283,14 @@ fn is_creds(seg: &str) -> bool {
 
 /// Whether the path asks for user data (`/<v>/user-data...`, any letter case).
 pub(crate) fn is_user_data(path: &NormalPath) -> bool {
-    path.segments
-        .get(1)
+    path.segments()
+        .nth(1)
         .is_some_and(|s| s.eq_ignore_ascii_case("user-data"))
 }
 
 /// Whether a segment of the path is `role` (the node's own role name), in any letter case.
 pub(crate) fn names_role(path: &NormalPath, role: &str) -> bool {
-    !role.is_empty() && path.segments.iter().any(|s| s.eq_ignore_ascii_case(role))
+    !role.is_empty() && path.segments().any(|s| s.eq_ignore_ascii_case(role))
 }
 
 /// The default passthrough allow-list: instance identity basics. Matched against the path
@@ -307,7 +333,7 @@ impl AllowList {
     /// paths never may; user data only with its own flag. The caller also refuses a path
     /// that [`names_role`] the node's own role.
     pub(crate) fn allows(&self, path: &NormalPath) -> bool {
-        let Some(first) = path.segments.first() else {
+        let Some(first) = path.segments().next() else {
             return false;
         };
         if !is_version(first) || route(path) != Route::Other {

@@ -102,31 +102,36 @@ fn canonical_form_is_stable() {
 
 #[test]
 fn routes() {
-    let r = |p: &str| route(&n(p));
-    assert_eq!(r("/latest/api/token"), Route::Token);
-    assert_eq!(r("/2021-07-15/api/token"), Route::Token);
-    assert_eq!(r("/latest/meta-data/iam"), Route::IamListing);
-    assert_eq!(r("/latest/meta-data/iam/"), Route::IamListing);
-    assert_eq!(r("/latest/meta-data/iam/info"), Route::IamInfo);
+    // The route borrows the path: both live until the end of the statement.
+    macro_rules! r {
+        ($p:expr) => {
+            route(&n($p))
+        };
+    }
+    assert_eq!(r!("/latest/api/token"), Route::Token);
+    assert_eq!(r!("/2021-07-15/api/token"), Route::Token);
+    assert_eq!(r!("/latest/meta-data/iam"), Route::IamListing);
+    assert_eq!(r!("/latest/meta-data/iam/"), Route::IamListing);
+    assert_eq!(r!("/latest/meta-data/iam/info"), Route::IamInfo);
     assert_eq!(
-        r("/latest/meta-data/iam/security-credentials"),
+        r!("/latest/meta-data/iam/security-credentials"),
         Route::RoleList { extended: false }
     );
     assert_eq!(
-        r("/2016-09-02/meta-data/iam/security-credentials/"),
+        r!("/2016-09-02/meta-data/iam/security-credentials/"),
         Route::RoleList { extended: false }
     );
     assert_eq!(
-        r("/latest/meta-data/iam/security-credentials/web"),
+        r!("/latest/meta-data/iam/security-credentials/web"),
         Route::RoleCredentials {
-            role: "web".into(),
+            role: "web",
             extended: false
         }
     );
     assert_eq!(
-        r("/latest/meta-data/iam/security-credentials-extended/web"),
+        r!("/latest/meta-data/iam/security-credentials-extended/web"),
         Route::RoleCredentials {
-            role: "web".into(),
+            role: "web",
             extended: true
         }
     );
@@ -141,10 +146,10 @@ fn routes() {
         "/latest/meta-data/placement/Security-Credentials/x",
         "/latest/meta-data/iam/SECURITY-CREDENTIALS/web",
     ] {
-        assert_eq!(r(forbidden), Route::Forbidden, "{forbidden}");
+        assert_eq!(r!(forbidden), Route::Forbidden, "{forbidden}");
     }
-    assert_eq!(r("/latest/meta-data/instance-id"), Route::Other);
-    assert_eq!(r("/iamlet/whoami"), Route::Whoami);
+    assert_eq!(r!("/latest/meta-data/instance-id"), Route::Other);
+    assert_eq!(r!("/iamlet/whoami"), Route::Whoami);
 }
 
 #[test]

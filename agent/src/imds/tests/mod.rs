@@ -116,14 +116,14 @@ fn imds() -> Imds {
 
 async fn call(imds: &Imds, c: &Caller, method: Method, path: &str, hdrs: &[(&str, &str)]) -> Resp {
     // A fresh connection for each request, as a client that does not keep its connections.
-    call_on(imds, c, &TokenMemo::default(), method, path, hdrs).await
+    call_on(imds, c, &Session::new(c), method, path, hdrs).await
 }
 
-/// One request on the connection whose token memo is `conn`.
+/// One request on the connection whose state is `conn`.
 async fn call_on(
     imds: &Imds,
     c: &Caller,
-    conn: &TokenMemo,
+    conn: &Session,
     method: Method,
     path: &str,
     hdrs: &[(&str, &str)],
@@ -219,7 +219,7 @@ async fn token_put_refusals() {
 async fn a_connection_keeps_its_token_only_until_it_expires() {
     let imds = imds();
     let a = caller(POD_A, Some("uid-a"));
-    let conn = TokenMemo::default();
+    let conn = Session::new(&a);
     let path = "/latest/meta-data/iam/security-credentials/";
     let on_conn = |token: String| {
         let (imds, a, conn) = (&imds, &a, &conn);
@@ -246,7 +246,7 @@ async fn a_connection_keeps_its_token_only_until_it_expires() {
     tokio::time::advance(Duration::from_secs(3)).await;
     assert_eq!(on_conn(token).await, 401, "expired on the connection too");
     // What the connection remembers is what it trusts (no second check on it).
-    conn.remember(b"remembered", u64::MAX);
+    conn.tokens().remember(b"remembered", u64::MAX);
     assert_eq!(on_conn("remembered".into()).await, 200);
 }
 
@@ -319,7 +319,7 @@ async fn expired_tokens_are_refused() {
     let a = caller(POD_A, Some("uid-a"));
     let old = imds
         .tokens
-        .mint(&Subject::of(&a).bytes(), unix_now() - 100, 10);
+        .mint(Session::new(&a).binding(), unix_now() - 100, 10);
     let h = [(TOKEN_HEADER, old.as_str())];
     let resp = call(
         &imds,

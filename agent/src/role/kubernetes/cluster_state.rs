@@ -41,7 +41,7 @@ pub(crate) struct ClusterState {
 
 fn binding_of(d: &Decision) -> Option<&RoleBinding> {
     match d {
-        Decision::Role(b) => Some(b),
+        Decision::Role(b) => Some(b.as_ref()),
         _ => None,
     }
 }

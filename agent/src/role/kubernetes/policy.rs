@@ -15,6 +15,7 @@
 //! `iam.amazonaws.com/allowed-roles` (a JSON array of globs over the ARN or role name).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::role::{expand_role, sanitize_session_name, sanitize_tag_value, RoleBinding};
 
@@ -81,8 +82,8 @@ pub(crate) struct PodInfo {
 pub(crate) enum Decision {
     /// No role is configured for it.
     NoRole,
-    /// This binding.
-    Role(RoleBinding),
+    /// This binding (shared: every request of the pod is answered with it).
+    Role(Arc<RoleBinding>),
     /// A role was asked for but is not allowed (never served; reported as an Event).
     Denied {
         /// The role asked for.
@@ -143,12 +144,12 @@ pub(crate) fn decide(
             ),
         ];
     }
-    Decision::Role(RoleBinding {
+    Decision::Role(Arc::new(RoleBinding {
         role_arn: arn,
         session_name,
         external_id: pod.annotations.get(EXTERNAL_ID_ANNOTATION).cloned(),
         session_tags,
-    })
+    }))
 }
 
 /// `<namespace>-<pod>`, made valid; when too long, shortened and made unique with the UID.
@@ -278,7 +279,7 @@ mod tests {
 
     fn role_of(d: Decision) -> String {
         match d {
-            Decision::Role(b) => b.role_arn,
+            Decision::Role(b) => b.role_arn.clone(),
             other => panic!("expected a role, got {other:?}"),
         }
     }

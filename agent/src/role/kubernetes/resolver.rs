@@ -35,7 +35,7 @@ impl RoleResolver for KubeRoles {
             };
             match self.index.wait_for(uid, self.wait).await {
                 Lookup::Found(entry) => match &entry.decision {
-                    Decision::Role(b) => Ok(Some(Arc::new(b.clone()))),
+                    Decision::Role(b) => Ok(Some(b.clone())),
                     Decision::Denied { role, reason } => {
                         tracing::info!(pod_uid = uid, %role, %reason, "role refused");
                         Ok(None)
