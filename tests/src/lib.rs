@@ -48,6 +48,7 @@ pub mod node;
 pub mod pod;
 pub mod privileges;
 pub mod process;
+pub mod promtool;
 pub mod stats;
 pub mod sts;
 pub mod time_scale;

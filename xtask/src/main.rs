@@ -198,7 +198,26 @@ fn display(cmd: &Command) -> String {
 fn cargo(root: &Path) -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(root);
+    // The agent reports the revision it was built from (`iamlet_build_info`).
+    if let Some(revision) = source_revision(root) {
+        cmd.env("IAMLET_REVISION", revision);
+    }
     cmd
+}
+
+/// The commit checked out in `root` (12 hex digits), if it is a git work tree.
+fn source_revision(root: &Path) -> Option<String> {
+    let out = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(root)
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let revision = String::from_utf8(out.stdout).ok()?.trim().to_owned();
+    (out.status.success()
+        && revision.bytes().all(|b| b.is_ascii_hexdigit())
+        && !revision.is_empty())
+    .then_some(revision)
 }
 
 /// Path of the eBPF object `build-ebpf` produces (also the default `iamlet` embeds).

@@ -38,6 +38,8 @@ const APT_PACKAGES: &[&str] = &[
     "kmod",
     // The kernel-refusal test: a seccomp filter answering one bpf(2) command with EINVAL.
     "python3-seccomp",
+    // `promtool check metrics` on a real scrape (the package's server is never started).
+    "prometheus",
 ];
 
 /// The Python the SDK venv is made from (Debian's).
@@ -168,6 +170,44 @@ fn bpf_linker_ok() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
 }
 
+/// Debian's policy hook: while it answers 101, maintainer scripts start no service.
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+
+/// Keeps package installs from starting services: writes a `policy-rc.d` that denies them
+/// unless one is already in place, and removes it again on drop.
+struct NoServiceStarts {
+    written: bool,
+}
+
+impl NoServiceStarts {
+    fn new() -> Result<Self> {
+        if Path::new(POLICY_RC_D).exists() {
+            return Ok(NoServiceStarts { written: false });
+        }
+        std::fs::write(
+            POLICY_RC_D,
+            "#!/bin/sh\n# written by cargo xtask setup for one apt-get install\nexit 101\n",
+        )
+        .with_context(|| format!("writing {POLICY_RC_D}"))?;
+        std::fs::set_permissions(
+            POLICY_RC_D,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .with_context(|| format!("making {POLICY_RC_D} executable"))?;
+        Ok(NoServiceStarts { written: true })
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if self.written {
+            if let Err(e) = std::fs::remove_file(POLICY_RC_D) {
+                eprintln!("setup: could not remove {POLICY_RC_D}: {e}");
+            }
+        }
+    }
+}
+
 /// Runs every setup step; `root` is the workspace.
 pub(crate) fn run(root: &Path) -> Result<()> {
     let missing: Vec<&str> = APT_PACKAGES
@@ -180,6 +220,9 @@ pub(crate) fn run(root: &Path) -> Result<()> {
     } else {
         eprintln!("setup: installing apt packages: {}", missing.join(" "));
         sh(Command::new("apt-get").args(["update", "-q"]))?;
+        // Packages with a service (nginx, prometheus) are installed for their programs only:
+        // no service may start on this machine.
+        let _no_services = NoServiceStarts::new()?;
         sh(Command::new("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
             .args(["install", "-y", "-q", "--no-install-recommends"])

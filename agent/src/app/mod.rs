@@ -297,9 +297,11 @@ pub async fn run(config: Config) -> Result<(), Error> {
         sts_cache.clone(),
         Some(held.clone()),
     ));
+    let imds = build_imds(&config, tokens, roles, sts_cache.as_ref());
+    let audit = imds.audit().clone();
     let proxy = Proxy::new(
         Attributor::new(datapath.clone(), index.clone()),
-        build_imds(&config, tokens, roles, sts_cache.as_ref()),
+        imds,
         metrics.clone(),
     );
     let limits = ServerLimits {
@@ -315,6 +317,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let mut tasks = Vec::new();
     let trims = TrimRequests::default();
     tasks.push(tokio::spawn(refresh_index(index.clone(), stop_rx.clone())));
+    tasks.push(tokio::spawn(audit.run(stop_rx.clone())));
     let pods = kube.as_ref().map(|k| k.index.clone());
     if let Some(k) = kube {
         tracing::info!(node = %k.node, "watching Kubernetes for this node's pods");

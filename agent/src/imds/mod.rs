@@ -17,12 +17,14 @@
 //! caller (401 otherwise); without one it is served unless `--require-imdsv2` (then 401).
 //! Callers over their rate limit get 429 (token PUTs are not limited).
 
+pub(crate) mod audit;
 pub(crate) mod passthrough;
 pub(crate) mod paths;
 pub(crate) mod ratelimit;
 pub(crate) mod session;
 pub(crate) mod token;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -37,6 +39,7 @@ use crate::credentials::{CredentialError, CredentialSource, Credentials};
 use crate::role::{RoleBinding, RoleResolver};
 use crate::server::{self, Resp};
 use crate::timefmt::format_utc;
+use audit::{Audit, Outcome};
 use passthrough::Upstream;
 use paths::{AllowList, Route};
 use ratelimit::RateLimiter;
@@ -93,10 +96,40 @@ pub(crate) struct Imds {
     /// Rendered credentials documents, keyed by the credentials' address and whether the
     /// extended form was asked for (the `Arc` in the value keeps the address unique).
     bodies: moka::sync::Cache<(usize, bool), (Arc<Credentials>, bytes::Bytes)>,
+    audit: Arc<Audit>,
 }
 
-/// The answer and the route name (for metrics).
-pub(crate) type Answer = (&'static str, Resp);
+/// An answer: the route name (for metrics and the audit log), the response, and what the
+/// audit log is to record of it (credentials served, or a refusal), if anything.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    /// The route (a fixed set of names).
+    pub route: &'static str,
+    /// The response.
+    pub resp: Resp,
+    /// What the audit log records.
+    pub audit: Option<Outcome>,
+}
+
+impl Answer {
+    fn plain(route: &'static str, resp: Resp) -> Self {
+        Answer {
+            route,
+            resp,
+            audit: None,
+        }
+    }
+
+    fn refused(route: &'static str, resp: Resp, reason: impl Into<Cow<'static, str>>) -> Self {
+        Answer {
+            route,
+            resp,
+            audit: Some(Outcome::Refused {
+                reason: reason.into(),
+            }),
+        }
+    }
+}
 
 fn text(status: u16, body: impl Into<bytes::Bytes>) -> Resp {
     server::response(status, TEXT, body)
@@ -183,7 +216,9 @@ impl Imds {
         upstream: Option<Upstream>,
     ) -> Self {
         let limiter = RateLimiter::new(settings.rate_limit, settings.rate_burst);
+        let audit = Arc::new(Audit::new(roles.clone()));
         Imds {
+            audit,
             settings,
             tokens,
             roles,
@@ -208,13 +243,19 @@ impl Imds {
     ) -> Answer {
         let path = match paths::normalize(raw_path) {
             Ok(path) => path,
-            Err(e) => return ("bad_request", text(400, format!("Bad Request: {e}\n"))),
+            Err(e) => {
+                return Answer::plain("bad_request", text(400, format!("Bad Request: {e}\n")))
+            }
         };
         let route = paths::route(&path);
         if route == Route::Token {
             // Minting costs one HMAC and SDKs treat anything but 200 on this PUT as fatal or
             // as "no IMDSv2", so it is not rate limited.
-            return ("token", self.token(session, method, headers));
+            let resp = self.token(session, method, headers);
+            if resp.status() == 403 {
+                return Answer::refused("token", resp, "X-Forwarded-For on a token request");
+            }
+            return Answer::plain("token", resp);
         }
         if !self.limiter.allow(session.subject(), clock::now()) {
             let mut resp = text(429, "Too Many Requests\n");
@@ -224,37 +265,43 @@ impl Imds {
             // connections count against its pod's limit.
             resp.headers_mut()
                 .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
-            return ("rate_limited", resp);
+            return Answer::refused("rate_limited", resp, "over the pod's request rate");
         }
         if method != Method::GET && method != Method::HEAD {
             let mut resp = text(405, "Method Not Allowed\n");
             resp.headers_mut()
                 .insert("allow", HeaderValue::from_static("GET, HEAD"));
-            return ("method_not_allowed", resp);
+            return Answer::plain("method_not_allowed", resp);
         }
-        if let Some(refusal) = self.check_token(session, headers) {
-            return ("unauthorized", refusal);
+        if let Some((refusal, reason)) = self.check_token(session, headers) {
+            return Answer::refused("unauthorized", refusal, reason);
         }
         match route {
-            Route::Whoami => ("whoami", server::json(200, caller)),
+            Route::Whoami => Answer::plain("whoami", server::json(200, caller)),
             Route::IamListing => match self.binding(caller).await {
-                Ok(Some(_)) => ("iam_listing", text(200, "info\nsecurity-credentials/")),
-                Ok(None) => ("iam_listing", text(404, "Not Found\n")),
-                Err(resp) => ("iam_listing", resp),
+                Ok(Some(_)) => {
+                    Answer::plain("iam_listing", text(200, "info\nsecurity-credentials/"))
+                }
+                Ok(None) => Answer::plain("iam_listing", text(404, "Not Found\n")),
+                Err(resp) => Answer::plain("iam_listing", resp),
             },
-            Route::IamInfo => ("iam_info", self.info(caller).await),
+            Route::IamInfo => Answer::plain("iam_info", self.info(caller).await),
             Route::RoleList { .. } => match self.binding(caller).await {
-                Ok(Some(b)) => ("role_list", text(200, b.role_name().to_owned())),
-                Ok(None) => ("role_list", text(404, "Not Found\n")),
-                Err(resp) => ("role_list", resp),
+                Ok(Some(b)) => Answer::plain("role_list", text(200, b.role_name().to_owned())),
+                Ok(None) => Answer::plain("role_list", text(404, "Not Found\n")),
+                Err(resp) => Answer::plain("role_list", resp),
             },
-            Route::RoleCredentials { role, extended } => (
-                "role_credentials",
-                self.role_credentials(caller, role, extended).await,
-            ),
-            Route::Forbidden => ("forbidden", text(404, "Not Found\n")),
+            Route::RoleCredentials { role, extended } => {
+                let (resp, outcome) = self.role_credentials(caller, role, extended).await;
+                Answer {
+                    route: "role_credentials",
+                    resp,
+                    audit: Some(outcome),
+                }
+            }
+            Route::Forbidden => Answer::plain("forbidden", text(404, "Not Found\n")),
             Route::Token => unreachable!("handled above"),
-            Route::Other => ("passthrough", self.passthrough(&path).await),
+            Route::Other => Answer::plain("passthrough", self.passthrough(&path).await),
         }
     }
 
@@ -279,8 +326,12 @@ impl Imds {
         resp
     }
 
-    /// `Some(401)` when the request's token (or its absence) is not acceptable.
-    fn check_token(&self, session: &Session, headers: &HeaderMap) -> Option<Resp> {
+    /// `Some(401, why)` when the request's token (or its absence) is not acceptable.
+    fn check_token(
+        &self,
+        session: &Session,
+        headers: &HeaderMap,
+    ) -> Option<(Resp, Cow<'static, str>)> {
         let memo = session.tokens();
         match headers.get(TOKEN_HEADER) {
             Some(value) => {
@@ -294,15 +345,23 @@ impl Imds {
                         memo.remember(value.as_bytes(), expiry);
                         None
                     }
-                    Err(e) => {
-                        tracing::debug!(subject = ?session.subject(), error = %e, "token refused");
-                        Some(text(401, "Unauthorized\n"))
-                    }
+                    Err(e) => Some((
+                        text(401, "Unauthorized\n"),
+                        format!("IMDSv2 token refused: {e}").into(),
+                    )),
                 }
             }
-            None if self.settings.require_imdsv2 => Some(text(401, "Unauthorized\n")),
+            None if self.settings.require_imdsv2 => Some((
+                text(401, "Unauthorized\n"),
+                "no IMDSv2 token (--require-imdsv2)".into(),
+            )),
             None => None,
         }
+    }
+
+    /// The audit log (its periodic flush runs apart).
+    pub(crate) fn audit(&self) -> &Arc<Audit> {
+        &self.audit
     }
 
     async fn binding(&self, caller: &Caller) -> Result<Option<Arc<RoleBinding>>, Resp> {
@@ -329,11 +388,20 @@ impl Imds {
         }
     }
 
-    async fn role_credentials(&self, caller: &Caller, role: &str, extended: bool) -> Resp {
+    async fn role_credentials(
+        &self,
+        caller: &Caller,
+        role: &str,
+        extended: bool,
+    ) -> (Resp, Outcome) {
+        let refused = |resp: Resp, reason: Cow<'static, str>| (resp, Outcome::Refused { reason });
         let binding = match self.binding(caller).await {
             Ok(Some(b)) if b.role_name() == role => b,
-            Ok(_) => return text(404, "Not Found\n"),
-            Err(resp) => return resp,
+            Ok(Some(_)) => {
+                return refused(text(404, "Not Found\n"), "not this pod's role".into());
+            }
+            Ok(None) => return refused(text(404, "Not Found\n"), "no role for this pod".into()),
+            Err(resp) => return refused(resp, "role lookup failed".into()),
         };
         match self.credentials(&binding).await {
             Ok(creds) => {
@@ -346,11 +414,18 @@ impl Imds {
                     self.bodies.insert(key, (creds.clone(), body.clone()));
                     body
                 };
-                text(200, body)
+                (
+                    text(200, body),
+                    Outcome::Served {
+                        binding,
+                        credentials: creds,
+                    },
+                )
             }
             Err(e) => {
                 tracing::warn!(role = %binding.role_arn, pod_uid = ?caller.pod_uid, code = %e.code, message = %e.message, "credentials unavailable");
-                error_json(500, &e.code, &e.message)
+                let reason = format!("credentials unavailable: {}", e.code).into();
+                refused(error_json(500, &e.code, &e.message), reason)
             }
         }
     }

@@ -54,6 +54,12 @@ pub(crate) trait RoleResolver: Send + Sync + std::fmt::Debug + 'static {
         &'a self,
         caller: &'a Caller,
     ) -> BoxFuture<'a, Result<Option<Arc<RoleBinding>>, RoleError>>;
+
+    /// The namespace and name of the pod with this UID, where the resolver knows pods (for
+    /// the audit log).
+    fn pod_name(&self, _uid: &str) -> Option<(String, String)> {
+        None
+    }
 }
 
 /// Why a role name or ARN was refused.

@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `GET /live` | 200 `ok` while the process runs |
 //! | `GET /ready` | 200 `ready` once the eBPF programs are attached and the proxy listens; 503 while shutting down, or while the datapath is missing and cannot be put back |
-//! | `GET /metrics` | Prometheus text format (see `metrics`) |
+//! | `GET /metrics` | the metrics (see `telemetry::metrics`): OpenMetrics to a client that accepts it (Prometheus), else the text format 0.0.4 |
 //! | anything else | 404 |
 
 use std::net::SocketAddr;
@@ -17,6 +17,7 @@ use prometheus_client::registry::Registry;
 
 use crate::server::admission::Refusal;
 use crate::server::{self, ConnHandler, Resp};
+use crate::telemetry::metrics::exposition::{self, Format};
 
 /// The admin server's state.
 #[derive(Debug)]
@@ -50,7 +51,7 @@ impl Admin {
         self.ready.load(Ordering::SeqCst) && self.datapath_ok.load(Ordering::SeqCst)
     }
 
-    fn route(&self, method: &Method, path: &str) -> Resp {
+    fn route(&self, method: &Method, path: &str, accept: Option<&[u8]>) -> Resp {
         match (method, path) {
             (&Method::GET, "/live") => server::response(200, "text/plain", "ok\n"),
             (&Method::GET, "/ready") if self.is_ready() => {
@@ -58,13 +59,9 @@ impl Admin {
             }
             (&Method::GET, "/ready") => server::response(503, "text/plain", "not ready\n"),
             (&Method::GET, "/metrics") => {
-                let mut out = String::new();
-                match prometheus_client::encoding::text::encode(&mut out, &self.registry) {
-                    Ok(()) => server::response(
-                        200,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        out,
-                    ),
+                let format = Format::negotiate(accept);
+                match exposition::encode(&self.registry, format) {
+                    Ok(out) => server::response(200, format.content_type(), out),
                     Err(e) => {
                         server::response(500, "text/plain", format!("encoding failed: {e}\n"))
                     }
@@ -90,7 +87,11 @@ impl ConnHandler for Admin {
     }
 
     async fn handle(&self, _conn: &(), req: Request<Incoming>) -> Resp {
-        self.route(req.method(), req.uri().path())
+        let accept = req
+            .headers()
+            .get(hyper::header::ACCEPT)
+            .map(hyper::header::HeaderValue::as_bytes);
+        self.route(req.method(), req.uri().path(), accept)
     }
 }
 
@@ -101,14 +102,26 @@ mod tests {
     #[test]
     fn routes() {
         let admin = Admin::new(Registry::default());
-        assert_eq!(admin.route(&Method::GET, "/live").status(), 200);
-        assert_eq!(admin.route(&Method::GET, "/ready").status(), 503);
+        assert_eq!(admin.route(&Method::GET, "/live", None).status(), 200);
+        assert_eq!(admin.route(&Method::GET, "/ready", None).status(), 503);
         admin.set_ready(true);
-        assert_eq!(admin.route(&Method::GET, "/ready").status(), 200);
+        assert_eq!(admin.route(&Method::GET, "/ready", None).status(), 200);
         admin.set_datapath_ok(false);
-        assert_eq!(admin.route(&Method::GET, "/ready").status(), 503);
+        assert_eq!(admin.route(&Method::GET, "/ready", None).status(), 503);
         admin.set_datapath_ok(true);
-        assert_eq!(admin.route(&Method::GET, "/metrics").status(), 200);
-        assert_eq!(admin.route(&Method::GET, "/x").status(), 404);
+        let text = admin.route(&Method::GET, "/metrics", None);
+        assert_eq!(text.status(), 200);
+        assert!(text.headers()["content-type"]
+            .to_str()
+            .is_ok_and(|t| t.starts_with("text/plain; version=0.0.4")));
+        let om = admin.route(
+            &Method::GET,
+            "/metrics",
+            Some(b"application/openmetrics-text;version=1.0.0,*/*;q=0.1"),
+        );
+        assert!(om.headers()["content-type"]
+            .to_str()
+            .is_ok_and(|t| t.starts_with("application/openmetrics-text")));
+        assert_eq!(admin.route(&Method::GET, "/x", None).status(), 404);
     }
 }

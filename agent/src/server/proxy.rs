@@ -20,6 +20,7 @@ use hyper::Request;
 
 use crate::caller::attribution::{Attributor, Caller, Unattributed};
 use crate::clock;
+use crate::imds::audit;
 use crate::imds::session::Session;
 use crate::imds::{Imds, Subject};
 use crate::server::admission::Refusal;
@@ -109,24 +110,43 @@ impl ConnHandler for Proxy {
     }
 
     async fn handle(&self, conn: &Self::Conn, req: Request<Incoming>) -> Resp {
-        let (route, resp) = match &conn.0 {
-            Err(reason) => (
-                "unattributed",
-                server::response(403, "text/plain", format!("{reason}\n")),
-            ),
-            Ok((caller, session)) => {
-                self.imds
-                    .handle(
-                        caller,
-                        session,
-                        req.method(),
-                        req.uri().path(),
-                        req.headers(),
-                    )
-                    .await
-            }
+        let started = clock::now();
+        let Ok((caller, session)) = &conn.0 else {
+            let resp = match &conn.0 {
+                Err(reason) => server::response(403, "text/plain", format!("{reason}\n")),
+                Ok(_) => unreachable!("matched above"),
+            };
+            self.metrics
+                .request("unattributed", 403, clock::since(started));
+            return resp;
         };
-        self.metrics.request(route, resp.status().as_u16());
-        resp
+        let answer = self
+            .imds
+            .handle(
+                caller,
+                session,
+                req.method(),
+                req.uri().path(),
+                req.headers(),
+            )
+            .await;
+        let now = clock::now();
+        let latency = now.saturating_duration_since(started);
+        let status = answer.resp.status().as_u16();
+        self.metrics.request(answer.route, status, latency);
+        if let Some(outcome) = &answer.audit {
+            self.imds.audit().record(
+                &audit::Entry {
+                    caller,
+                    subject: session.subject(),
+                    route: answer.route,
+                    status,
+                    latency,
+                    outcome,
+                },
+                now,
+            );
+        }
+        answer.resp
     }
 }

@@ -2,6 +2,7 @@
 //! fixtures (fake node, pods, agent, clients, fake API server, moto STS) come from the
 //! `iamlet_tests` library (`tests/src`).
 //!
+//! * [`audit`]: the audit log: a line per credentials answer and refusal, collapsed per key.
 //! * [`bypass`]: pods that reach for the metadata service without a hooked `connect()` get
 //!   nothing of the node's service.
 //! * [`harness`]: self-tests of the privileged harness (topology, connectivity, cleanup).
@@ -29,6 +30,7 @@
     reason = "a test scenario or bench driver reads top to bottom, step by step"
 )]
 
+mod audit;
 mod bypass;
 mod harness;
 mod imds;

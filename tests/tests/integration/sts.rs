@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use iamlet_tests::agent::metric_value;
 use iamlet_tests::{
-    fetch_credentials, http, skip_unless_privileged, sts_available, Agent, FakePod, Family, Fault,
-    FaultProxy, MotoSts, Sdk, TestNode,
+    fetch_credentials, http, promtool, skip_unless_privileged, sts_available, Agent, FakePod,
+    Family, Fault, FaultProxy, MotoSts, Sdk, TestNode,
 };
 use serde_json::Value;
 
@@ -339,7 +340,7 @@ fn sts_faults_keep_cached_roles_served_and_fail_uncached_fast() {
     let node = TestNode::new().expect("creating the test node");
     let sts = Sts::start(&node).expect("starting moto STS and the fault proxy");
     let a = node.add_pod(&pod_cgroup(UID_A)).expect("adding pod a");
-    let _agent = sts
+    let agent = sts
         .agent(
             &node,
             &[
@@ -405,4 +406,39 @@ fn sts_faults_keep_cached_roles_served_and_fail_uncached_fast() {
     // STS is back: B recovers.
     let (status, doc) = creds(&b, "app-b").expect("credentials of app-b from b");
     assert!(status == 200, "B after recovery: {status} {doc}");
+
+    // What an operator sees of all that: failures by code, call latency, the least time to
+    // expiry, request latency; and Prometheus's linter has nothing to say about the scrape.
+    let scrape = agent.metrics(&node).expect("scraping the agent");
+    for code in [
+        "RequestTimeout",
+        "Throttling",
+        "InternalFailure",
+        "ServiceUnavailable",
+        "AccessDenied",
+    ] {
+        let sample = format!("iamlet_sts_assume_role_failures_total{{code=\"{code}\"}}");
+        let failed = metric_value(&scrape, &sample).unwrap_or(0.0);
+        assert!(failed >= 1.0, "{sample} is {failed}:\n{scrape}");
+    }
+    let calls =
+        metric_value(&scrape, "iamlet_sts_assume_role_duration_seconds_count").unwrap_or(0.0);
+    assert!(calls >= 8.0, "{calls} AssumeRole calls timed:\n{scrape}");
+    let left =
+        metric_value(&scrape, "iamlet_credentials_min_time_to_expiry_seconds").unwrap_or(0.0);
+    assert!(left > 600.0, "least time to expiry {left} s:\n{scrape}");
+    let served = metric_value(
+        &scrape,
+        "iamlet_proxy_request_duration_seconds_count{route=\"role_credentials\",status=\"2xx\"}",
+    )
+    .unwrap_or(0.0);
+    assert!(
+        served >= 1000.0,
+        "{served} credential answers timed:\n{scrape}"
+    );
+    assert!(
+        scrape.contains("iamlet_build_info{"),
+        "no build info:\n{scrape}"
+    );
+    promtool::check_metrics(&scrape).expect("promtool check metrics");
 }

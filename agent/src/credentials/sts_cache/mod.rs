@@ -26,6 +26,7 @@ use crate::clock;
 use crate::credentials::sts_client::Assumer;
 use crate::credentials::{CredentialError, CredentialSource, Credentials};
 use crate::role::{BoxFuture, RoleBinding};
+use crate::telemetry::metrics::AssumeRoleMetrics;
 
 /// Tuning of the STS cache.
 #[derive(Clone, Debug)]
@@ -102,6 +103,8 @@ pub(crate) struct StsCacheStats {
     pub hits: AtomicU64,
     /// Requests that had to wait for a call (or failed fast).
     pub misses: AtomicU64,
+    /// AssumeRole latency and failures by code.
+    pub assume_role: AssumeRoleMetrics,
 }
 
 struct Inner {
@@ -150,6 +153,15 @@ impl StsCache {
                 runtime: tokio::runtime::Handle::try_current().ok(),
             }),
         }
+    }
+
+    /// The least time left among the credentials the cache holds (`None`: it holds none).
+    pub(crate) fn least_time_left(&self, now: SystemTime) -> Option<Duration> {
+        self.inner
+            .cache
+            .iter()
+            .filter_map(|(_, slot)| slot.lock().current.as_ref().map(|c| remaining(c, now)))
+            .min()
     }
 
     /// Counters.
@@ -205,7 +217,12 @@ impl StsCache {
         let fut: BoxFuture<'static, FetchResult> = Box::pin(async move {
             let _permit = inner.permits.acquire().await;
             inner.stats.sts_calls.fetch_add(1, Ordering::Relaxed);
+            let started = clock::now();
             let result = inner.assumer.assume(&slot2.binding).await.map(Arc::new);
+            inner.stats.assume_role.observe(
+                clock::since(started),
+                result.as_ref().err().map(|e| e.code.as_str()),
+            );
             let mut st = slot2.lock();
             st.inflight = None;
             match &result {

@@ -135,7 +135,7 @@ async fn call_on(
             HeaderValue::from_str(v).expect("value"),
         );
     }
-    imds.handle(c, conn, &method, path, &headers).await.1
+    imds.handle(c, conn, &method, path, &headers).await.resp
 }
 
 /// `GET path` without headers.

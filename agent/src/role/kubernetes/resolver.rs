@@ -53,4 +53,11 @@ impl RoleResolver for KubeRoles {
             }
         })
     }
+
+    fn pod_name(&self, uid: &str) -> Option<(String, String)> {
+        match self.index.get(uid) {
+            Lookup::Found(entry) => Some((entry.info.namespace.clone(), entry.info.name.clone())),
+            Lookup::Deleted | Lookup::Unknown => None,
+        }
+    }
 }

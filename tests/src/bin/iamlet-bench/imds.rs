@@ -187,7 +187,7 @@ end
 }
 
 /// The agent's flags in this benchmark: static credentials for the pod's role, no rate limit,
-/// no upstream, warnings only.
+/// no upstream, warnings and the audit log (at info, as by default).
 fn agent_args(dir: &TempDir) -> Vec<String> {
     vec![
         "--bindings".into(),
@@ -195,7 +195,7 @@ fn agent_args(dir: &TempDir) -> Vec<String> {
         "--static-credentials".into(),
         dir.path("creds.yaml").display().to_string(),
         "--log".into(),
-        "warn".into(),
+        "warn,iamlet::audit=info".into(),
         "--rate-limit".into(),
         "0".into(),
         "--upstream".into(),
@@ -493,7 +493,10 @@ pub(crate) fn bench_imds() -> Result<()> {
     summary(&verdicts);
     let log = agent.log_text();
     if !log.trim().is_empty() {
-        println!("\niamlet logged (warn and above):\n{}", log.trim_end());
+        println!(
+            "\niamlet logged (warn and above, and the audit log):\n{}",
+            log.trim_end()
+        );
     }
     Ok(())
 }
