@@ -7,6 +7,8 @@
 //!   nothing of the node's service.
 //! * [`harness`]: self-tests of the privileged harness (topology, connectivity, cleanup).
 //! * [`imds`]: the metadata API with real SDK clients, token binding, no node credentials.
+//! * [`inspect`]: `iamlet inspect`, `iamlet log-filter` and the Kubernetes metrics against a
+//!   real agent.
 //! * [`kernel`]: a kernel without what iamlet needs is refused at start, by name.
 //! * [`kube`]: Kubernetes mode with the fake API server: annotations, namespace policy, races.
 //! * [`kube_churn`]: Kubernetes mode under pod churn, container-start bursts and API outages.
@@ -34,6 +36,7 @@ mod audit;
 mod bypass;
 mod harness;
 mod imds;
+mod inspect;
 mod kernel;
 mod kube;
 mod kube_churn;
