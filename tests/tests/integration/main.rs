@@ -15,6 +15,8 @@
 //! * [`kube_fake`]: the fake Kubernetes API server against the real kube-rs client.
 //! * [`limits`]: connection, header, rate and flag limits of the metadata proxy.
 //! * [`manifests`]: the Helm chart and the rendered manifests (no privileges needed).
+//! * [`monitoring`]: the chart's alerting rules and Grafana dashboard: promtool, and every
+//!   metric they query in a real agent's scrape.
 //! * [`ownership`]: the agent repairs its pins and attachment; one agent per pin directory.
 //! * [`redirect`]: the eBPF redirect and the cgroup attribution of each connection.
 //! * [`sts`]: the STS credentials cache against moto STS behind the fault proxy.
@@ -43,6 +45,7 @@ mod kube_churn;
 mod kube_fake;
 mod limits;
 mod manifests;
+mod monitoring;
 mod ownership;
 mod redirect;
 mod sts;
