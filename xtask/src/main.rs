@@ -2,16 +2,18 @@
 //!
 //! * `setup` installs what a fresh Debian 12 machine lacks (idempotent; says what it does).
 //! * `build-ebpf` builds `agent-ebpf` for bpfel-unknown-none with BTF, for `iamlet` to embed.
-//! * `test` runs setup, build-ebpf, fmt --check, clippy, unit tests, the privileged
+//! * `test` runs setup, build-ebpf, fmt --check, clippy, unit tests, the image, the privileged
 //!   integration tests (serially), the fuzz targets briefly, the demo, and the kernel matrix.
 //! * `demo` runs the main job locally on fake pods.
 //! * `bench` runs a benchmark, side by side with its baseline.
+//! * `image` builds the OCI image archive of the release agent (see `image`).
 //! * `fuzz` builds and runs the fuzz targets (see `fuzz`).
 //! * `vm-test` runs the kernel-sensitive integration tests on the EKS node kernels, in VMs
 //!   (see `vm`).
 
 mod fuzz;
 mod helm;
+mod image;
 mod setup;
 mod vm;
 
@@ -34,8 +36,9 @@ enum Cmd {
     Setup,
     /// Build the eBPF object (target/ebpf/bpfel-unknown-none/release/agent-ebpf).
     BuildEbpf,
-    /// Everything CI runs: setup, build-ebpf, fmt, clippy, unit and privileged tests, the fuzz
-    /// targets, the demo and the kernel matrix (`vm-test --kernel all`).
+    /// Everything CI runs: setup, build-ebpf, fmt, clippy, unit tests, the image, the
+    /// privileged tests, the fuzz targets, the demo and the kernel matrix (`vm-test --kernel
+    /// all`).
     Test {
         /// Only run integration tests whose name contains this; a test's name is its module
         /// path, so `kube_churn::` runs one area (see tests/tests/integration/main.rs).
@@ -47,6 +50,12 @@ enum Cmd {
     },
     /// Make fake pods and show what each one gets through the redirect.
     Demo,
+    /// Build the OCI image archive of the release agent (target/image/iamlet-<version>.tar).
+    Image {
+        /// `org.opencontainers.image.source` (default: the URL of git's `origin`, if any).
+        #[arg(long)]
+        source: Option<String>,
+    },
     /// Build and run the fuzz targets of agent/fuzz from their committed corpus.
     Fuzz {
         /// Seconds per target.
@@ -111,6 +120,10 @@ fn main() -> Result<()> {
                 None => fuzz::Budget::Seconds(seconds),
             };
             fuzz::run(&root, fuzz::Build::Thorough, budget, &targets)
+        }
+        Cmd::Image { source } => {
+            setup::run(&root)?;
+            image::build(&root, &image::Options { source }).map(|_| ())
         }
         Cmd::Demo => {
             setup::run(&root)?;
@@ -331,6 +344,12 @@ fn test(root: &Path, filter: Option<&str>, no_setup: bool) -> Result<()> {
         "iamlet/fuzzing",
     ]))?;
     build_agent(root)?;
+    // The image the `image::` tests run with runc (release build: only when they run).
+    let image = if filter.is_none_or(|f| f.contains("image") || "image::".contains(f)) {
+        Some(image::build(root, &image::Options { source: None })?)
+    } else {
+        None
+    };
     // Privileged integration tests: real programs, cgroups and namespaces, one at a time.
     let mut cmd = cargo(root);
     cmd.args(["test", "--locked", "--package", "iamlet-tests", "--"])
@@ -338,6 +357,9 @@ fn test(root: &Path, filter: Option<&str>, no_setup: bool) -> Result<()> {
         .env("IAMLET_BIN", root.join("target/debug/iamlet"))
         // A privileged test that cannot run fails here instead of skipping.
         .env("IAMLET_TESTS_STRICT", "1");
+    if let Some(archive) = image {
+        cmd.env("IAMLET_IMAGE", archive);
+    }
     sdk_client_env(root, &mut cmd);
     if let Some(f) = filter {
         cmd.arg(f);
