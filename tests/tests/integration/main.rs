@@ -6,6 +6,7 @@
 //! * [`bypass`]: pods that reach for the metadata service without a hooked `connect()` get
 //!   nothing of the node's service.
 //! * [`harness`]: self-tests of the privileged harness (topology, connectivity, cleanup).
+//! * [`image`]: the OCI image of the agent, unpacked and run with runc.
 //! * [`imds`]: the metadata API with real SDK clients, token binding, no node credentials.
 //! * [`kernel`]: a kernel without what iamlet needs is refused at start, by name.
 //! * [`kube`]: Kubernetes mode with the fake API server: annotations, namespace policy, races.
@@ -33,6 +34,7 @@
 mod audit;
 mod bypass;
 mod harness;
+mod image;
 mod imds;
 mod kernel;
 mod kube;
