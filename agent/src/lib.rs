@@ -3,7 +3,7 @@
 //!
 //! The library's public face is small: the flags ([`Args`]), checked into a [`Plan`] and
 //! loaded into the [`Config`], logging ([`init_logging`]) and the agent itself ([`run`]), for `main.rs` and
-//! the tests. Inside, one folder per concern:
+//! the tests; and the node-side commands ([`inspect_cli`], [`log_filter_cli`]). Inside, one folder per concern:
 //!
 //! | module | what lives there |
 //! |---|---|
@@ -16,7 +16,8 @@
 //! | `imds` | the metadata API: tokens, routes, canonical paths, passthrough, rate limits |
 //! | `server` | the HTTP accept loop, per-pod admission, the metadata proxy, the admin server, heap trimming |
 //! | `handover` | upgrades: a new agent takes the running one's sockets and pins over |
-//! | `telemetry` | logs and Prometheus metrics |
+//! | `telemetry` | logs (with a filter changeable at run time) and Prometheus metrics |
+//! | `inspect` | `iamlet inspect` / `iamlet log-filter`: the admin server's pod inventory and the CLIs that read it |
 //! | `clock` | time, read in one place so that tests can pause it |
 //! | `timefmt` | UTC timestamps as AWS writes them |
 // Raw system calls live in the `iamlet-sys` crate (agent/sys), behind safe functions.
@@ -33,6 +34,7 @@ mod datapath;
 pub mod fuzzing;
 mod handover;
 mod imds;
+mod inspect;
 mod role;
 mod server;
 mod telemetry;
@@ -40,4 +42,5 @@ mod timefmt;
 
 pub use app::{run, Error};
 pub use config::{Args, Config, LoadError, LogFormat, Plan};
+pub use inspect::{inspect as inspect_cli, log_filter as log_filter_cli};
 pub use telemetry::init as init_logging;

@@ -8,6 +8,17 @@ use iamlet::Args;
 const EXIT_CONFIG: i32 = 64;
 
 fn main() {
+    // Commands for operators on the node; anything else runs the agent.
+    let command = std::env::args_os().nth(1);
+    let rest = || std::env::args_os().skip(1);
+    let exit = match command.as_ref().and_then(|c| c.to_str()) {
+        Some("inspect") => Some(iamlet::inspect_cli(rest())),
+        Some("log-filter") => Some(iamlet::log_filter_cli(rest())),
+        _ => None,
+    };
+    if let Some(code) = exit {
+        std::process::exit(code);
+    }
     let args = match Args::try_parse() {
         Ok(args) => args,
         Err(e) if e.use_stderr() => {

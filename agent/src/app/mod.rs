@@ -14,6 +14,7 @@ use crate::credentials::sts_cache::StsCache;
 use crate::datapath::{self, Datapath, DatapathConfig};
 use crate::handover::{self, Offer, Predecessor, Retire};
 use crate::imds::token::TokenKey;
+use crate::inspect::inventory::{CredentialSourceView, Inventory, RoleSourceView};
 use crate::role::bindings::{self};
 use crate::role::kubernetes as k8s;
 use crate::role::kubernetes::pod_index::PodIndex;
@@ -291,14 +292,35 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let metrics = Metrics::default();
     // Connections the proxy holds (its listeners share one count and one limit).
     let held = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let admin = Admin::new(metrics::registry(
+    let mut registry = metrics::registry(
         &metrics,
         Some(datapath.clone()),
         sts_cache.clone(),
         Some(held.clone()),
-    ));
+    );
+    if let Some(k) = &kube {
+        metrics::kube::register(&mut registry, k.index.clone(), k.health.clone());
+    }
     let imds = build_imds(&config, tokens, roles, sts_cache.as_ref());
     let audit = imds.audit().clone();
+    let inventory = Inventory {
+        roles: match (&bindings, &kube) {
+            (Some(b), _) => RoleSourceView::Standalone(b.clone()),
+            (None, Some(k)) => RoleSourceView::Kubernetes {
+                node: k.node.clone(),
+                pods: k.index.clone(),
+            },
+            (None, None) => RoleSourceView::None,
+        },
+        credentials: match (&config.credentials, &sts_cache) {
+            (_, Some(cache)) => CredentialSourceView::Sts(cache.clone()),
+            (CredentialsConfig::Static(_), None) => CredentialSourceView::Static,
+            (CredentialsConfig::Sts(_), None) => CredentialSourceView::None,
+        },
+        cgroups: index.clone(),
+        audit: audit.clone(),
+    };
+    let admin = Admin::new(registry, Some(inventory), config.runtime.admin_listen);
     let proxy = Proxy::new(
         Attributor::new(datapath.clone(), index.clone()),
         imds,
@@ -327,6 +349,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
             k.state,
             sts_cache.clone(),
             trims.clone(),
+            k.health,
             stop_rx.clone(),
         )));
     }

@@ -19,6 +19,7 @@ use crate::role::kubernetes::cluster_state::ClusterState;
 use crate::role::kubernetes::pod_index::PodIndex;
 use crate::role::kubernetes::policy::PolicySettings;
 use crate::role::kubernetes::resolver::KubeRoles;
+use crate::role::kubernetes::watch_health::WatchHealth;
 use crate::role::{self, RoleResolver};
 
 /// Why the node's account could not be learned from the metadata service.
@@ -122,6 +123,8 @@ pub(super) struct KubeSource {
     pub(super) client: kube::Client,
     pub(super) state: ClusterState,
     pub(super) node: String,
+    /// The watch's health (for the metrics).
+    pub(super) health: Arc<WatchHealth>,
 }
 
 pub(super) async fn kube_source(config: &Config) -> Result<Option<KubeSource>, Error> {
@@ -177,6 +180,7 @@ pub(super) async fn kube_source(config: &Config) -> Result<Option<KubeSource>, E
         client,
         state: ClusterState::new(settings, index),
         node: k.node.clone(),
+        health: Arc::new(WatchHealth::default()),
     }))
 }
 

@@ -23,6 +23,7 @@ use crate::caller::attribution::Caller;
 use crate::credentials::Credentials;
 use crate::role::{RoleBinding, RoleResolver};
 use crate::timefmt::format_utc;
+use served::ServedLog;
 
 /// How long answers alike are counted before their count is logged.
 pub(crate) const INTERVAL: Duration = Duration::from_secs(60);
@@ -105,6 +106,8 @@ struct Line {
 /// The audit log of one proxy.
 #[derive(Debug)]
 pub(crate) struct Audit {
+    /// What each subject was served (for `iamlet inspect`).
+    served: ServedLog,
     /// Tallies by a hash of what makes answers alike: counting an answer allocates nothing.
     /// (Two kinds with the same hash only cost a line more: the later replaces the earlier.)
     tallies: Mutex<HashMap<u64, Tally>>,
@@ -116,14 +119,21 @@ impl Audit {
     /// An audit log naming pods through `roles` (namespace and name, where it knows them).
     pub(crate) fn new(roles: Arc<dyn RoleResolver>) -> Self {
         Audit {
+            served: ServedLog::default(),
             tallies: Mutex::new(HashMap::new()),
             hasher: RandomState::new(),
             roles,
         }
     }
 
+    /// What each subject was served.
+    pub(crate) fn served(&self) -> &ServedLog {
+        &self.served
+    }
+
     /// Records one answer at `now`: logs it, or counts it with the ones alike.
     pub(crate) fn record(&self, entry: &Entry<'_>, now: Instant) {
+        self.served.record(entry, now);
         let access_key_id = match entry.outcome {
             Outcome::Served { credentials, .. } => credentials.access_key_id.as_str(),
             Outcome::Refused { .. } => "",
@@ -175,6 +185,7 @@ impl Audit {
     /// interval has passed at `now` (as its last line again, with `repeated` and the latest
     /// latency), and forgets kinds idle for two intervals.
     pub(crate) fn flush(&self, now: Instant) {
+        self.served.forget_idle(now);
         let mut due = Vec::new();
         {
             let mut tallies = self.tallies.lock().unwrap_or_else(PoisonError::into_inner);
@@ -268,5 +279,6 @@ fn line_of(entry: &Entry<'_>) -> Line {
     }
 }
 
+pub(crate) mod served;
 #[cfg(test)]
 mod tests;

@@ -111,14 +111,14 @@ impl ConnHandler for Proxy {
 
     async fn handle(&self, conn: &Self::Conn, req: Request<Incoming>) -> Resp {
         let started = clock::now();
-        let Ok((caller, session)) = &conn.0 else {
-            let resp = match &conn.0 {
-                Err(reason) => server::response(403, "text/plain", format!("{reason}\n")),
-                Ok(_) => unreachable!("matched above"),
-            };
-            self.metrics
-                .request("unattributed", 403, clock::since(started));
-            return resp;
+        let (caller, session) = match &conn.0 {
+            Ok(attributed) => attributed,
+            Err(reason) => {
+                let resp = server::response(403, "text/plain", format!("{reason}\n"));
+                self.metrics
+                    .request("unattributed", 403, clock::since(started));
+                return resp;
+            }
         };
         let answer = self
             .imds

@@ -155,6 +155,47 @@ fn every_credentials_answer_and_refusal_is_audited_once_per_key_and_no_secret_is
         "{refused:?}"
     );
 
+    // `iamlet inspect` (standalone): the bound pod with what it was served, and the pod that
+    // was only refused.
+    let out = node
+        .run_timeout(
+            &[
+                iamlet_tests::agent::agent_bin()
+                    .display()
+                    .to_string()
+                    .as_str(),
+                "inspect",
+                "-o",
+                "json",
+            ],
+            std::time::Duration::from_secs(20),
+        )
+        .expect("running iamlet inspect");
+    assert!(out.success(), "{out:?}");
+    let report: Value = serde_json::from_str(&out.stdout).expect("inspect's JSON");
+    assert_eq!(report["mode"], "standalone", "{report:#}");
+    let row = |uid: &str| {
+        report["pods"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["uid"] == uid))
+            .unwrap_or_else(|| panic!("no row for {uid}: {report:#}"))
+            .clone()
+    };
+    let (row_a, row_b) = (row(UID_A), row(UID_B));
+    assert_eq!(row_a["role"], ROLE_A, "{row_a:#}");
+    assert_eq!(row_a["access_key_id"], KEY_A, "{row_a:#}");
+    assert_eq!(row_a["expiration"], "2099-01-01T00:00:00Z", "{row_a:#}");
+    assert_eq!(row_a["served"], 5, "{row_a:#}");
+    assert!(
+        row_a["cgroup"]
+            .as_str()
+            .is_some_and(|c| c.ends_with(&iamlet_tests::besteffort_pod_slice(UID_A))),
+        "the bound cgroup is the pod's slice: {row_a:#}"
+    );
+    assert_eq!(row_b["refused"], 2, "{row_b:#}");
+    assert_eq!(row_b["served"], 0, "{row_b:#}");
+    assert!(row_b.get("role").is_none(), "{row_b:#}");
+
     // Stopping flushes the count of the answers that were only counted.
     agent.stop().expect("stopping the agent");
     let log = agent.log_text();

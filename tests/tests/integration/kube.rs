@@ -17,14 +17,14 @@ use iamlet_tests::{
 };
 use serde_json::{json, Value};
 
-const NODE: &str = "node-1";
+pub(crate) const NODE: &str = "node-1";
 const ACCOUNT: &str = "123456789012";
 
-fn container(uid: &str) -> String {
+pub(crate) fn container(uid: &str) -> String {
     iamlet_tests::besteffort_container_cgroup(uid, 1)
 }
 
-fn pod_json(ns: &str, name: &str, uid: &str, role: Option<&str>, node: &str) -> Value {
+pub(crate) fn pod_json(ns: &str, name: &str, uid: &str, role: Option<&str>, node: &str) -> Value {
     let mut annotations = serde_json::Map::new();
     if let Some(r) = role {
         annotations.insert("iam.amazonaws.com/role".into(), json!(r));
@@ -36,16 +36,16 @@ fn pod_json(ns: &str, name: &str, uid: &str, role: Option<&str>, node: &str) -> 
     })
 }
 
-fn namespace_json(name: &str, permitted: &str) -> Value {
+pub(crate) fn namespace_json(name: &str, permitted: &str) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Namespace",
         "metadata": {"name": name, "annotations": {"iam.amazonaws.com/permitted": permitted}}
     })
 }
 
-struct Setup {
+pub(crate) struct Setup {
     dir: PathBuf,
-    api: RemoteApiServer,
+    pub(crate) api: RemoteApiServer,
     /// The agent's flags, for a successor.
     args: Vec<String>,
 }
@@ -73,7 +73,7 @@ enum Creds<'a> {
     Sts(&'a str, &'a [&'a str]),
 }
 
-fn setup(node: &TestNode, roles: &[&str]) -> Result<(Setup, Agent)> {
+pub(crate) fn setup(node: &TestNode, roles: &[&str]) -> Result<(Setup, Agent)> {
     setup_with(node, Creds::Static(roles))
 }
 
@@ -134,7 +134,7 @@ fn role_list(pod: &FakePod) -> Result<(u16, String)> {
     Ok((a.status, a.body))
 }
 
-fn wait_for(what: &str, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
+pub(crate) fn wait_for(what: &str, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
     let deadline = Instant::now() + scaled(Duration::from_secs(10));
     while Instant::now() < deadline {
         if f()? {

@@ -8,6 +8,8 @@
 //! * [`harness`]: self-tests of the privileged harness (topology, connectivity, cleanup).
 //! * [`image`]: the OCI image of the agent, unpacked and run with runc.
 //! * [`imds`]: the metadata API with real SDK clients, token binding, no node credentials.
+//! * [`inspect`]: `iamlet inspect`, `iamlet log-filter` and the Kubernetes metrics against a
+//!   real agent.
 //! * [`kernel`]: a kernel without what iamlet needs is refused at start, by name.
 //! * [`kube`]: Kubernetes mode with the fake API server: annotations, namespace policy, races.
 //! * [`kube_churn`]: Kubernetes mode under pod churn, container-start bursts and API outages.
@@ -36,6 +38,7 @@ mod bypass;
 mod harness;
 mod image;
 mod imds;
+mod inspect;
 mod kernel;
 mod kube;
 mod kube_churn;

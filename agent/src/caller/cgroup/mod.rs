@@ -470,6 +470,16 @@ impl CgroupIndex {
             .collect()
     }
 
+    /// Every indexed cgroup, id and path, as of the last scan.
+    pub(crate) fn entries(&self) -> Vec<(u64, String)> {
+        self.map
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(id, path)| (*id, path.clone()))
+            .collect()
+    }
+
     /// Number of cgroups in the index.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {

@@ -92,6 +92,15 @@ impl Slot {
     }
 }
 
+/// What [`StsCache::peek`] found.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Peek {
+    /// The credentials the next request gets, if any.
+    pub current: Option<Arc<Credentials>>,
+    /// The AWS error code of the latest failed call, while it has not succeeded since.
+    pub last_error: Option<String>,
+}
+
 /// Counters for metrics and tests.
 #[derive(Debug, Default)]
 pub(crate) struct StsCacheStats {
@@ -162,6 +171,20 @@ impl StsCache {
             .iter()
             .filter_map(|(_, slot)| slot.lock().current.as_ref().map(|c| remaining(c, now)))
             .min()
+    }
+
+    /// What the cache holds for `binding` now, without fetching anything (`iamlet inspect`).
+    pub(crate) fn peek(&self, binding: &RoleBinding) -> Peek {
+        match self.inner.cache.get(binding) {
+            Some(slot) => {
+                let st = slot.lock();
+                Peek {
+                    current: st.current.clone(),
+                    last_error: st.last_error.as_ref().map(|e| e.code.clone()),
+                }
+            }
+            None => Peek::default(),
+        }
     }
 
     /// Counters.

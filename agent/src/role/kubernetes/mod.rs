@@ -7,10 +7,12 @@
 //! - [`pod_index`]: pod UID → decision, the index requests read, with the bounded wait that
 //!   closes the pod-start race;
 //! - [`resolver`]: the request-time role resolver over that index;
-//! - [`watch`]: the Kubernetes watch that feeds it all.
+//! - [`watch`]: the Kubernetes watch that feeds it all;
+//! - [`watch_health`]: when the watch last delivered, and its errors (for the metrics).
 
 pub(crate) mod cluster_state;
 pub(crate) mod pod_index;
 pub(crate) mod policy;
 pub(crate) mod resolver;
 pub(crate) mod watch;
+pub(crate) mod watch_health;

@@ -170,8 +170,7 @@ impl PodIndex {
         st.pods.values().cloned().collect()
     }
 
-    /// Number of pods.
-    #[cfg(test)]
+    /// Number of pods (the `iamlet_kube_pods` gauge, `iamlet inspect`).
     pub(crate) fn len(&self) -> usize {
         self.state
             .read()

@@ -6,6 +6,7 @@
 //! the index keeps serving the pods it knows.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Pod, ServiceAccount};
@@ -19,6 +20,7 @@ use tokio::sync::watch as signal;
 use crate::credentials::sts_cache::StsCache;
 use crate::role::kubernetes::cluster_state::{ClusterState, Effect};
 use crate::role::kubernetes::policy::PodInfo;
+use crate::role::kubernetes::watch_health::{WatchHealth, Watched};
 use crate::server::heap_trim::TrimRequests;
 
 /// The pod metadata the rules need.
@@ -44,6 +46,21 @@ struct Effects {
 }
 
 impl Effects {
+    /// Effects of the watch of `node`, with Events reported as iamlet on that node.
+    fn new(client: Client, node: &str, sts_cache: Option<StsCache>) -> Self {
+        let recorder = Recorder::new(
+            client,
+            Reporter {
+                controller: "iamlet".into(),
+                instance: Some(node.to_owned()),
+            },
+        );
+        Effects {
+            sts_cache,
+            recorder,
+        }
+    }
+
     async fn apply(&self, effects: Vec<Effect>) {
         for e in effects {
             match e {
@@ -87,6 +104,15 @@ fn annotations_of<K: Resource>(obj: &K) -> BTreeMap<String, String> {
     obj.meta().annotations.clone().unwrap_or_default()
 }
 
+/// Records each item of `watched`'s stream in `health`.
+fn observer<T>(
+    health: &Arc<WatchHealth>,
+    watched: Watched,
+) -> impl FnMut(&Result<T, watcher::Error>) {
+    let health = health.clone();
+    move |item| health.observe(watched, item.is_ok())
+}
+
 /// Runs the watch until `stop`: namespaces and service accounts first (so no pod is judged
 /// without its namespace's policy), then pods.
 pub(crate) async fn run(
@@ -95,19 +121,10 @@ pub(crate) async fn run(
     mut state: ClusterState,
     sts_cache: Option<StsCache>,
     trims: TrimRequests,
+    health: Arc<WatchHealth>,
     mut stop: signal::Receiver<bool>,
 ) {
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "iamlet".into(),
-            instance: Some(node.clone()),
-        },
-    );
-    let effects = Effects {
-        sts_cache,
-        recorder,
-    };
+    let effects = Effects::new(client.clone(), &node, sts_cache);
     let cfg = watcher::Config::default();
     // Metadata only: annotations are all the rules read.
     let mut namespaces = kube::runtime::watcher(
@@ -115,12 +132,14 @@ pub(crate) async fn run(
         cfg.clone(),
     )
     .default_backoff()
+    .inspect(observer(&health, Watched::Namespaces))
     .boxed();
     let mut accounts = kube::runtime::watcher(
         Api::<PartialObjectMeta<ServiceAccount>>::all(client.clone()),
         cfg,
     )
     .default_backoff()
+    .inspect(observer(&health, Watched::ServiceAccounts))
     .boxed();
     let pod_cfg = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
     let mut pods = None;
@@ -134,6 +153,7 @@ pub(crate) async fn run(
             pods = Some(
                 kube::runtime::watcher(Api::<Pod>::all(client.clone()), pod_cfg.clone())
                     .default_backoff()
+                    .inspect(observer(&health, Watched::Pods))
                     .boxed(),
             );
         }

@@ -137,3 +137,10 @@ pub(crate) struct BuildLabels {
     /// The source revision it was built from (`unknown` outside `cargo xtask`).
     pub revision: &'static str,
 }
+
+/// Labels of `iamlet_kube_watch_errors_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct WatchLabels {
+    /// `namespaces` / `serviceaccounts` / `pods`.
+    pub resource: &'static str,
+}

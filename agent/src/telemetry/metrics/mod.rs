@@ -19,11 +19,16 @@
 //! | `iamlet_credentials_hits_total`, `iamlet_credentials_misses_total` | counter (STS cache) | |
 //! | `iamlet_credentials_cache_entries` | gauge (STS cache) | |
 //! | `iamlet_credentials_min_time_to_expiry_seconds` | gauge (STS cache; absent while it holds no credentials) | |
+//! | `iamlet_ready` | gauge: 1 while `/ready` answers 200, else 0 | |
+//! | `iamlet_kube_pods` | gauge (Kubernetes): this node's pods in the pod index | |
+//! | `iamlet_kube_watch_last_event_age_seconds` | gauge (Kubernetes): since any watch last delivered an event (grows on a quiet cluster too) | |
+//! | `iamlet_kube_watch_errors_total` | counter (Kubernetes): failed list/watch calls, broken streams | `resource` = `namespaces` / `serviceaccounts` / `pods` |
 //!
-//! "STS cache": only when credentials come from STS.
+//! "STS cache": only when credentials come from STS. "Kubernetes": only in Kubernetes mode.
 
 mod ebpf;
 pub(crate) mod exposition;
+pub(crate) mod kube;
 pub(crate) mod labels;
 mod sts;
 

@@ -102,6 +102,16 @@ fn daemonset_environment_and_listeners() {
     };
     assert_eq!(field_ref("NODE_NAME").as_deref(), Some("spec.nodeName"));
     assert_eq!(field_ref("HOST_IP").as_deref(), Some("status.hostIP"));
+    // `kubectl exec` into the agent's container finds its admin server with `iamlet inspect`.
+    let admin_env = env
+        .iter()
+        .find(|e| e.name == "IAMLET_ADMIN_LISTEN")
+        .and_then(|e| e.value.as_deref());
+    assert_eq!(
+        admin_env,
+        Some(format!("$(HOST_IP):{ADMIN_PORT}").as_str()),
+        "{env:?}"
+    );
 
     let args = args(container);
     assert_eq!(
