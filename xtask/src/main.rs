@@ -344,37 +344,51 @@ fn test(root: &Path, filter: Option<&str>, no_setup: bool) -> Result<()> {
         "iamlet/fuzzing",
     ]))?;
     build_agent(root)?;
-    // The image the `image::` tests run with runc (release build: only when they run).
-    let image = if filter.is_none_or(|f| f.contains("image") || "image::".contains(f)) {
-        Some(image::build(root, &image::Options { source: None })?)
-    } else {
-        None
-    };
     // Privileged integration tests: real programs, cgroups and namespaces, one at a time.
-    let mut cmd = cargo(root);
-    cmd.args(["test", "--locked", "--package", "iamlet-tests", "--"])
-        .args(["--test-threads=1"])
-        .env("IAMLET_BIN", root.join("target/debug/iamlet"))
-        // A privileged test that cannot run fails here instead of skipping.
-        .env("IAMLET_TESTS_STRICT", "1");
-    if let Some(archive) = image {
-        cmd.env("IAMLET_IMAGE", archive);
-    }
-    sdk_client_env(root, &mut cmd);
+    let suite = |image: Option<&Path>, args: &[&str]| {
+        let mut cmd = cargo(root);
+        cmd.args(["test", "--locked", "--package", "iamlet-tests", "--"])
+            .args(["--test-threads=1"])
+            .args(args)
+            .env("IAMLET_BIN", root.join("target/debug/iamlet"))
+            // A privileged test that cannot run fails here instead of skipping.
+            .env("IAMLET_TESTS_STRICT", "1");
+        if let Some(archive) = image {
+            cmd.env("IAMLET_IMAGE", archive);
+        }
+        sdk_client_env(root, &mut cmd);
+        run(&mut cmd)
+    };
     if let Some(f) = filter {
-        cmd.arg(f);
-        return run(&mut cmd);
+        // The image the `image::` tests run with runc (a release build: only when they run).
+        let image = if f.contains("image") || "image::".contains(f) {
+            Some(image::build(root, &image::Options { source: None })?)
+        } else {
+            None
+        };
+        return suite(image.as_deref(), &[f]);
     }
-    run(&mut cmd)?;
-    // Every fuzz target, briefly, from its committed corpus.
-    fuzz::run(
-        root,
-        fuzz::Build::Quick,
-        fuzz::Budget::Seconds(FUZZ_SECONDS_IN_CI),
-        &[],
-    )?;
-    // The README's first command must keep working: run the demo too.
-    run_tests_bin(root, "iamlet-demo", &[])?;
+    suite(None, &["--skip", "image::"])?;
+    // The image's release build runs while the fuzz targets and the demo do (neither is
+    // timed against a limit), then the `image::` tests run it with runc.
+    let image = std::thread::scope(|scope| -> Result<PathBuf> {
+        let image = scope.spawn(|| image::build(root, &image::Options { source: None }));
+        // Every fuzz target, briefly, from its committed corpus.
+        let fuzzed = fuzz::run(
+            root,
+            fuzz::Build::Quick,
+            fuzz::Budget::Seconds(FUZZ_SECONDS_IN_CI),
+            &[],
+        );
+        // The README's first command must keep working: run the demo too.
+        let demo = fuzzed.and_then(|()| run_tests_bin(root, "iamlet-demo", &[]));
+        let image = image
+            .join()
+            .map_err(|_| anyhow::anyhow!("the image build panicked"))?;
+        demo?;
+        image
+    })?;
+    suite(Some(&image), &["image::"])?;
     // The kernel-sensitive tests on the kernels EKS nodes run, each in a VM.
     let outcomes = vm_test(root, vm::kernels::KERNELS, &[])?;
     vm::report(&outcomes)
