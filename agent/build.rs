@@ -1,4 +1,5 @@
-//! Embeds the eBPF object built by `cargo xtask build-ebpf`.
+//! Embeds the eBPF object built by `cargo xtask build-ebpf`, and gives `iamlet --version` the
+//! source revision (`IAMLET_REVISION`, set by `cargo xtask`).
 //!
 //! The object is built in its own cargo invocation (Debian's rustc with the prebuilt core for
 //! bpfel-unknown-none), so this script only finds it and hands its path to `include_bytes!`.
@@ -11,6 +12,11 @@
 use std::path::PathBuf;
 
 fn main() {
+    // `iamlet --version` names the source revision as well (`cargo xtask` sets it).
+    println!("cargo:rerun-if-env-changed=IAMLET_REVISION");
+    let revision = std::env::var("IAMLET_REVISION").unwrap_or_else(|_| "unknown".to_owned());
+    let version = std::env::var("CARGO_PKG_VERSION").unwrap_or_default();
+    println!("cargo:rustc-env=IAMLET_VERSION_TEXT={version} (revision {revision})");
     println!("cargo:rerun-if-env-changed=IAMLET_EBPF_OBJECT");
     let path = if let Some(p) = std::env::var_os("IAMLET_EBPF_OBJECT") {
         PathBuf::from(p)

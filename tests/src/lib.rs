@@ -15,6 +15,7 @@
 //! * [`ChildGuard`], [`run_with_timeout`]: nothing a test starts outlives it or hangs it.
 //! * [`fetch_credentials`]: a real AWS SDK ([`Sdk`]: boto3, JS v3, Rust) run inside a pod,
 //!   fetching credentials from the metadata service at its default endpoint.
+//! * [`OciBundle`]: an OCI image archive unpacked (skopeo, umoci) and run with runc.
 //! * [`MotoSts`], [`FaultProxy`]: a real STS (moto) in the node namespace behind a proxy that
 //!   counts calls and injects [`Fault`]s; the agent gets [`FaultProxy::endpoint`].
 //!
@@ -45,6 +46,7 @@ pub mod kube_fake;
 pub mod net;
 pub mod netns;
 pub mod node;
+pub mod oci;
 pub mod pod;
 pub mod privileges;
 pub mod process;
@@ -64,6 +66,7 @@ pub use kube_fake::{FakeApiServer, KubeControl, RemoteApiServer};
 pub use net::{http, http_each, http_with, udp_probe, FakeUpstream, Family, HttpAnswer};
 pub use netns::Netns;
 pub use node::{TestNode, IMDS_V4, IMDS_V6, NODE_PROXY_V4, NODE_PROXY_V6};
+pub use oci::OciBundle;
 pub use pod::{
     besteffort_container_cgroup, besteffort_pod_slice, FakePod, OutsideHost, PodNetwork,
 };

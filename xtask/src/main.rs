@@ -2,16 +2,18 @@
 //!
 //! * `setup` installs what a fresh Debian 12 machine lacks (idempotent; says what it does).
 //! * `build-ebpf` builds `agent-ebpf` for bpfel-unknown-none with BTF, for `iamlet` to embed.
-//! * `test` runs setup, build-ebpf, fmt --check, clippy, unit tests, the privileged
+//! * `test` runs setup, build-ebpf, fmt --check, clippy, unit tests, the image, the privileged
 //!   integration tests (serially), the fuzz targets briefly, the demo, and the kernel matrix.
 //! * `demo` runs the main job locally on fake pods.
 //! * `bench` runs a benchmark, side by side with its baseline.
+//! * `image` builds the OCI image archive of the release agent (see `image`).
 //! * `fuzz` builds and runs the fuzz targets (see `fuzz`).
 //! * `vm-test` runs the kernel-sensitive integration tests on the EKS node kernels, in VMs
 //!   (see `vm`).
 
 mod fuzz;
 mod helm;
+mod image;
 mod setup;
 mod vm;
 
@@ -34,8 +36,9 @@ enum Cmd {
     Setup,
     /// Build the eBPF object (target/ebpf/bpfel-unknown-none/release/agent-ebpf).
     BuildEbpf,
-    /// Everything CI runs: setup, build-ebpf, fmt, clippy, unit and privileged tests, the fuzz
-    /// targets, the demo and the kernel matrix (`vm-test --kernel all`).
+    /// Everything CI runs: setup, build-ebpf, fmt, clippy, unit tests, the image, the
+    /// privileged tests, the fuzz targets, the demo and the kernel matrix (`vm-test --kernel
+    /// all`).
     Test {
         /// Only run integration tests whose name contains this; a test's name is its module
         /// path, so `kube_churn::` runs one area (see tests/tests/integration/main.rs).
@@ -47,6 +50,12 @@ enum Cmd {
     },
     /// Make fake pods and show what each one gets through the redirect.
     Demo,
+    /// Build the OCI image archive of the release agent (target/image/iamlet-<version>.tar).
+    Image {
+        /// `org.opencontainers.image.source` (default: the URL of git's `origin`, if any).
+        #[arg(long)]
+        source: Option<String>,
+    },
     /// Build and run the fuzz targets of agent/fuzz from their committed corpus.
     Fuzz {
         /// Seconds per target.
@@ -111,6 +120,10 @@ fn main() -> Result<()> {
                 None => fuzz::Budget::Seconds(seconds),
             };
             fuzz::run(&root, fuzz::Build::Thorough, budget, &targets)
+        }
+        Cmd::Image { source } => {
+            setup::run(&root)?;
+            image::build(&root, &image::Options { source }).map(|_| ())
         }
         Cmd::Demo => {
             setup::run(&root)?;
@@ -332,27 +345,50 @@ fn test(root: &Path, filter: Option<&str>, no_setup: bool) -> Result<()> {
     ]))?;
     build_agent(root)?;
     // Privileged integration tests: real programs, cgroups and namespaces, one at a time.
-    let mut cmd = cargo(root);
-    cmd.args(["test", "--locked", "--package", "iamlet-tests", "--"])
-        .args(["--test-threads=1"])
-        .env("IAMLET_BIN", root.join("target/debug/iamlet"))
-        // A privileged test that cannot run fails here instead of skipping.
-        .env("IAMLET_TESTS_STRICT", "1");
-    sdk_client_env(root, &mut cmd);
+    let suite = |image: Option<&Path>, args: &[&str]| {
+        let mut cmd = cargo(root);
+        cmd.args(["test", "--locked", "--package", "iamlet-tests", "--"])
+            .args(["--test-threads=1"])
+            .args(args)
+            .env("IAMLET_BIN", root.join("target/debug/iamlet"))
+            // A privileged test that cannot run fails here instead of skipping.
+            .env("IAMLET_TESTS_STRICT", "1");
+        if let Some(archive) = image {
+            cmd.env("IAMLET_IMAGE", archive);
+        }
+        sdk_client_env(root, &mut cmd);
+        run(&mut cmd)
+    };
     if let Some(f) = filter {
-        cmd.arg(f);
-        return run(&mut cmd);
+        // The image the `image::` tests run with runc (a release build: only when they run).
+        let image = if f.contains("image") || "image::".contains(f) {
+            Some(image::build(root, &image::Options { source: None })?)
+        } else {
+            None
+        };
+        return suite(image.as_deref(), &[f]);
     }
-    run(&mut cmd)?;
-    // Every fuzz target, briefly, from its committed corpus.
-    fuzz::run(
-        root,
-        fuzz::Build::Quick,
-        fuzz::Budget::Seconds(FUZZ_SECONDS_IN_CI),
-        &[],
-    )?;
-    // The README's first command must keep working: run the demo too.
-    run_tests_bin(root, "iamlet-demo", &[])?;
+    suite(None, &["--skip", "image::"])?;
+    // The image's release build runs while the fuzz targets and the demo do (neither is
+    // timed against a limit), then the `image::` tests run it with runc.
+    let image = std::thread::scope(|scope| -> Result<PathBuf> {
+        let image = scope.spawn(|| image::build(root, &image::Options { source: None }));
+        // Every fuzz target, briefly, from its committed corpus.
+        let fuzzed = fuzz::run(
+            root,
+            fuzz::Build::Quick,
+            fuzz::Budget::Seconds(FUZZ_SECONDS_IN_CI),
+            &[],
+        );
+        // The README's first command must keep working: run the demo too.
+        let demo = fuzzed.and_then(|()| run_tests_bin(root, "iamlet-demo", &[]));
+        let image = image
+            .join()
+            .map_err(|_| anyhow::anyhow!("the image build panicked"))?;
+        demo?;
+        image
+    })?;
+    suite(Some(&image), &["image::"])?;
     // The kernel-sensitive tests on the kernels EKS nodes run, each in a VM.
     let outcomes = vm_test(root, vm::kernels::KERNELS, &[])?;
     vm::report(&outcomes)

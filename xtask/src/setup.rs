@@ -40,6 +40,12 @@ const APT_PACKAGES: &[&str] = &[
     "python3-seccomp",
     // `promtool check metrics` on a real scrape (the package's server is never started).
     "prometheus",
+    // `cargo xtask image`: the image is made with umoci and archived with skopeo; its CA
+    // bundle is Debian's; the `image::` tests run it with runc.
+    "umoci",
+    "skopeo",
+    "ca-certificates",
+    "runc",
 ];
 
 /// The Python the SDK venv is made from (Debian's).

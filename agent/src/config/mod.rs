@@ -31,7 +31,7 @@ pub enum LogFormat {
 
 /// iamlet: per-pod AWS IAM credentials through an eBPF-redirected instance metadata service.
 #[derive(Clone, Debug, Parser)]
-#[command(name = "iamlet", version, about)]
+#[command(name = "iamlet", version = env!("IAMLET_VERSION_TEXT"), about)]
 #[allow(
     clippy::struct_excessive_bools,
     reason = "command-line switches: each bool is one flag"

@@ -6,6 +6,7 @@
 //! * [`bypass`]: pods that reach for the metadata service without a hooked `connect()` get
 //!   nothing of the node's service.
 //! * [`harness`]: self-tests of the privileged harness (topology, connectivity, cleanup).
+//! * [`image`]: the OCI image of the agent, unpacked and run with runc.
 //! * [`imds`]: the metadata API with real SDK clients, token binding, no node credentials.
 //! * [`inspect`]: `iamlet inspect`, `iamlet log-filter` and the Kubernetes metrics against a
 //!   real agent.
@@ -37,6 +38,7 @@
 mod audit;
 mod bypass;
 mod harness;
+mod image;
 mod imds;
 mod inspect;
 mod kernel;
