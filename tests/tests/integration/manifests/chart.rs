@@ -27,7 +27,9 @@ fn find_helm() -> Option<PathBuf> {
     })
 }
 
-fn helm_or_skip(test: &str) -> Option<PathBuf> {
+/// helm (`IAMLET_HELM`, `PATH`, then `target/tools/helm`), or `None` after saying `test` is
+/// skipped.
+pub(crate) fn helm_or_skip(test: &str) -> Option<PathBuf> {
     let helm = find_helm();
     if helm.is_none() {
         eprintln!(
@@ -38,7 +40,8 @@ fn helm_or_skip(test: &str) -> Option<PathBuf> {
     helm
 }
 
-fn render(helm: &Path, extra: &[&str]) -> String {
+/// What `helm template` renders for the chart with `extra` arguments.
+pub(crate) fn render(helm: &Path, extra: &[&str]) -> String {
     let out = Command::new(helm)
         .args(RENDER_ARGS)
         .args(extra)

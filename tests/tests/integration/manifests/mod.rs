@@ -13,7 +13,7 @@
 //!
 //! `committed.rs` checks the committed manifests; `chart.rs` renders the chart with helm.
 
-mod chart;
+pub(crate) mod chart;
 mod committed;
 
 use std::collections::BTreeSet;
@@ -41,7 +41,8 @@ const NAMESPACE: &str = "kube-system";
 const METADATA_PORT: u16 = 8181;
 const ADMIN_PORT: u16 = 9809;
 
-fn root() -> PathBuf {
+/// The workspace root.
+pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("workspace root")

@@ -2,53 +2,15 @@
 //! carries the rules file's groups as they are, the `ConfigMap` the dashboard as it is, with the
 //! Grafana sidecar's label; with the toggles off (the default) neither is rendered.
 
-use std::process::Command;
-
 use k8s_openapi::api::core::v1::ConfigMap;
 use serde::Deserialize;
 
 use super::*;
 
-/// The chart and how the manifests test renders it.
-const RENDER_ARGS: &[&str] = &[
-    "template",
-    "iamlet",
-    "deploy/helm/iamlet",
-    "--namespace",
-    "kube-system",
-];
-
-/// helm as the manifests test finds it: `IAMLET_HELM`, `PATH`, then `target/tools/helm`.
-fn find_helm() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("IAMLET_HELM") {
-        return Some(PathBuf::from(path));
-    }
-    std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join("helm"))
-                .find(|p| p.is_file())
-        })
-        .or_else(|| Some(root().join("target/tools/helm")).filter(|p| p.is_file()))
-}
-
 /// The documents `helm template` renders with `--set` of each of `sets`.
 fn render(helm: &Path, sets: &[&str]) -> Vec<serde_yaml::Value> {
-    let mut command = Command::new(helm);
-    command.args(RENDER_ARGS).current_dir(root());
-    for set in sets {
-        command.args(["--set", set]);
-    }
-    let out = command
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", helm.display()));
-    assert!(
-        out.status.success(),
-        "helm template with {sets:?}: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).expect("UTF-8");
+    let extra: Vec<&str> = sets.iter().flat_map(|set| ["--set", set]).collect();
+    let text = crate::manifests::chart::render(helm, &extra);
     serde_yaml::Deserializer::from_str(&text)
         .map(|document| serde_yaml::Value::deserialize(document).expect("a YAML document"))
         .filter(|document| !document.is_null())
@@ -74,11 +36,9 @@ fn label<'a>(object: &'a serde_yaml::Value, name: &str) -> Option<&'a str> {
 
 #[test]
 fn chart_renders_the_alerts_and_the_dashboard_as_they_are() {
-    let Some(helm) = find_helm() else {
-        eprintln!(
-            "SKIPPED chart_renders_the_alerts_and_the_dashboard_as_they_are: no helm binary \
-             (looked at IAMLET_HELM, PATH and target/tools/helm); `cargo xtask setup` installs one"
-        );
+    let Some(helm) = crate::manifests::chart::helm_or_skip(
+        "chart_renders_the_alerts_and_the_dashboard_as_they_are",
+    ) else {
         return;
     };
 

@@ -38,12 +38,7 @@ const RUNBOOK: &str = "deploy/README.md";
 /// for every target it scrapes (0 when the scrape failed).
 const PROMETHEUS_OWN: &[&str] = &["up"];
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
+use crate::manifests::root;
 
 fn read(relative: &str) -> String {
     let path = root().join(relative);
