@@ -13,9 +13,40 @@
 //! - `checks`: the checks, one concern per file;
 //! - [`report`]: the verdicts, rendered as text or JSON.
 //!
+//! From the integration test `doctor::` (Kubernetes mode against the fake API server, which
+//! was told to deny two permissions; the test node's pods cgroup on a hybrid host):
+//!
 //! ```text
-//! $ iamlet doctor
-//! SAMPLE
+//! $ iamlet doctor --bpffs-dir /sys/fs/bpf/iamlet-test-26561-0
+//! Agent: pid 26633; what doctor was not given is taken from its command line.
+//!
+//! ok    kernel             Linux 6.18.44-fc-v857 (iamlet needs 5.7 or later; tested on 5.10, 6.1, 6.12)
+//! ok    bpf features       cgroup_skb/egress, cgroup/connect4, cgroup/connect6, sock_ops programs, each with its cgroup bpf_link; array, LRU hash, per-CPU array maps
+//! ok    btf                /sys/kernel/btf/vmlinux present (5390 KiB); iamlet does not read it (its programs have no CO-RE relocations)
+//! ok    capabilities       the agent (pid 26633): CAP_BPF CAP_NET_ADMIN CAP_PERFMON CAP_SYS_ADMIN
+//! ok    cgroup v2          hybrid: cgroup2 at /sys/fs/cgroup/unified, cgroup v1 hierarchies next to it (cpu, cpuacct, cpuset, memory, devices, freezer, blkio, pids, systemd)
+//! ok    pods cgroup        /sys/fs/cgroup/unified/iamlet-test-26561-0 (--cgroup; cgroup id 2894)
+//! ok    bpffs              /sys/fs/bpf/iamlet-test-26561-0 is on a bpf filesystem
+//! ok    cgroup_skb/egress  iamlet_egress (prog 1045) attached to /sys/fs/cgroup/unified/iamlet-test-26561-0
+//! ok    cgroup/connect4    iamlet_connect4 (prog 1046) attached to /sys/fs/cgroup/unified/iamlet-test-26561-0
+//! ok    cgroup/connect6    iamlet_connect6 (prog 1047) attached to /sys/fs/cgroup/unified/iamlet-test-26561-0
+//! ok    sock_ops           iamlet_sock_ops (prog 1048) attached to /sys/fs/cgroup/unified/iamlet-test-26561-0
+//! ok    pins               4 links (on the pods cgroup, id 2894) and 4 maps pinned in /sys/fs/bpf/iamlet-test-26561-0
+//! ok    forward guard      ip rules pref 5 (the node's own traffic) and 6 (prohibit forwarding) to 169.254.169.254 and fd00:ec2::254 in place
+//! ok    agent              pid 26633 (/work/wt-doctor/target/debug/iamlet) holds /sys/fs/bpf/iamlet-test-26561-0
+//! ok    ready              GET http://127.0.0.1:9809/ready: 200, /live: 200
+//! ok    listener v4        198.18.255.1:8181 accepts connections (0 ms)
+//! ok    listener v6        [fd00:1a3e:ffff::1]:8181 accepts connections (0 ms)
+//! ok    roles              kubernetes: pod annotations, namespace policy and service accounts, through the kubeconfig /tmp/iamlet-kube-test-26561/kubeconfig
+//! ok    credentials        static credentials from /tmp/iamlet-kube-test-26561/creds.yaml (STS is not used)
+//! ok    node name          node-1 (the pod watch selects spec.nodeName=node-1)
+//! ok    kubernetes api     v1.33.0-fake answers /version (with the kubeconfig /tmp/iamlet-kube-test-26561/kubeconfig)
+//! FAIL  rbac               the agent's account may not: watch pods, create events.k8s.io/events
+//!                          fix: grant them to the agent's service account in all namespaces (a ClusterRole bound with a ClusterRoleBinding; the chart's is deploy/helm/iamlet/templates/clusterrole.yaml)
+//!
+//! 21 ok, 0 warnings, 1 problem, 0 skipped: fix the problems above (FAIL)
+//! $ echo $?
+//! 1
 //! ```
 
 mod checks;
@@ -47,7 +78,12 @@ enum Output {
 /// capabilities, the programs on the pods cgroup and their pins, the agent and its
 /// listeners, STS, and in Kubernetes mode the API and its permissions.
 #[derive(Debug, Parser)]
-#[command(name = "iamlet doctor", version)]
+#[command(
+    name = "iamlet doctor",
+    bin_name = "iamlet doctor",
+    version,
+    after_help = "Exit status: 0 when nothing is wrong (warnings allowed), 1 when problems are listed, 64 on bad usage. Run it where the agent runs (kubectl exec -n kube-system ds/iamlet -- iamlet doctor) or as root on the node: flags not given are read from the running agent's command line."
+)]
 struct DoctorArgs {
     #[command(flatten)]
     flags: Flags,

@@ -43,13 +43,30 @@ pub(crate) struct Check {
     pub(crate) action: Option<String>,
 }
 
+/// `text` on one line: line breaks (some errors span several) become `; ` (a space after
+/// a colon), and the indentation after them goes.
+fn one_line(text: impl Into<String>) -> String {
+    let text = text.into();
+    if !text.contains(['\n', '\r']) {
+        return text;
+    }
+    let mut out = String::new();
+    for line in text.lines().map(str::trim).filter(|line| !line.is_empty()) {
+        if !out.is_empty() {
+            out.push_str(if out.ends_with(':') { " " } else { "; " });
+        }
+        out.push_str(line);
+    }
+    out
+}
+
 impl Check {
     /// A check that found things as they should be.
     pub(crate) fn ok(name: impl Into<String>, finding: impl Into<String>) -> Check {
         Check {
             name: name.into(),
             status: Status::Ok,
-            finding: finding.into(),
+            finding: one_line(finding),
             action: None,
         }
     }
@@ -59,7 +76,7 @@ impl Check {
         Check {
             name: name.into(),
             status: Status::Skip,
-            finding: why.into(),
+            finding: one_line(why),
             action: None,
         }
     }
@@ -73,8 +90,8 @@ impl Check {
         Check {
             name: name.into(),
             status: Status::Warn,
-            finding: finding.into(),
-            action: Some(action.into()),
+            finding: one_line(finding),
+            action: Some(one_line(action)),
         }
     }
 
@@ -87,8 +104,8 @@ impl Check {
         Check {
             name: name.into(),
             status: Status::Fail,
-            finding: finding.into(),
-            action: Some(action.into()),
+            finding: one_line(finding),
+            action: Some(one_line(action)),
         }
     }
 }
@@ -253,6 +270,19 @@ mod tests {
         assert_eq!(value["summary"]["fail"], 1);
         assert_eq!(value["summary"]["healthy"], false);
         assert_eq!(value["notes"][0], "agent: pid 42");
+    }
+
+    #[test]
+    fn a_finding_over_several_lines_is_put_on_one() {
+        let check = Check::fail(
+            "aws identity",
+            "no credentials found in chain. Attempted:\n  Environment: not set\n  Profile: none\n",
+            "give it credentials",
+        );
+        assert_eq!(
+            check.finding,
+            "no credentials found in chain. Attempted: Environment: not set; Profile: none"
+        );
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub(crate) struct Flags {
     /// The agent's IPv4 metadata listener (ADDRESS:PORT).
     #[arg(long, env = "IAMLET_LISTEN_V4")]
     pub(crate) listen_v4: Option<SocketAddrV4>,
-    /// The agent's IPv6 metadata listener ([ADDRESS]:PORT).
+    /// The agent's IPv6 metadata listener (`[ADDRESS]:PORT`).
     #[arg(long, env = "IAMLET_LISTEN_V6")]
     pub(crate) listen_v6: Option<SocketAddrV6>,
     /// The agent's admin server (its --admin-listen). Default: 127.0.0.1:9809.

@@ -27,11 +27,26 @@ pub(crate) struct AgentProcess {
 pub(crate) fn find_agent(pin_dir: &Path) -> Option<AgentProcess> {
     let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(pin_dir).ok()?);
     let pid = pin_lock::holder_pid(ino).filter(|pid| *pid != 0)?;
+    if !holds_open(pid, pin_dir) {
+        // `/proc/locks` names inodes only: a lock on another file system's inode.
+        return None;
+    }
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
     let args = std::fs::read(format!("/proc/{pid}/cmdline"))
         .map_err(|e| format!("cannot read /proc/{pid}/cmdline: {e}"))
         .and_then(|raw| parse_cmdline(&raw));
     Some(AgentProcess { pid, exe, args })
+}
+
+/// Whether process `pid` has `dir` open (the agent holds its locked pin directory open);
+/// `true` when its descriptors cannot be read (then the lock alone decides).
+fn holds_open(pid: u32, dir: &Path) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return true;
+    };
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    fds.flatten()
+        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == dir))
 }
 
 /// The agent's flags from its NUL-separated command line.
@@ -119,12 +134,12 @@ pub(crate) fn check_listener(
     addr: Option<SocketAddr>,
     timeout: Duration,
 ) -> Check {
+    let example = if flag.ends_with("v6") {
+        "[HOST_IPV6]:8181"
+    } else {
+        "HOST_IP:8181"
+    };
     let Some(addr) = addr else {
-        let example = if flag.ends_with("v6") {
-            "[HOST_IPV6]:8181"
-        } else {
-            "HOST_IP:8181"
-        };
         return Check::skip(
             name,
             format!("no {flag} given (pass the agent's, e.g. {flag} {example}, to check it)"),
@@ -142,7 +157,7 @@ pub(crate) fn check_listener(
         Err(e) => Check::fail(
             name,
             format!("{addr} does not accept connections ({e}): pods' metadata connects, redirected there, fail"),
-            "start the agent, and make sure it listens on the node's address that pods reach (--listen-v4 $HOST_IP:8181)",
+            format!("start the agent, and make sure it listens on the node's address that pods reach ({flag} {example})"),
         ),
     }
 }

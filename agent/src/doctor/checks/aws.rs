@@ -11,8 +11,20 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
 
+use super::error_chain;
 use crate::doctor::report::Check;
 use crate::doctor::settings::{Credentials, Roles, Settings};
+
+/// Error codes of STS that blame the caller's credentials.
+const CREDENTIAL_ERRORS: [&str; 7] = [
+    "InvalidClientTokenId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "AccessDenied",
+    "IncompleteSignature",
+    "MissingAuthenticationToken",
+    "UnrecognizedClientException",
+];
 
 /// The STS checks for `settings`.
 pub(crate) async fn check_sts(settings: &Settings) -> Vec<Check> {
@@ -151,14 +163,18 @@ async fn check_endpoint(url: &str, timeout: Duration) -> Check {
         let left = timeout.saturating_sub(started.elapsed());
         match tokio::time::timeout(left, tokio::net::TcpStream::connect(addr)).await {
             Ok(Ok(_)) => {
+                let resolved = if host.parse::<std::net::IpAddr>().is_ok() {
+                    String::new()
+                } else {
+                    format!(" ({host} resolves to {})", addr.ip())
+                };
                 return Check::ok(
                     NAME,
                     format!(
-                        "{url}: {host} resolves to {}, which accepts connections ({} ms)",
-                        addr.ip(),
+                        "{url} accepts connections{resolved} ({} ms)",
                         started.elapsed().as_millis()
                     ),
-                )
+                );
             }
             Ok(Err(e)) => last = format!("{addr}: {e}"),
             Err(_) => {
@@ -211,14 +227,20 @@ async fn check_identity(
         ),
         Ok(Err(SdkError::ServiceError(e))) => {
             let err = e.err();
+            let code = err.code().unwrap_or("UnknownError");
+            let action = if CREDENTIAL_ERRORS.contains(&code) {
+                creds_action.to_owned()
+            } else {
+                format!("check that {url} is STS (--sts-endpoint) and that no proxy answers in its place")
+            };
             Check::fail(
                 NAME,
                 format!(
-                    "STS refused GetCallerIdentity: {}: {}",
-                    err.code().unwrap_or("UnknownError"),
+                    "STS refused GetCallerIdentity (HTTP {}): {code}: {}",
+                    e.raw().status().as_u16(),
                     err.message().unwrap_or("no message")
                 ),
-                creds_action,
+                action,
             )
         }
         Ok(Err(e)) => {
@@ -236,21 +258,6 @@ async fn check_identity(
             "check that STS answers HTTPS at the endpoint, and that the credentials chain answers (IMDS, the web identity token file)",
         ),
     }
-}
-
-/// `error: cause: cause ...`.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        let more = s.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use k8s_openapi::api::authorization::v1::{
 use kube::api::PostParams;
 use kube::{Api, Client};
 
+use super::error_chain;
 use crate::doctor::report::Check;
 use crate::doctor::settings::{Roles, Settings};
 
@@ -82,7 +83,7 @@ pub(crate) async fn check_kubernetes(settings: &Settings) -> Vec<Check> {
         Ok(Err(e)) => {
             checks.push(Check::fail(
                 API,
-                format!("GET /version with the {source} failed: {e}"),
+                format!("GET /version with the {source} failed: {}", error_chain(&e)),
                 "check that the API server is reachable from the node (its address in the kubeconfig, or KUBERNETES_SERVICE_HOST in a pod) and that the credentials are valid",
             ));
             checks.push(Check::skip(
@@ -147,7 +148,7 @@ async fn check_rbac(client: &Client, timeout: Duration) -> Check {
                 tokio::time::timeout(timeout, api.create(&PostParams::default(), &review)).await;
             match answer {
                 Ok(Ok(review)) => Ok(review.status.is_some_and(|s| s.allowed)),
-                Ok(Err(e)) => Err(e.to_string()),
+                Ok(Err(e)) => Err(error_chain(&e)),
                 Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
             }
         }

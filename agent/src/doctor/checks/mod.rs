@@ -107,3 +107,18 @@ fn check_roles(roles: &Roles) -> Check {
         ),
     }
 }
+
+/// `error: cause: cause ...`.
+pub(super) fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}
