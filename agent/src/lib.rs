@@ -29,6 +29,7 @@ mod clock;
 mod config;
 mod credentials;
 mod datapath;
+mod doctor;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -42,5 +43,6 @@ mod timefmt;
 
 pub use app::{run, Error};
 pub use config::{Args, Config, LoadError, LogFormat, Plan};
+pub use doctor::run_cli as doctor_cli;
 pub use inspect::{inspect as inspect_cli, log_filter as log_filter_cli};
 pub use telemetry::init as init_logging;

@@ -14,6 +14,7 @@ fn main() {
     let exit = match command.as_ref().and_then(|c| c.to_str()) {
         Some("inspect") => Some(iamlet::inspect_cli(rest())),
         Some("log-filter") => Some(iamlet::log_filter_cli(rest())),
+        Some("doctor") => Some(iamlet::doctor_cli(rest())),
         _ => None,
     };
     if let Some(code) = exit {

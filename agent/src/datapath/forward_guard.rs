@@ -335,6 +335,15 @@ fn contains_done(reply: &[u8]) -> bool {
     false
 }
 
+/// The guard's rules that are not in place (`iamlet doctor`); reads, changes nothing.
+pub(crate) fn missing() -> Result<Vec<GuardRule>, GuardError> {
+    let present = Netlink::open()?.dump().map_err(GuardError::Dump)?;
+    Ok(rules()
+        .into_iter()
+        .filter(|rule| !present.contains(rule))
+        .collect())
+}
+
 /// Adds the guard's rules that are missing; returns how many it added.
 pub(crate) fn install() -> Result<usize, GuardError> {
     let mut nl = Netlink::open()?;

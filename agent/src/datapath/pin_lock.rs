@@ -101,8 +101,9 @@ impl PinLock {
     }
 }
 
-/// The pid holding a `flock` on inode `ino`, from `/proc/locks`.
-fn holder_pid(ino: u64) -> Option<u32> {
+/// The pid holding a `flock` on inode `ino`, from `/proc/locks` (also how `iamlet doctor`
+/// finds the agent).
+pub(crate) fn holder_pid(ino: u64) -> Option<u32> {
     let locks = std::fs::read_to_string("/proc/locks").ok()?;
     parse_locks(&locks, ino)
 }

@@ -1,6 +1,7 @@
 //! The `bpf(2)` commands aya 0.14 does not expose for cgroup links: open and pin an object by
 //! fd, read a cgroup link's target and program, swap the program behind a link in place, and
-//! list the programs attached to a cgroup; and the probes of what the kernel supports.
+//! list the programs attached to a cgroup (or running on it); and the probes of what the
+//! kernel supports.
 
 use std::ffi::CString;
 use std::io;
@@ -17,6 +18,8 @@ const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_LINK_UPDATE: libc::c_long = 29;
 /// Most program ids [`prog_query`] reads for one attach type.
 const QUERY_MAX: usize = 64;
+/// `BPF_PROG_QUERY` flag: the programs that run on the cgroup, inherited ones included.
+const BPF_F_QUERY_EFFECTIVE: u32 = 1;
 
 /// `bpf_link_info.type` of a cgroup link.
 pub const BPF_LINK_TYPE_CGROUP: u32 = 3;
@@ -159,10 +162,22 @@ pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
 /// Ids of the programs attached directly to the cgroup `cgroup` for `attach_type` (not the
 /// ones inherited from its ancestors).
 pub fn prog_query(cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<Vec<u32>> {
+    query(cgroup, attach_type, 0)
+}
+
+/// Ids of the programs that run for `attach_type` on the cgroup `cgroup`, in the order they
+/// run: its own, then those inherited from each ancestor up to the root
+/// (`BPF_F_QUERY_EFFECTIVE`).
+pub fn prog_query_effective(cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<Vec<u32>> {
+    query(cgroup, attach_type, BPF_F_QUERY_EFFECTIVE)
+}
+
+fn query(cgroup: BorrowedFd<'_>, attach_type: u32, query_flags: u32) -> io::Result<Vec<u32>> {
     let mut ids = [0u32; QUERY_MAX];
     let mut attr = QueryAttr {
         target_fd: cgroup.as_raw_fd().cast_unsigned(),
         attach_type,
+        query_flags,
         prog_ids: ids.as_mut_ptr() as u64,
         prog_cnt: attr_size::<[u32; QUERY_MAX]>() / 4,
         ..QueryAttr::default()

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::server::Shared;
+use super::server::{AccessRule, Shared};
 use super::store::{resource_by_kind, ApiError, ObjKey, RESOURCES};
 
 /// Identifies one object in control operations.
@@ -106,6 +106,12 @@ pub enum ControlOp {
     ResetRequests,
     /// `{"resource_version":N,"compacted":N,"watches":N}`.
     State,
+    /// The permissions `SelfSubjectAccessReview` denies from now on (replacing the earlier
+    /// ones; empty: everything is allowed).
+    SetDenied {
+        /// The denied permissions.
+        rules: Vec<AccessRule>,
+    },
 }
 
 fn resolve(target: &ObjRef) -> Result<(usize, ObjKey), String> {
@@ -223,6 +229,7 @@ pub fn control(shared: &Shared, op: ControlOp) -> Result<Value, String> {
                 .clear();
             Value::Null
         }
+        ControlOp::SetDenied { rules } => shared.set_denied(rules),
         ControlOp::State => {
             let s = shared.store();
             json!({ "resource_version": s.rv(), "compacted": s.compacted(), "watches": s.watch_count() })

@@ -4,6 +4,8 @@
 //!   `events.k8s.io/v1` `events` (every event written is recorded, [`KubeControl::events`]).
 //!   List, watch, get, create (`generateName` too), update, merge/strategic/apply patch,
 //!   delete; `/version`, `/api`, `/api/v1`, `/apis`, `/apis/events.k8s.io/v1` discovery.
+//! * `SelfSubjectAccessReview`: allowed, unless [`KubeControl::deny`] took that permission
+//!   away.
 //! * One global resource version, incremented by every write (like etcd). Objects get
 //!   `metadata.uid` (unless given), `resourceVersion`, `creationTimestamp`, `generation`.
 //! * list: `limit` + `continue` pagination with consistent snapshots (past states are rebuilt
@@ -52,7 +54,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use server::Shared;
-pub use server::{ControlOp, ObjRef, RequestRecord, DEFAULT_BOOKMARK_INTERVAL, DEFAULT_HISTORY};
+pub use server::{
+    AccessRule, ControlOp, ObjRef, RequestRecord, DEFAULT_BOOKMARK_INTERVAL, DEFAULT_HISTORY,
+};
 
 /// Settings of a fake API server.
 #[derive(Clone, Copy, Debug)]
@@ -260,6 +264,16 @@ pub trait KubeControl {
     /// Forgets the request log.
     fn reset_requests(&self) -> Result<()> {
         self.control(ControlOp::ResetRequests).map(drop)
+    }
+
+    /// From now on `SelfSubjectAccessReview` denies these permissions (verb, API group,
+    /// resource) and allows every other; an empty list allows everything again.
+    fn deny(&self, rules: &[(&str, &str, &str)]) -> Result<()> {
+        let rules = rules
+            .iter()
+            .map(|(verb, group, resource)| AccessRule::new(verb, group, resource))
+            .collect();
+        self.control(ControlOp::SetDenied { rules }).map(drop)
     }
 
     /// Resource version, compaction point, open watches.

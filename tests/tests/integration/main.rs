@@ -5,6 +5,8 @@
 //! * [`audit`]: the audit log: a line per credentials answer and refusal, collapsed per key.
 //! * [`bypass`]: pods that reach for the metadata service without a hooked `connect()` get
 //!   nothing of the node's service.
+//! * [`doctor`]: `iamlet doctor` with a running, a stopped and a detached agent, and in
+//!   Kubernetes mode with permissions taken away.
 //! * [`harness`]: self-tests of the privileged harness (topology, connectivity, cleanup).
 //! * [`image`]: the OCI image of the agent, unpacked and run with runc.
 //! * [`imds`]: the metadata API with real SDK clients, token binding, no node credentials.
@@ -37,6 +39,7 @@
 
 mod audit;
 mod bypass;
+mod doctor;
 mod harness;
 mod image;
 mod imds;

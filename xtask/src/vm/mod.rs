@@ -41,7 +41,8 @@ const GUEST_MEMORY: &str = "3G";
 /// pods; the programs and BTF-described maps as bpftool shows them, and a clean detach; the
 /// egress program's drop of raw sockets; the upgrade handover through `BPF_LINK_UPDATE`,
 /// fail-closed and adoption; token binding and a real SDK's flow with static credentials;
-/// one Kubernetes end to end. (libtest runs every test whose name contains one of these.)
+/// one Kubernetes end to end; `iamlet doctor`'s probes and views of the programs with a
+/// running and a stopped agent. (libtest runs every test whose name contains one of these.)
 ///
 /// The rest of the privileged suite runs on the host only: under emulation it would take
 /// over an hour per kernel (the set above takes about 13 minutes on 5.10, 7 on 6.1 and 6.12).
@@ -55,6 +56,8 @@ pub(crate) const KERNEL_TESTS: &[&str] = &[
     "upgrade::",
     "imds::a_token_works_only_in_the_pod_that_minted_it",
     "kube::pod_start_race_annotation_change_and_deletion",
+    "doctor::doctor_finds_nothing_wrong_with_a_running_agent",
+    "doctor::doctor_names_a_stopped_agent_and_what_it_left_behind",
 ];
 
 /// What one kernel's run gave.

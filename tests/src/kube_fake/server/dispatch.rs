@@ -65,6 +65,10 @@ pub(super) fn dispatch(
             }),
         )),
         (Route::Discovery(v), &Method::GET) => Ok(json_resp(200, &v)),
+        (Route::AccessReview, &Method::POST) => parse_body(body).and_then(|review| {
+            let denied = shared.denied();
+            Ok(json_resp(201, &super::access::review(&review, &denied)?))
+        }),
         (Route::Collection { res, ns }, &Method::GET) if watch => {
             filter_of(res, ns, query).and_then(|f| start_watch(shared, res, f, query))
         }

@@ -1,6 +1,7 @@
 //! The HTTP side: the Kubernetes API on TCP, and the control protocol on its own connection
 //! (the operations themselves are in `control.rs`).
 
+mod access;
 mod dispatch;
 mod list_watch;
 mod route;
@@ -29,6 +30,7 @@ use serde_json::{json, Value};
 use super::store::{status_json, ApiError, Store};
 
 pub use super::control::{control, ControlOp, ObjRef};
+pub use access::AccessRule;
 
 /// Response body: whole or streamed.
 pub type Body = BoxBody<Bytes, io::Error>;
@@ -68,6 +70,8 @@ pub struct Shared {
     pub(super) faults: Mutex<Faults>,
     pub(super) requests: Mutex<Vec<RequestRecord>>,
     pub(super) bookmark_ms: AtomicU64,
+    /// Permissions `SelfSubjectAccessReview` denies (everything else is allowed).
+    denied: Mutex<Vec<AccessRule>>,
 }
 
 impl Shared {
@@ -78,7 +82,25 @@ impl Shared {
             faults: Mutex::new(Faults::default()),
             requests: Mutex::new(Vec::new()),
             bookmark_ms: AtomicU64::new(bookmark_interval.as_millis() as u64),
+            denied: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Replaces the permissions `SelfSubjectAccessReview` denies; answers `null`.
+    pub(crate) fn set_denied(&self, rules: Vec<AccessRule>) -> Value {
+        *self
+            .denied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = rules;
+        Value::Null
+    }
+
+    /// The permissions `SelfSubjectAccessReview` denies.
+    pub(super) fn denied(&self) -> Vec<AccessRule> {
+        self.denied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     pub(super) fn store(&self) -> MutexGuard<'_, Store> {

@@ -11,6 +11,8 @@ use crate::kube_fake::store::{resource_by_path, RESOURCES};
 pub(super) enum Route {
     Version,
     Discovery(Value),
+    /// `authorization.k8s.io/v1` `selfsubjectaccessreviews`.
+    AccessReview,
     Collection {
         res: usize,
         ns: Option<String>,
@@ -44,8 +46,18 @@ pub(super) fn route(path: &str) -> Route {
                     "name": "events.k8s.io",
                     "versions": [{"groupVersion": "events.k8s.io/v1", "version": "v1"}],
                     "preferredVersion": {"groupVersion": "events.k8s.io/v1", "version": "v1"},
+                }, {
+                    "name": "authorization.k8s.io",
+                    "versions": [{"groupVersion": "authorization.k8s.io/v1", "version": "v1"}],
+                    "preferredVersion": {"groupVersion": "authorization.k8s.io/v1", "version": "v1"},
                 }],
             }))
+        }
+        ["apis", "authorization.k8s.io", "v1"] => {
+            return Route::Discovery(super::access::discovery())
+        }
+        ["apis", "authorization.k8s.io", "v1", "selfsubjectaccessreviews"] => {
+            return Route::AccessReview
         }
         ["api", v] => return discovery("", v),
         ["apis", g, v] => return discovery(g, v),
@@ -108,6 +120,7 @@ pub(super) fn verb_of(
     let watch = query.get("watch").is_some_and(|w| w == "true" || w == "1");
     match (route, method) {
         (Route::Version | Route::Discovery(_), _) => "discovery",
+        (Route::AccessReview, &Method::POST) => "create",
         (Route::Collection { .. }, &Method::GET) if watch => "watch",
         (Route::Collection { .. }, &Method::GET) => "list",
         (Route::Collection { .. }, &Method::POST) => "create",

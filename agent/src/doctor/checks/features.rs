@@ -1,0 +1,147 @@
+//! The eBPF features iamlet uses, asked of the kernel itself: each hook's program type with
+//! its attach type and a cgroup `bpf_link` of it (the probes the agent runs before it loads
+//! anything), and the map types (aya's feature probes). Nothing is attached.
+
+use std::io;
+use std::os::fd::AsFd;
+
+use aya::maps::MapType;
+use iamlet_sys::bpf as bpf_sys;
+
+use super::kernel::{KernelVersion, MINIMUM};
+use crate::datapath::links::HOOKS;
+use crate::doctor::report::Check;
+
+const NAME: &str = "bpf features";
+
+/// The map types of iamlet's maps (see `agent_common::maps`), and since when Linux has them.
+const MAPS: [(MapType, &str, &str); 3] = [
+    (MapType::Array, "array", "3.19"),
+    (MapType::LruHash, "LRU hash", "4.10"),
+    (MapType::PerCpuArray, "per-CPU array", "4.6"),
+];
+
+/// What one probe found missing.
+#[derive(Debug)]
+enum Probe {
+    /// The kernel refused it: it lacks the feature.
+    Missing {
+        feature: String,
+        since: &'static str,
+        source: String,
+    },
+    /// This process may not ask.
+    Denied(io::Error),
+}
+
+/// Probes every hook and map type.
+pub(crate) fn check_bpf_features(kernel: Option<KernelVersion>) -> Check {
+    match probe_all() {
+        Ok(()) => Check::ok(
+            NAME,
+            format!(
+                "{} programs, each with its cgroup bpf_link; {} maps",
+                HOOKS.map(|h| h.section).join(", "),
+                MAPS.map(|m| m.1).join(", ")
+            ),
+        ),
+        Err(Probe::Missing {
+            feature,
+            since,
+            source,
+        }) => Check::fail(
+            NAME,
+            format!(
+                "this kernel{} lacks {feature} ({source}), which needs Linux {since} or later",
+                kernel.map(|k| format!(" ({k})")).unwrap_or_default()
+            ),
+            format!("run the node on Linux {MINIMUM} or later with eBPF enabled (CONFIG_BPF_SYSCALL, CONFIG_CGROUP_BPF)"),
+        ),
+        Err(Probe::Denied(e)) => Check::warn(
+            NAME,
+            format!("cannot probe: this process may not load eBPF programs ({e})"),
+            "run doctor as root on the node, or inside the agent's container (kubectl exec), which has CAP_BPF",
+        ),
+    }
+}
+
+fn probe_all() -> Result<(), Probe> {
+    for hook in &HOOKS {
+        let prog = bpf_sys::probe_prog_load(hook.prog_type, hook.attach_type).map_err(|e| {
+            refusal(
+                e,
+                format!(
+                    "{} programs (BPF_PROG_TYPE {})",
+                    hook.section, hook.prog_type
+                ),
+                hook.since,
+            )
+        })?;
+        bpf_sys::probe_cgroup_link(prog.as_fd(), hook.attach_type).map_err(|e| {
+            refusal(
+                e,
+                format!("bpf_link for {} programs (BPF_LINK_CREATE)", hook.section),
+                "5.7",
+            )
+        })?;
+    }
+    for (map_type, name, since) in MAPS {
+        match aya::sys::is_map_supported(map_type) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(Probe::Missing {
+                    feature: format!("{name} maps"),
+                    since,
+                    source: "refused".to_owned(),
+                })
+            }
+            Err(e) => {
+                let os = e.io_error.raw_os_error();
+                if matches!(os, Some(libc::EPERM | libc::EACCES)) {
+                    return Err(Probe::Denied(e.io_error));
+                }
+                return Err(Probe::Missing {
+                    feature: format!("{name} maps"),
+                    since,
+                    source: e.io_error.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn refusal(source: io::Error, feature: String, since: &'static str) -> Probe {
+    match source.raw_os_error() {
+        Some(libc::EPERM | libc::EACCES) => Probe::Denied(source),
+        _ => Probe::Missing {
+            feature,
+            since,
+            source: source.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_permission_error_is_not_blamed_on_the_kernel() {
+        let denied = refusal(
+            io::Error::from_raw_os_error(libc::EPERM),
+            String::new(),
+            "5.7",
+        );
+        assert!(matches!(denied, Probe::Denied(_)), "{denied:?}");
+        let missing = refusal(
+            io::Error::from_raw_os_error(libc::EINVAL),
+            "bpf_link for sock_ops programs (BPF_LINK_CREATE)".to_owned(),
+            "5.7",
+        );
+        assert!(
+            matches!(missing, Probe::Missing { since: "5.7", .. }),
+            "{missing:?}"
+        );
+    }
+}
