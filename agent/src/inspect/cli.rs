@@ -45,7 +45,7 @@ impl Target {
 /// The pods the iamlet agent on this node knows: role, credentials (key id and expiry,
 /// never secrets), last request and answers served.
 #[derive(Debug, Parser)]
-#[command(name = "iamlet inspect", version)]
+#[command(name = "iamlet inspect", bin_name = "iamlet inspect", version)]
 struct InspectArgs {
     #[command(flatten)]
     target: Target,
@@ -56,7 +56,7 @@ struct InspectArgs {
 
 /// Shows the running agent's log filter, or replaces it (until the agent restarts).
 #[derive(Debug, Parser)]
-#[command(name = "iamlet log-filter", version)]
+#[command(name = "iamlet log-filter", bin_name = "iamlet log-filter", version)]
 struct LogFilterArgs {
     #[command(flatten)]
     target: Target,
