@@ -3,7 +3,7 @@
 //!
 //! The library's public face is small: the flags ([`Args`]), checked into a [`Plan`] and
 //! loaded into the [`Config`], logging ([`init_logging`]) and the agent itself ([`run`]), for `main.rs` and
-//! the tests; and the node-side commands ([`inspect_cli`], [`log_filter_cli`]). Inside, one folder per concern:
+//! the tests; and the node-side commands ([`doctor_cli`], [`inspect_cli`], [`log_filter_cli`]). Inside, one folder per concern:
 //!
 //! | module | what lives there |
 //! |---|---|
@@ -18,6 +18,7 @@
 //! | `handover` | upgrades: a new agent takes the running one's sockets and pins over |
 //! | `telemetry` | logs (with a filter changeable at run time) and Prometheus metrics |
 //! | `inspect` | `iamlet inspect` / `iamlet log-filter`: the admin server's pod inventory and the CLIs that read it |
+//! | `doctor` | `iamlet doctor`: the node self-check (kernel, eBPF, cgroups, pins, agent, STS, Kubernetes RBAC) |
 //! | `clock` | time, read in one place so that tests can pause it |
 //! | `timefmt` | UTC timestamps as AWS writes them |
 // Raw system calls live in the `iamlet-sys` crate (agent/sys), behind safe functions.
