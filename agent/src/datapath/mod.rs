@@ -41,7 +41,7 @@ use aya::{Ebpf, EbpfLoader};
 
 mod bpffs;
 pub(crate) mod forward_guard;
-mod kernel_support;
+pub(crate) mod kernel_support;
 pub(crate) mod links;
 pub(crate) mod pin_lock;
 mod repair;

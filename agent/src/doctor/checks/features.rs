@@ -3,12 +3,11 @@
 //! anything), and the map types (aya's feature probes). Nothing is attached.
 
 use std::io;
-use std::os::fd::AsFd;
 
 use aya::maps::MapType;
-use iamlet_sys::bpf as bpf_sys;
 
 use super::kernel::{KernelVersion, MINIMUM};
+use crate::datapath::kernel_support::{self, Unsupported};
 use crate::datapath::links::HOOKS;
 use crate::doctor::report::Check;
 
@@ -66,25 +65,20 @@ pub(crate) fn check_bpf_features(kernel: Option<KernelVersion>) -> Check {
 }
 
 fn probe_all() -> Result<(), Probe> {
-    for hook in &HOOKS {
-        let prog = bpf_sys::probe_prog_load(hook.prog_type, hook.attach_type).map_err(|e| {
-            refusal(
-                e,
-                format!(
-                    "{} programs (BPF_PROG_TYPE {})",
-                    hook.section, hook.prog_type
-                ),
-                hook.since,
-            )
-        })?;
-        bpf_sys::probe_cgroup_link(prog.as_fd(), hook.attach_type).map_err(|e| {
-            refusal(
-                e,
-                format!("bpf_link for {} programs (BPF_LINK_CREATE)", hook.section),
-                "5.7",
-            )
-        })?;
-    }
+    // The hooks: the agent's own start-up check.
+    kernel_support::check().map_err(|e| match e {
+        Unsupported::Missing {
+            feature,
+            since,
+            source,
+            ..
+        } => Probe::Missing {
+            feature,
+            since,
+            source: source.to_string(),
+        },
+        Unsupported::Permission { source } => Probe::Denied(source),
+    })?;
     for (map_type, name, since) in MAPS {
         match aya::sys::is_map_supported(map_type) {
             Ok(true) => {}
@@ -95,17 +89,7 @@ fn probe_all() -> Result<(), Probe> {
                     source: "refused".to_owned(),
                 })
             }
-            Err(e) => {
-                let os = e.io_error.raw_os_error();
-                if matches!(os, Some(libc::EPERM | libc::EACCES)) {
-                    return Err(Probe::Denied(e.io_error));
-                }
-                return Err(Probe::Missing {
-                    feature: format!("{name} maps"),
-                    since,
-                    source: e.io_error.to_string(),
-                });
-            }
+            Err(e) => return Err(refusal(e.io_error, format!("{name} maps"), since)),
         }
     }
     Ok(())
