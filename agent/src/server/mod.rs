@@ -1,6 +1,7 @@
 //! The HTTP/1.1 accept loop shared by the metadata proxy and the admin server: keep-alive,
 //! per-connection state, admission (no client can lock the others out: see [`admission`]),
-//! bounded request buffers (see [`io`]), and graceful drain on shutdown.
+//! bounded request buffers (see [`io`]), and graceful drain on shutdown (see [`drain`]: a
+//! connection accepted before it gets its first request answered).
 //!
 //! The accept loop only accepts: it never waits for a free slot, so the kernel's accept
 //! queue drains for every pod whatever one of them does. Each connection is then attributed
@@ -9,6 +10,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod admission;
+mod drain;
 pub(crate) mod heap_trim;
 pub(crate) mod io;
 pub(crate) mod proxy;
@@ -27,11 +29,11 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use admission::{Admission, AdmissionLimits, Refusal};
+use drain::{Drain, FirstRequest};
 use io::{MeteredStream, RequestBudget};
 
 /// The response type of every route.
@@ -154,7 +156,7 @@ pub(crate) async fn serve<H: ConnHandler>(
     held: Arc<std::sync::atomic::AtomicUsize>,
 ) {
     let mut shutdown = gate.stop.clone();
-    let graceful = GracefulShutdown::new();
+    let drain = Drain::new();
     let mut builder = http1::Builder::new();
     builder
         .keep_alive(true)
@@ -197,7 +199,7 @@ pub(crate) async fn serve<H: ConnHandler>(
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let watcher = drain.watch();
         let admission = admission.clone();
         let budget = budget.clone();
         tokio::spawn(async move {
@@ -214,14 +216,17 @@ pub(crate) async fn serve<H: ConnHandler>(
                 },
                 None => None,
             };
+            let first = Arc::new(FirstRequest::default());
+            let marker = first.clone();
             let service = service_fn(move |req| {
+                marker.mark();
                 let handler = handler.clone();
                 let conn_state = conn_state.clone();
                 async move { Ok::<_, Infallible>(handler.handle(&conn_state, req).await) }
             });
             let io = TokioIo::new(MeteredStream::new(stream, budget));
             let conn = builder.serve_connection(io, service);
-            if let Err(e) = watcher.watch(conn).await {
+            if let Err(e) = watcher.serve(conn, &first).await {
                 tracing::debug!(server = name, %peer, error = %e, "connection ended with an error");
             }
         });
@@ -230,7 +235,7 @@ pub(crate) async fn serve<H: ConnHandler>(
     drop(gate);
     tracing::info!(server = name, "stopped accepting; draining connections");
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!(server = name, "all connections closed"),
+        () = drain.run() => tracing::info!(server = name, "all connections closed"),
         () = tokio::time::sleep(limits.shutdown_grace) => {
             tracing::warn!(server = name, grace = ?limits.shutdown_grace, "drain timed out; closing the rest");
         }

@@ -65,6 +65,9 @@ pub(crate) fn check_bpf_features(kernel: Option<KernelVersion>) -> Check {
 }
 
 fn probe_all() -> Result<(), Probe> {
+    // Before Linux 5.11 the probes are charged to root's locked-memory limit, which the
+    // running agent's programs and maps already use: lift it as the agent does.
+    kernel_support::lift_memlock_limit();
     // The hooks: the agent's own start-up check.
     kernel_support::check().map_err(|e| match e {
         Unsupported::Missing {

@@ -1,0 +1,133 @@
+//! The drain of one server: when it stops accepting, every open connection finishes what it
+//! has and closes, and the server waits for them (bounded by the caller).
+//!
+//! hyper's own graceful shutdown closes a connection at once when no request is in it, and a
+//! connection just accepted has none yet: its client, which connected while the server still
+//! accepted (during an upgrade's handover, say), would find it closed unanswered. So a
+//! connection that has not begun its first request is left to begin it (hyper's header read
+//! timeout still bounds that) before it is told to finish.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use hyper_util::server::graceful::GracefulConnection;
+use tokio::sync::{mpsc, watch, Notify};
+
+/// Whether a connection has begun its first request.
+#[derive(Debug, Default)]
+pub(crate) struct FirstRequest {
+    seen: AtomicBool,
+    notify: Notify,
+}
+
+impl FirstRequest {
+    /// Called as each request begins (a load, after the first).
+    pub(crate) fn mark(&self) {
+        if !self.seen.load(Ordering::Relaxed) && !self.seen.swap(true, Ordering::AcqRel) {
+            self.notify.notify_one();
+        }
+    }
+
+    fn seen(&self) -> bool {
+        self.seen.load(Ordering::Acquire)
+    }
+}
+
+/// A server's drain: the signal its connections watch, and the count of those still open.
+#[derive(Debug)]
+pub(crate) struct Drain {
+    stop: watch::Sender<bool>,
+    open: mpsc::Sender<()>,
+    closed: mpsc::Receiver<()>,
+}
+
+/// What each connection holds: the signal, and its place in the count.
+#[derive(Debug, Clone)]
+pub(crate) struct DrainWatch {
+    stop: watch::Receiver<bool>,
+    _open: mpsc::Sender<()>,
+}
+
+impl Drain {
+    /// A drain with no connection yet.
+    pub(crate) fn new() -> Self {
+        let (open, closed) = mpsc::channel(1);
+        Drain {
+            stop: watch::channel(false).0,
+            open,
+            closed,
+        }
+    }
+
+    /// For one more connection.
+    pub(crate) fn watch(&self) -> DrainWatch {
+        DrainWatch {
+            stop: self.stop.subscribe(),
+            _open: self.open.clone(),
+        }
+    }
+
+    /// Tells every connection to finish, and waits until all have closed.
+    pub(crate) async fn run(self) {
+        let Drain {
+            stop,
+            open,
+            mut closed,
+        } = self;
+        drop(open);
+        stop.send_replace(true);
+        // Nothing is ever sent: this ends when the last connection drops its sender.
+        let _ = closed.recv().await;
+    }
+}
+
+impl DrainWatch {
+    /// Serves `conn` until it ends; once the server drains, lets it begin its first request
+    /// (if it has not) and then tells it to finish.
+    pub(crate) async fn serve<C: GracefulConnection>(
+        mut self,
+        conn: C,
+        first: &FirstRequest,
+    ) -> Result<(), C::Error> {
+        let mut conn = std::pin::pin!(conn);
+        tokio::select! {
+            result = conn.as_mut() => return result,
+            _ = self.stop.wait_for(|stop| *stop) => {}
+        }
+        if !first.seen() {
+            tokio::select! {
+                result = conn.as_mut() => return result,
+                () = first.notify.notified() => {}
+            }
+        }
+        Pin::as_mut(&mut conn).graceful_shutdown();
+        conn.await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_request_is_noticed_once() {
+        let first = FirstRequest::default();
+        assert!(!first.seen());
+        first.mark();
+        first.mark();
+        assert!(first.seen());
+    }
+
+    #[tokio::test]
+    async fn the_drain_ends_when_the_last_connection_closes() {
+        let drain = Drain::new();
+        let held = drain.watch();
+        let mut stop = held.stop.clone();
+        let run = tokio::spawn(drain.run());
+        stop.wait_for(|s| *s).await.expect("the stop signal");
+        tokio::task::yield_now().await;
+        assert!(!run.is_finished(), "a connection is still open");
+        drop(held);
+        run.await.expect("the drain");
+    }
+}
