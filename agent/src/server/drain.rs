@@ -107,6 +107,8 @@ impl DrainWatch {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -116,6 +118,53 @@ mod tests {
         first.mark();
         first.mark();
         assert!(first.seen());
+    }
+
+    /// What hyper alone did: a connection accepted before the drain, with its request sent
+    /// after, was closed unanswered (read_to_end gave nothing).
+    #[tokio::test]
+    async fn a_connection_accepted_before_the_drain_gets_its_first_request_answered() {
+        use std::convert::Infallible;
+
+        use bytes::Bytes;
+        use http_body_util::Full;
+        use hyper::service::service_fn;
+        use hyper_util::rt::{TokioIo, TokioTimer};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (stream, _) = listener.accept().await.expect("accept");
+        let drain = Drain::new();
+        let watch = drain.watch();
+        let first = std::sync::Arc::new(FirstRequest::default());
+        let marker = first.clone();
+        let service = service_fn(move |_req| {
+            marker.mark();
+            async { Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from("ok")))) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .serve_connection(TokioIo::new(stream), service);
+        let served = tokio::spawn(async move { watch.serve(conn, &first).await });
+        let drained = tokio::spawn(drain.run());
+        // The drain has begun before the request is sent.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("send");
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.expect("read");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+        // read_to_end returned: the connection was closed after its answer.
+        served.await.expect("task").expect("served");
+        drained.await.expect("the drain");
     }
 
     #[tokio::test]
