@@ -121,7 +121,7 @@ mod tests {
     }
 
     /// What hyper alone did: a connection accepted before the drain, with its request sent
-    /// after, was closed unanswered (read_to_end gave nothing).
+    /// after, was closed unanswered (`read_to_end` gave nothing).
     #[tokio::test]
     async fn a_connection_accepted_before_the_drain_gets_its_first_request_answered() {
         use std::convert::Infallible;
