@@ -4,33 +4,24 @@
 //! hyper's own graceful shutdown closes a connection at once when no request is in it, and a
 //! connection just accepted has none yet: its client, which connected while the server still
 //! accepted (during an upgrade's handover, say), would find it closed unanswered. So a
-//! connection that has not begun its first request is left to begin it (hyper's header read
-//! timeout still bounds that) before it is told to finish.
+//! connection that has not begun its first request is left to begin it (the head deadline of
+//! `activity` still bounds that) before it is told to finish.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use hyper_util::server::graceful::GracefulConnection;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch};
 
-/// Whether a connection has begun its first request.
-#[derive(Debug, Default)]
-pub(crate) struct FirstRequest {
-    seen: AtomicBool,
-    notify: Notify,
-}
+use super::activity::ConnActivity;
 
-impl FirstRequest {
-    /// Called as each request begins (a load, after the first).
-    pub(crate) fn mark(&self) {
-        if !self.seen.load(Ordering::Relaxed) && !self.seen.swap(true, Ordering::AcqRel) {
-            self.notify.notify_one();
-        }
-    }
-
-    fn seen(&self) -> bool {
-        self.seen.load(Ordering::Acquire)
-    }
+/// How a connection served under a drain ended.
+#[derive(Debug)]
+pub(crate) enum ConnEnd<E> {
+    /// hyper ended it: the client closed, or it finished after the drain began.
+    Closed(Result<(), E>),
+    /// The client did not send a request's head in time (see `activity`); it was closed.
+    HeadTimedOut,
 }
 
 /// A server's drain: the signal its connections watch, and the count of those still open.
@@ -82,26 +73,36 @@ impl Drain {
 }
 
 impl DrainWatch {
-    /// Serves `conn` until it ends; once the server drains, lets it begin its first request
-    /// (if it has not) and then tells it to finish.
+    /// Serves `conn` until it ends, closing it if its client does not send a request's head
+    /// within `head_timeout`; once the server drains, lets it begin its first request (if it
+    /// has not) and then tells it to finish.
     pub(crate) async fn serve<C: GracefulConnection>(
         mut self,
         conn: C,
-        first: &FirstRequest,
-    ) -> Result<(), C::Error> {
+        activity: &ConnActivity,
+        head_timeout: Duration,
+    ) -> ConnEnd<C::Error> {
         let mut conn = std::pin::pin!(conn);
+        let timed_out = activity.head_timed_out(head_timeout);
+        let mut timed_out = std::pin::pin!(timed_out);
         tokio::select! {
-            result = conn.as_mut() => return result,
+            biased;
+            result = conn.as_mut() => return ConnEnd::Closed(result),
+            () = timed_out.as_mut() => return ConnEnd::HeadTimedOut,
             _ = self.stop.wait_for(|stop| *stop) => {}
         }
-        if !first.seen() {
-            tokio::select! {
-                result = conn.as_mut() => return result,
-                () = first.notify.notified() => {}
-            }
+        tokio::select! {
+            biased;
+            result = conn.as_mut() => return ConnEnd::Closed(result),
+            () = timed_out.as_mut() => return ConnEnd::HeadTimedOut,
+            () = activity.first_request() => {}
         }
         Pin::as_mut(&mut conn).graceful_shutdown();
-        conn.await
+        tokio::select! {
+            biased;
+            result = conn.as_mut() => ConnEnd::Closed(result),
+            () = timed_out => ConnEnd::HeadTimedOut,
+        }
     }
 }
 
@@ -110,15 +111,6 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-
-    #[test]
-    fn the_first_request_is_noticed_once() {
-        let first = FirstRequest::default();
-        assert!(!first.seen());
-        first.mark();
-        first.mark();
-        assert!(first.seen());
-    }
 
     /// What hyper alone did: a connection accepted before the drain, with its request sent
     /// after, was closed unanswered (`read_to_end` gave nothing).
@@ -141,16 +133,23 @@ mod tests {
         let (stream, _) = listener.accept().await.expect("accept");
         let drain = Drain::new();
         let watch = drain.watch();
-        let first = std::sync::Arc::new(FirstRequest::default());
-        let marker = first.clone();
+        let activity = std::sync::Arc::new(ConnActivity::new());
+        let marker = activity.clone();
         let service = service_fn(move |_req| {
-            marker.mark();
-            async { Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from("ok")))) }
+            marker.request_began();
+            let marker = marker.clone();
+            async move {
+                marker.request_answered();
+                Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from("ok"))))
+            }
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .serve_connection(TokioIo::new(stream), service);
-        let served = tokio::spawn(async move { watch.serve(conn, &first).await });
+        let served =
+            tokio::spawn(
+                async move { watch.serve(conn, &activity, Duration::from_secs(10)).await },
+            );
         let drained = tokio::spawn(drain.run());
         // The drain has begun before the request is sent.
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -163,7 +162,8 @@ mod tests {
         let answer = String::from_utf8_lossy(&answer);
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
         // read_to_end returned: the connection was closed after its answer.
-        served.await.expect("task").expect("served");
+        let end = served.await.expect("task");
+        assert!(matches!(end, ConnEnd::Closed(Ok(()))), "{end:?}");
         drained.await.expect("the drain");
     }
 

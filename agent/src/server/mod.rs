@@ -1,13 +1,15 @@
 //! The HTTP/1.1 accept loop shared by the metadata proxy and the admin server: keep-alive,
 //! per-connection state, admission (no client can lock the others out: see [`admission`]),
-//! bounded request buffers (see [`io`]), and graceful drain on shutdown (see [`drain`]: a
-//! connection accepted before it gets its first request answered).
+//! bounded request buffers (see [`io`]), a deadline for each request's head (see
+//! [`activity`]), and graceful drain on shutdown (see [`drain`]: a connection accepted before
+//! it gets its first request answered).
 //!
 //! The accept loop only accepts: it never waits for a free slot, so the kernel's accept
 //! queue drains for every pod whatever one of them does. Each connection is then attributed
 //! (the handler's [`ConnHandler::on_connect`], before any byte is read), admitted under its
 //! pod's limit, and served.
 
+mod activity;
 pub(crate) mod admin;
 pub(crate) mod admission;
 mod drain;
@@ -28,12 +30,13 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use activity::ConnActivity;
 use admission::{Admission, AdmissionLimits, Refusal};
-use drain::{Drain, FirstRequest};
+use drain::{ConnEnd, Drain};
 use io::{MeteredStream, RequestBudget};
 
 /// The response type of every route.
@@ -62,8 +65,8 @@ pub(crate) trait ConnHandler: Send + Sync + 'static {
 /// Limits of one server.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ServerLimits {
-    /// Time allowed for a client to send a request's headers (also bounds how long an idle
-    /// keep-alive connection is kept: hyper arms it while waiting for the next request).
+    /// Time allowed for a client to send a request's headers, from the accept or the previous
+    /// answer (so it also bounds how long an idle keep-alive connection is kept).
     pub header_read_timeout: Duration,
     /// Longest drain on shutdown.
     pub shutdown_grace: Duration,
@@ -145,6 +148,14 @@ impl Drop for AcceptGate {
     }
 }
 
+/// What each request of a connection reaches: the server's handler, the connection's state
+/// and its activity.
+struct ServedConn<H: ConnHandler> {
+    handler: Arc<H>,
+    state: H::Conn,
+    activity: ConnActivity,
+}
+
 /// Serves `listener` until the gate is told to stop, then drains open connections for at
 /// most `limits.shutdown_grace`. `held` counts the connections held now.
 pub(crate) async fn serve<H: ConnHandler>(
@@ -160,8 +171,12 @@ pub(crate) async fn serve<H: ConnHandler>(
     let mut builder = http1::Builder::new();
     builder
         .keep_alive(true)
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        // The head deadline is `activity`'s: hyper's allocates and registers a timer per
+        // request.
+        .header_read_timeout(None)
+        // One buffer, one send(2) per response: cheaper in the kernel than writev(2) with the
+        // head and body apart (the bodies are small).
+        .writev(false)
         // hyper's floor is 8 KiB; a head that does not fit gets 431.
         .max_buf_size(limits.max_header_bytes.max(8192));
     let admission: Arc<Admission<H::Key>> = Admission::new(
@@ -205,8 +220,8 @@ pub(crate) async fn serve<H: ConnHandler>(
         tokio::spawn(async move {
             let _held = held;
             // Attribution and the wait for a turn run here, off the accept loop.
-            let conn_state = Arc::new(handler.on_connect(peer).await);
-            let _turn = match handler.admission_key(&conn_state) {
+            let state = handler.on_connect(peer).await;
+            let _turn = match handler.admission_key(&state) {
                 Some(key) => match admission.enter_key(key).await {
                     Ok(turn) => Some(turn),
                     Err(refusal) => {
@@ -216,18 +231,34 @@ pub(crate) async fn serve<H: ConnHandler>(
                 },
                 None => None,
             };
-            let first = Arc::new(FirstRequest::default());
-            let marker = first.clone();
+            let served = Arc::new(ServedConn {
+                handler,
+                state,
+                activity: ConnActivity::new(),
+            });
+            let per_request = served.clone();
             let service = service_fn(move |req| {
-                marker.mark();
-                let handler = handler.clone();
-                let conn_state = conn_state.clone();
-                async move { Ok::<_, Infallible>(handler.handle(&conn_state, req).await) }
+                per_request.activity.request_began();
+                let conn = per_request.clone();
+                async move {
+                    let resp = conn.handler.handle(&conn.state, req).await;
+                    conn.activity.request_answered();
+                    Ok::<_, Infallible>(resp)
+                }
             });
             let io = TokioIo::new(MeteredStream::new(stream, budget));
             let conn = builder.serve_connection(io, service);
-            if let Err(e) = watcher.serve(conn, &first).await {
-                tracing::debug!(server = name, %peer, error = %e, "connection ended with an error");
+            match watcher
+                .serve(conn, &served.activity, limits.header_read_timeout)
+                .await
+            {
+                ConnEnd::Closed(Ok(())) => {}
+                ConnEnd::Closed(Err(e)) => {
+                    tracing::debug!(server = name, %peer, error = %e, "connection ended with an error");
+                }
+                ConnEnd::HeadTimedOut => {
+                    tracing::debug!(server = name, %peer, timeout = ?limits.header_read_timeout, "closed a connection that sent no request head in time");
+                }
             }
         });
     }
@@ -261,3 +292,6 @@ pub(crate) fn json(status: u16, value: &impl serde::Serialize) -> Resp {
         Err(e) => response(500, "text/plain", format!("could not encode response: {e}")),
     }
 }
+
+#[cfg(test)]
+mod tests;

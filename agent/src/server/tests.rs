@@ -1,0 +1,120 @@
+//! The accept loop with a real socket: the request-head deadline (see `activity`).
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::*;
+
+/// Answers every request with 200 `ok`.
+struct Ok200;
+
+impl ConnHandler for Ok200 {
+    type Conn = ();
+    type Key = ();
+
+    async fn on_connect(&self, _peer: SocketAddr) {}
+
+    fn admission_key(&self, _conn: &()) -> Option<()> {
+        None
+    }
+
+    fn on_refused(&self, _peer: SocketAddr, _refusal: Refusal) {}
+
+    async fn handle(&self, _conn: &(), _req: Request<Incoming>) -> Resp {
+        response(200, "text/plain", "ok")
+    }
+}
+
+const HEAD_TIMEOUT: Duration = Duration::from_millis(300);
+const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+
+/// A server with the given head timeout; its address and its control.
+async fn start() -> (SocketAddr, AcceptControl) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let control = AcceptControl::default();
+    let limits = ServerLimits {
+        header_read_timeout: HEAD_TIMEOUT,
+        ..ServerLimits::default()
+    };
+    tokio::spawn(serve(
+        "test",
+        listener,
+        Arc::new(Ok200),
+        limits,
+        control.gate(),
+        Arc::new(AtomicUsize::new(0)),
+    ));
+    (addr, control)
+}
+
+/// Reads one answer (`ok` is the end of its body).
+async fn read_answer(client: &mut TcpStream) -> String {
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 512];
+    while !answer.ends_with(b"ok") {
+        let n = client.read(&mut buf).await.expect("read");
+        assert!(n > 0, "closed before its answer: {answer:?}");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Whether the server closed the connection (read gives end of file) within `within`.
+async fn closed_within(client: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(within, client.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_head_timeout() {
+    let (addr, _control) = start().await;
+    let mut client = TcpStream::connect(addr).await.expect("connect");
+    client.write_all(REQUEST).await.expect("send");
+    assert!(read_answer(&mut client).await.starts_with("HTTP/1.1 200"));
+    assert!(closed_within(&mut client, Duration::from_secs(10)).await);
+}
+
+#[tokio::test]
+async fn a_head_sent_too_slowly_is_closed_unanswered() {
+    let (addr, _control) = start().await;
+    let mut client = TcpStream::connect(addr).await.expect("connect");
+    // A header line every 100 ms: the head is never done within 300 ms.
+    client.write_all(b"GET / HTTP/1.1\r\n").await.expect("send");
+    let mut closed = false;
+    for i in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if client
+            .write_all(format!("X-Slow-{i}: 1\r\n").as_bytes())
+            .await
+            .is_err()
+        {
+            closed = true;
+            break;
+        }
+        if closed_within(&mut client, Duration::from_millis(1)).await {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "ten seconds of a head and still open");
+}
+
+#[tokio::test]
+async fn a_connection_that_keeps_asking_stays_open() {
+    let (addr, _control) = start().await;
+    let mut client = TcpStream::connect(addr).await.expect("connect");
+    // Ten requests 100 ms apart: a second in all, three head timeouts.
+    for _ in 0..10 {
+        client.write_all(REQUEST).await.expect("send");
+        assert!(read_answer(&mut client).await.starts_with("HTTP/1.1 200"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
