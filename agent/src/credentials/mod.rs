@@ -8,8 +8,10 @@ pub(crate) mod static_file;
 pub(crate) mod sts_cache;
 pub(crate) mod sts_client;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
+
+use bytes::Bytes;
 
 use crate::role::{BoxFuture, RoleBinding};
 use crate::timefmt;
@@ -27,7 +29,39 @@ pub(crate) struct Credentials {
     pub expiration: SystemTime,
     /// When they were obtained.
     pub last_updated: SystemTime,
+    /// The documents served for them, rendered on first use.
+    pub rendered: RenderedDocs,
 }
+
+/// The credentials documents of one set of credentials, rendered once: they change only with
+/// the credentials, which a pod polls. A cache, not part of the value: it never makes two
+/// credentials unequal.
+#[derive(Clone, Default)]
+pub(crate) struct RenderedDocs {
+    plain: OnceLock<Bytes>,
+    extended: OnceLock<Bytes>,
+}
+
+impl RenderedDocs {
+    /// The document (`extended`: the form with `AccountId`), rendered by `render` the first
+    /// time it is asked for.
+    pub(crate) fn get_or_render(&self, extended: bool, render: impl FnOnce() -> Bytes) -> Bytes {
+        let cell = if extended {
+            &self.extended
+        } else {
+            &self.plain
+        };
+        cell.get_or_init(render).clone()
+    }
+}
+
+impl PartialEq for RenderedDocs {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for RenderedDocs {}
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -37,7 +71,8 @@ impl std::fmt::Debug for Credentials {
             .field("session_token", &"<redacted>")
             .field("expiration", &timefmt::format_utc(self.expiration))
             .field("last_updated", &timefmt::format_utc(self.last_updated))
-            .finish()
+            // The rendered documents hold the secret key: never shown.
+            .finish_non_exhaustive()
     }
 }
 

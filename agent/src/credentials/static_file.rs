@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
-use super::{CredentialError, CredentialSource, Credentials};
+use super::{CredentialError, CredentialSource, Credentials, RenderedDocs};
 use crate::clock;
 use crate::role::{validate_role_arn, BoxFuture, RoleBinding};
 use crate::timefmt;
@@ -171,6 +171,7 @@ impl StaticCredentials {
             session_token: e.session_token.clone(),
             expiration,
             last_updated: now,
+            rendered: RenderedDocs::default(),
         })
     }
 }

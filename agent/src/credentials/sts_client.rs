@@ -17,7 +17,7 @@ use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sts::types::Tag;
 
 use crate::clock;
-use crate::credentials::{CredentialError, Credentials};
+use crate::credentials::{CredentialError, Credentials, RenderedDocs};
 use crate::role::{BoxFuture, RoleBinding};
 
 /// Something that can assume roles (STS, or a fake in tests).
@@ -140,6 +140,7 @@ impl Sts {
             session_token: creds.session_token().to_owned(),
             expiration,
             last_updated: clock::wall(),
+            rendered: RenderedDocs::default(),
         })
     }
 }

@@ -14,7 +14,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,7 @@ use crate::caller::attribution::Caller;
 use crate::credentials::Credentials;
 use crate::role::{RoleBinding, RoleResolver};
 use crate::timefmt::format_utc;
+use foldhash::fast::RandomState;
 use served::ServedLog;
 
 /// How long answers alike are counted before their count is logged.
@@ -110,7 +111,9 @@ pub(crate) struct Audit {
     served: ServedLog,
     /// Tallies by a hash of what makes answers alike: counting an answer allocates nothing.
     /// (Two kinds with the same hash only cost a line more: the later replaces the earlier.)
-    tallies: Mutex<HashMap<u64, Tally>>,
+    /// The key is a hash already; foldhash (seeded per process) makes both cheap, and no pod
+    /// chooses what is hashed but its own requests' route.
+    tallies: Mutex<HashMap<u64, Tally, RandomState>>,
     hasher: RandomState,
     roles: Arc<dyn RoleResolver>,
 }
@@ -120,8 +123,8 @@ impl Audit {
     pub(crate) fn new(roles: Arc<dyn RoleResolver>) -> Self {
         Audit {
             served: ServedLog::default(),
-            tallies: Mutex::new(HashMap::new()),
-            hasher: RandomState::new(),
+            tallies: Mutex::new(HashMap::default()),
+            hasher: RandomState::default(),
             roles,
         }
     }

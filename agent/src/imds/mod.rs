@@ -26,7 +26,7 @@ pub(crate) mod token;
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use hyper::header::{HeaderMap, HeaderValue};
 use hyper::Method;
@@ -93,9 +93,6 @@ pub(crate) struct Imds {
     credentials: Arc<dyn CredentialSource>,
     upstream: Option<Upstream>,
     limiter: RateLimiter<Subject>,
-    /// Rendered credentials documents, keyed by the credentials' address and whether the
-    /// extended form was asked for (the `Arc` in the value keeps the address unique).
-    bodies: moka::sync::Cache<(usize, bool), (Arc<Credentials>, bytes::Bytes)>,
     audit: Arc<Audit>,
 }
 
@@ -218,28 +215,24 @@ impl Imds {
         let limiter = RateLimiter::new(settings.rate_limit, settings.rate_burst);
         let audit = Arc::new(Audit::new(roles.clone()));
         Imds {
-            audit,
             settings,
             tokens,
             roles,
             credentials,
             upstream,
             limiter,
-            bodies: moka::sync::Cache::builder()
-                .max_capacity(20_000)
-                .time_to_idle(Duration::from_secs(600))
-                .build(),
+            audit,
         }
     }
 
-    /// Answers one request of `caller` on a connection whose state is `session`.
+    /// Answers one request of `caller` on a connection whose state is `session`, read at
+    /// `received`.
     pub(crate) async fn handle(
         &self,
         caller: &Caller,
         session: &Session,
-        method: &Method,
-        raw_path: &str,
-        headers: &HeaderMap,
+        (method, raw_path, headers): (&Method, &str, &HeaderMap),
+        received: Instant,
     ) -> Answer {
         let path = match paths::normalize(raw_path) {
             Ok(path) => path,
@@ -257,7 +250,7 @@ impl Imds {
             }
             return Answer::plain("token", resp);
         }
-        if !self.limiter.allow(session.subject(), clock::now()) {
+        if !self.limiter.allow(session.subject(), received) {
             let mut resp = text(429, "Too Many Requests\n");
             resp.headers_mut()
                 .insert("retry-after", HeaderValue::from_static("1"));
@@ -405,15 +398,11 @@ impl Imds {
         };
         match self.credentials(&binding).await {
             Ok(creds) => {
-                let key = (Arc::as_ptr(&creds) as usize, extended);
-                let body = if let Some((_, body)) = self.bodies.get(&key) {
-                    body
-                } else {
+                // The account is the role's, and credentials are one role's.
+                let body = creds.rendered.get_or_render(extended, || {
                     let account = if extended { binding.account_id() } else { None };
-                    let body = bytes::Bytes::from(credentials_json(&creds, account));
-                    self.bodies.insert(key, (creds.clone(), body.clone()));
-                    body
-                };
+                    bytes::Bytes::from(credentials_json(&creds, account))
+                });
                 (
                     text(200, body),
                     Outcome::Served {

@@ -19,7 +19,9 @@ struct Bucket {
 pub(crate) struct RateLimiter<K> {
     rate: f64,
     burst: f64,
-    buckets: Mutex<HashMap<K, Bucket>>,
+    /// Keyed by pods (UIDs or cgroup ids), which no pod chooses: a fast hash (seeded per
+    /// process) is enough.
+    buckets: Mutex<HashMap<K, Bucket, foldhash::fast::RandomState>>,
 }
 
 impl<K: Hash + Eq + Clone> RateLimiter<K> {
@@ -28,7 +30,7 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         RateLimiter {
             rate,
             burst: burst.max(1.0),
-            buckets: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(HashMap::default()),
         }
     }
 

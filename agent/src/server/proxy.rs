@@ -125,9 +125,8 @@ impl ConnHandler for Proxy {
             .handle(
                 caller,
                 session,
-                req.method(),
-                req.uri().path(),
-                req.headers(),
+                (req.method(), req.uri().path(), req.headers()),
+                started,
             )
             .await;
         let now = clock::now();

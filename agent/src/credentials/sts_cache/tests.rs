@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex as StdMutex;
 
 use super::*;
+use crate::credentials::RenderedDocs;
 
 /// What the fake does on each call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +62,7 @@ impl Assumer for FakeSts {
                         session_token: "t".into(),
                         expiration: now + self.lifetime,
                         last_updated: now,
+                        rendered: RenderedDocs::default(),
                     })
                 }
                 Mode::Fail => Err(CredentialError::new("Throttling", "Rate exceeded")),

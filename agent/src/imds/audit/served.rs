@@ -74,7 +74,7 @@ impl SubjectStats {
 /// The per-subject record.
 #[derive(Debug, Default)]
 pub(crate) struct ServedLog {
-    subjects: Mutex<HashMap<Subject, SubjectStats>>,
+    subjects: Mutex<HashMap<Subject, SubjectStats, foldhash::fast::RandomState>>,
 }
 
 impl ServedLog {

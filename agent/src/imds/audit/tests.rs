@@ -5,6 +5,7 @@ use tracing_subscriber::fmt::MakeWriter;
 
 use super::*;
 use crate::caller::attribution::ConnKind;
+use crate::credentials::RenderedDocs;
 use crate::role::{BoxFuture, RoleError};
 
 /// Knows one pod by name.
@@ -91,6 +92,7 @@ fn served(key_id: &str) -> Outcome {
             session_token: "TOKEN-never-logged".into(),
             expiration: SystemTime::UNIX_EPOCH + Duration::from_secs(4_102_444_800),
             last_updated: SystemTime::UNIX_EPOCH,
+            rendered: RenderedDocs::default(),
         }),
     }
 }

@@ -12,6 +12,7 @@ use hyper_util::rt::TokioIo;
 
 use super::*;
 use crate::caller::attribution::ConnKind;
+use crate::credentials::RenderedDocs;
 use crate::role::BoxFuture;
 
 const ROLE_A: &str = "arn:aws:iam::123456789012:role/team/role-a";
@@ -45,6 +46,7 @@ impl CredentialSource for MapCreds {
                     session_token: "token-a".into(),
                     expiration: UNIX_EPOCH + Duration::from_secs(4_102_444_800),
                     last_updated: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+                    rendered: RenderedDocs::default(),
                 })),
                 "slow" => {
                     tokio::time::sleep(Duration::from_secs(30)).await;
@@ -135,7 +137,9 @@ async fn call_on(
             HeaderValue::from_str(v).expect("value"),
         );
     }
-    imds.handle(c, conn, &method, path, &headers).await.resp
+    imds.handle(c, conn, (&method, path, &headers), clock::now())
+        .await
+        .resp
 }
 
 /// `GET path` without headers.
