@@ -19,8 +19,9 @@ pub(crate) const BENCH_ROLE: &str = "bench-app";
 pub(crate) const BENCH_ROLE_ARN: &str = "arn:aws:iam::123456789012:role/bench-app";
 /// nginx listens next to iamlet's listener (same address, other port): the same hop.
 pub(crate) const NGINX_PORT: u16 = 8080;
-/// The loads every scenario runs at: 8 connections over 2 wrk threads, and 1 connection (each
-/// request waits for the one before: latency alone).
+/// The loads every scenario runs at: 8 connections over 2 wrk threads (fewer where wrk has
+/// fewer CPUs: see [`Placement::fit`]), and 1 connection (each request waits for the one
+/// before: latency alone).
 pub(crate) const LOADS: [Load; 2] = [
     Load {
         connections: 8,
@@ -429,7 +430,8 @@ pub(crate) fn bench_imds() -> Result<()> {
         },
     ];
     // [load][scenario]: iamlet, nginx, baseline.
-    let mut series: Vec<Vec<[Series; 3]>> = LOADS
+    let loads = LOADS.map(|load| placement.fit(load));
+    let mut series: Vec<Vec<[Series; 3]>> = loads
         .iter()
         .map(|_| {
             scenarios
@@ -446,7 +448,7 @@ pub(crate) fn bench_imds() -> Result<()> {
         .collect();
     for round in 1..=IMDS_ROUNDS {
         eprintln!("round {round}/{IMDS_ROUNDS}");
-        for (l, &load) in LOADS.iter().enumerate() {
+        for (l, &load) in loads.iter().enumerate() {
             for (s, sc) in scenarios.iter().enumerate() {
                 for i in 0..2 {
                     let run = run_wrk(
@@ -479,11 +481,12 @@ pub(crate) fn bench_imds() -> Result<()> {
     );
     println!("{}", placement.describe());
     println!("runq: time the server's threads were runnable but waited for a CPU; on-CPU: times they were scheduled");
+    println!("server %: the server's CPU time per second; wrk CPUs %: how busy the CPUs wrk ran on were (split: CPU 0; shared: all). Near 100 %, that side limits the run; a busy wrk also adds its threads' turns on the CPU to the latencies it reports");
     if let Some(b) = &baseline {
         println!("iamlet-baseline: {}", b.bin.display());
     }
     let mut verdicts = Vec::new();
-    for (l, &load) in LOADS.iter().enumerate() {
+    for (l, &load) in loads.iter().enumerate() {
         for (s, sc) in scenarios.iter().enumerate() {
             let [iamlet, nginx, base] = &series[l][s];
             let base = baseline.as_ref().map(|_| base);

@@ -39,7 +39,7 @@ impl Verdict {
 type Column = (&'static str, fn(&WrkRun) -> f64, usize);
 
 /// The columns of a scenario's table: header, figure (median over the rounds), decimals.
-const COLUMNS: [Column; 8] = [
+const COLUMNS: [Column; 10] = [
     ("req/s", |r| r.rps, 0),
     ("p50 µs", |r| r.p50_us, 0),
     ("p99 µs", |r| r.p99_us, 0),
@@ -48,6 +48,9 @@ const COLUMNS: [Column; 8] = [
     ("CPU µs/req", |r| r.cpu_us_per_req, 1),
     ("runq µs/req", |r| r.runq_us_per_req, 2),
     ("on-CPU/req", |r| r.switches_per_req, 2),
+    // The server's CPU per second: near 100 %, the server is what limits the run.
+    ("server %", |r| r.rps * r.cpu_us_per_req / 1e4, 0),
+    ("wrk CPUs %", |r| r.client_busy_pct, 0),
 ];
 
 /// Prints one scenario at one load: iamlet, nginx and (when given) a baseline build of
