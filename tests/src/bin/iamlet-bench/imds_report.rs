@@ -23,6 +23,11 @@ pub(crate) struct Verdict {
     pub(crate) throughput: f64,
     pub(crate) p99: f64,
     pub(crate) p999: f64,
+    /// iamlet's CPU time per request over nginx's.
+    pub(crate) cpu: f64,
+    /// iamlet's busy percent (its CPU time per second) while wrk's CPUs were saturated, if
+    /// they were and iamlet was not: wrk, not iamlet, set iamlet's req/s.
+    pub(crate) wrk_bound: Option<f64>,
 }
 
 impl Verdict {
@@ -101,6 +106,8 @@ pub(crate) fn report(
         throughput: iamlet.rps() / nginx.rps(),
         p99: iamlet.p99() / nginx.p99(),
         p999: iamlet.p999() / nginx.p999(),
+        cpu: iamlet.median(|r| r.cpu_us_per_req) / nginx.median(|r| r.cpu_us_per_req),
+        wrk_bound: wrk_bound(iamlet),
     };
     println!(
         "  iamlet/nginx: throughput {:.2}x, p99 {:.2}x, p99.9 {:.2}x",
@@ -119,6 +126,16 @@ pub(crate) fn report(
     verdict
 }
 
+/// Busy percent at which a side counts as saturated.
+const SATURATED_PCT: f64 = 97.0;
+
+/// The server's busy percent if wrk's CPUs were saturated and the server was not.
+fn wrk_bound(server: &Series) -> Option<f64> {
+    let busy = server.median(|r| r.rps * r.cpu_us_per_req / 1e4);
+    let wrk = server.median(|r| r.client_busy_pct);
+    (wrk >= SATURATED_PCT && busy < SATURATED_PCT).then_some(busy)
+}
+
 /// The goal summary over every scenario and load.
 pub(crate) fn summary(verdicts: &[Verdict]) {
     println!();
@@ -135,6 +152,13 @@ pub(crate) fn summary(verdicts: &[Verdict]) {
             v.p999,
             if v.met() { "met" } else { "NOT met" }
         );
+        if let (true, Some(busy)) = (v.throughput_held(), v.wrk_bound) {
+            println!(
+                "    wrk's CPUs were the limit (iamlet {busy:.0} % busy): by CPU per request ({:.2}x nginx's) iamlet serves {:.2}x nginx's req/s",
+                v.cpu,
+                1.0 / v.cpu
+            );
+        }
     }
     let missed = verdicts.iter().filter(|v| !v.met()).count();
     println!("  {} of {} met", verdicts.len() - missed, verdicts.len());
@@ -154,6 +178,8 @@ mod tests {
             throughput,
             p99,
             p999: 1.0,
+            cpu: 1.0,
+            wrk_bound: None,
         }
     }
 
@@ -170,5 +196,32 @@ mod tests {
             "throughput not held at 1 connection"
         );
         assert!(!verdict(1, 2.0, 2.5).met());
+    }
+
+    fn series(rps: f64, cpu_us_per_req: f64, client_busy_pct: f64) -> Series {
+        let mut s = Series::new("iamlet");
+        s.runs.push(WrkRun {
+            rps,
+            cpu_us_per_req,
+            client_busy_pct,
+            ..WrkRun::default()
+        });
+        s
+    }
+
+    #[test]
+    fn a_run_is_wrk_bound_only_when_wrk_is_saturated_and_the_server_is_not() {
+        let busy = wrk_bound(&series(100_000.0, 9.0, 99.0)).expect("wrk-bound");
+        assert!((busy - 90.0).abs() < 1e-9, "{busy}");
+        assert_eq!(
+            wrk_bound(&series(110_000.0, 9.0, 99.0)),
+            None,
+            "server saturated"
+        );
+        assert_eq!(
+            wrk_bound(&series(100_000.0, 9.0, 80.0)),
+            None,
+            "wrk not saturated"
+        );
     }
 }
