@@ -72,7 +72,7 @@ pub enum Error {
     /// No Kubernetes client could be built (kubeconfig, in-cluster config).
     #[error("Kubernetes client: {0}")]
     Kube(#[source] KubeClientError),
-    /// The proxy's thread could not start.
+    /// The proxy's threads could not start.
     #[error(transparent)]
     ProxyThread(#[from] proxy_thread::ProxyThreadError),
     /// The pin directory's lock could not be passed to a successor.
@@ -383,7 +383,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let proxy_thread = proxy_thread::start(proxy_listeners, proxy.clone(), limits, held.clone())?;
     tasks.push(tokio::task::spawn_blocking(move || {
         if proxy_thread.join().is_err() {
-            tracing::error!("the proxy thread panicked");
+            tracing::error!("the proxy's first thread panicked");
         }
     }));
     // Start-up is done: what it freed goes back (see heap_trim).
@@ -399,7 +399,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         admin_listener,
         admin.clone(),
         limits,
-        accept.gate(),
+        (accept.gate(), server::Workers::default()),
         Arc::new(std::sync::atomic::AtomicUsize::new(0)),
     )));
     // Serving now: the running agent may stop accepting, and the programs switch over.

@@ -17,6 +17,7 @@ pub(crate) mod heap_trim;
 pub(crate) mod io;
 pub(crate) mod proxy;
 pub(crate) mod proxy_thread;
+mod workers;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -35,9 +36,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use activity::ConnActivity;
-use admission::{Admission, AdmissionLimits, Refusal};
-use drain::{ConnEnd, Drain};
+use admission::{Admission, AdmissionLimits, Refusal, TotalGuard};
+use drain::{ConnEnd, Drain, DrainWatch};
 use io::{MeteredStream, RequestBudget};
+pub(crate) use workers::Workers;
 
 /// The response type of every route.
 pub(crate) type Resp = Response<Full<Bytes>>;
@@ -156,14 +158,85 @@ struct ServedConn<H: ConnHandler> {
     activity: ConnActivity,
 }
 
+/// A connection accepted and admitted under the server's total limit, with what serving it
+/// takes.
+struct Accepted<H: ConnHandler> {
+    name: &'static str,
+    peer: SocketAddr,
+    held: TotalGuard<H::Key>,
+    handler: Arc<H>,
+    builder: http1::Builder,
+    watcher: DrainWatch,
+    admission: Arc<Admission<H::Key>>,
+    budget: Arc<RequestBudget>,
+    head_timeout: Duration,
+}
+
+impl<H: ConnHandler> Accepted<H> {
+    /// Attributes the connection, waits for its client's turn, and serves it until it ends.
+    async fn serve(self, stream: tokio::net::TcpStream) {
+        let Accepted {
+            name,
+            peer,
+            held,
+            handler,
+            builder,
+            watcher,
+            admission,
+            budget,
+            head_timeout,
+        } = self;
+        let _held = held;
+        // Attribution and the wait for a turn run here, off the accept loop.
+        let state = handler.on_connect(peer).await;
+        let _turn = match handler.admission_key(&state) {
+            Some(key) => match admission.enter_key(key).await {
+                Ok(turn) => Some(turn),
+                Err(refusal) => {
+                    handler.on_refused(peer, refusal);
+                    return;
+                }
+            },
+            None => None,
+        };
+        let served = Arc::new(ServedConn {
+            handler,
+            state,
+            activity: ConnActivity::new(),
+        });
+        let per_request = served.clone();
+        let service = service_fn(move |req| {
+            per_request.activity.request_began();
+            let conn = per_request.clone();
+            async move {
+                let resp = conn.handler.handle(&conn.state, req).await;
+                conn.activity.request_answered();
+                Ok::<_, Infallible>(resp)
+            }
+        });
+        let io = TokioIo::new(MeteredStream::new(stream, budget));
+        let conn = builder.serve_connection(io, service);
+        match watcher.serve(conn, &served.activity, head_timeout).await {
+            ConnEnd::Closed(Ok(())) => {}
+            ConnEnd::Closed(Err(e)) => {
+                tracing::debug!(server = name, %peer, error = %e, "connection ended with an error");
+            }
+            ConnEnd::HeadTimedOut => {
+                tracing::debug!(server = name, %peer, timeout = ?head_timeout, "closed a connection that sent no request head in time");
+            }
+        }
+    }
+}
+
 /// Serves `listener` until the gate is told to stop, then drains open connections for at
-/// most `limits.shutdown_grace`. `held` counts the connections held now.
+/// most `limits.shutdown_grace`. `held` counts the connections held now. Connections are
+/// served on this runtime and on `workers`, in turn.
 pub(crate) async fn serve<H: ConnHandler>(
     name: &'static str,
     listener: TcpListener,
     handler: Arc<H>,
     limits: ServerLimits,
-    gate: AcceptGate,
+    (gate, workers): (AcceptGate, Workers),
     held: Arc<std::sync::atomic::AtomicUsize>,
 ) {
     let mut shutdown = gate.stop.clone();
@@ -212,55 +285,38 @@ pub(crate) async fn serve<H: ConnHandler>(
             }
         };
         let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let builder = builder.clone();
-        let watcher = drain.watch();
-        let admission = admission.clone();
-        let budget = budget.clone();
-        tokio::spawn(async move {
-            let _held = held;
-            // Attribution and the wait for a turn run here, off the accept loop.
-            let state = handler.on_connect(peer).await;
-            let _turn = match handler.admission_key(&state) {
-                Some(key) => match admission.enter_key(key).await {
-                    Ok(turn) => Some(turn),
-                    Err(refusal) => {
-                        handler.on_refused(peer, refusal);
-                        return;
-                    }
-                },
-                None => None,
-            };
-            let served = Arc::new(ServedConn {
-                handler,
-                state,
-                activity: ConnActivity::new(),
-            });
-            let per_request = served.clone();
-            let service = service_fn(move |req| {
-                per_request.activity.request_began();
-                let conn = per_request.clone();
-                async move {
-                    let resp = conn.handler.handle(&conn.state, req).await;
-                    conn.activity.request_answered();
-                    Ok::<_, Infallible>(resp)
-                }
-            });
-            let io = TokioIo::new(MeteredStream::new(stream, budget));
-            let conn = builder.serve_connection(io, service);
-            match watcher
-                .serve(conn, &served.activity, limits.header_read_timeout)
-                .await
-            {
-                ConnEnd::Closed(Ok(())) => {}
-                ConnEnd::Closed(Err(e)) => {
-                    tracing::debug!(server = name, %peer, error = %e, "connection ended with an error");
-                }
-                ConnEnd::HeadTimedOut => {
-                    tracing::debug!(server = name, %peer, timeout = ?limits.header_read_timeout, "closed a connection that sent no request head in time");
-                }
+        let conn = Accepted {
+            name,
+            peer,
+            held,
+            handler: handler.clone(),
+            builder: builder.clone(),
+            watcher: drain.watch(),
+            admission: admission.clone(),
+            budget: budget.clone(),
+            head_timeout: limits.header_read_timeout,
+        };
+        match workers.next() {
+            None => {
+                tokio::spawn(conn.serve(stream));
             }
-        });
+            // The stream leaves this runtime's reactor and joins the other's there.
+            Some(other) => match stream.into_std() {
+                Ok(stream) => {
+                    other.spawn(async move {
+                        match tokio::net::TcpStream::from_std(stream) {
+                            Ok(stream) => conn.serve(stream).await,
+                            Err(e) => {
+                                tracing::warn!(server = name, %peer, error = %e, "could not move a connection to another thread; closed");
+                            }
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(server = name, %peer, error = %e, "could not move a connection to another thread; closed");
+                }
+            },
+        }
     }
     drop(listener);
     drop(gate);

@@ -1,10 +1,15 @@
-//! The proxy's own thread: its accept loops and connections run on a current-thread runtime,
+//! The proxy's own threads: its accept loops and connections run on current-thread runtimes,
 //! apart from the agent's other work (the Kubernetes watch, STS calls, the datapath checks,
-//! the admin server), which stays on the main runtime.
+//! the admin server), which stays on the main runtime. The first thread accepts; each
+//! connection is served, in turn, on one of the threads (see `workers`) and stays there. There
+//! is one thread per CPU the agent may use (its affinity and its cgroup's CPU quota), up to
+//! [`MAX_THREADS`].
 //!
 //! Why: a request is a few microseconds of work between two system calls. On a multi-thread
 //! runtime, workers wake each other for it (`futex`, a second `epoll_wait`) and a connection's
-//! task can move between them; on one thread nothing is handed over. Measured with
+//! task can move between them; on a thread of its own nothing is handed over. And with one
+//! thread only, a node whose CPUs are busy (pods, the load generator) leaves the proxy waiting
+//! for a CPU that a second thread would find. Measured with
 //! `cargo xtask bench imds --cpus split` (README, "Where the tail comes from"). What could
 //! stall the thread is kept off it: a cgroup walk on an attribution miss runs on a blocking
 //! thread, and an AssumeRole call started by a request runs on the main runtime (the request
@@ -18,10 +23,62 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use super::proxy::Proxy;
-use super::{serve, AcceptGate, ServerLimits};
+use super::{serve, AcceptGate, ServerLimits, Workers};
 
-/// How long the thread's runtime waits for blocking lookups still running when it stops.
+/// How long a thread's runtime waits for blocking lookups still running when it stops.
 const BLOCKING_GRACE: Duration = Duration::from_secs(1);
+
+/// The most threads the proxy serves on: a node's metadata traffic is a few requests a second
+/// per pod, and one thread serves tens of thousands.
+pub(crate) const MAX_THREADS: usize = 4;
+
+/// How many threads the proxy serves on: one per CPU it may use, at most [`MAX_THREADS`].
+fn thread_count() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, std::num::NonZero::get)
+        .clamp(1, MAX_THREADS)
+}
+
+/// A current-thread runtime for one of the proxy's threads.
+fn runtime() -> Result<tokio::runtime::Runtime, ProxyThreadError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("iamlet-proxy-blocking")
+        .build()
+        .map_err(ProxyThreadError::Start)
+}
+
+/// Starts the threads that only serve the connections given them: their runtimes' handles,
+/// and the threads (each ends once `stop` is sent or dropped).
+fn start_workers(
+    count: usize,
+    stop: &tokio::sync::watch::Sender<bool>,
+) -> Result<
+    (
+        Vec<tokio::runtime::Handle>,
+        Vec<std::thread::JoinHandle<()>>,
+    ),
+    ProxyThreadError,
+> {
+    let mut handles = Vec::new();
+    let mut threads = Vec::new();
+    for i in 1..count {
+        let runtime = runtime()?;
+        handles.push(runtime.handle().clone());
+        let mut stop = stop.subscribe();
+        let thread = std::thread::Builder::new()
+            .name(format!("iamlet-proxy-{i}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let _ = stop.wait_for(|stop| *stop).await;
+                });
+                runtime.shutdown_timeout(BLOCKING_GRACE);
+            })
+            .map_err(ProxyThreadError::Start)?;
+        threads.push(thread);
+    }
+    Ok((handles, threads))
+}
 
 /// Why the proxy's thread could not start.
 #[derive(Debug, thiserror::Error)]
@@ -46,8 +103,8 @@ pub(crate) struct ProxyListener {
     pub gate: AcceptGate,
 }
 
-/// Serves `listeners` with `proxy` on a thread of their own until their gates stop and the
-/// connections drain; the returned handle ends with the thread.
+/// Serves `listeners` with `proxy` on threads of their own until their gates stop and the
+/// connections drain; the returned handle ends with the threads.
 pub(crate) fn start(
     listeners: Vec<ProxyListener>,
     proxy: Arc<Proxy>,
@@ -64,11 +121,12 @@ pub(crate) fn start(
             .map_err(|source| ProxyThreadError::Listener { addr, source })?;
         sockets.push((socket, gate));
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .thread_name("iamlet-proxy-blocking")
-        .build()
-        .map_err(ProxyThreadError::Start)?;
+    let runtime = runtime()?;
+    // Told to stop once the accept loops have drained their connections (a worker that
+    // cannot start drops it, and the ones started end).
+    let workers_stop = tokio::sync::watch::Sender::new(false);
+    let (others, worker_threads) = start_workers(thread_count(), &workers_stop)?;
+    let workers = Workers::new(others);
     // The thread says whether its listeners are registered before anything is served.
     let (started_tx, started_rx) = std::sync::mpsc::sync_channel(1);
     let thread = std::thread::Builder::new()
@@ -94,7 +152,7 @@ pub(crate) fn start(
                             listener,
                             proxy.clone(),
                             limits,
-                            gate,
+                            (gate, workers.clone()),
                             held.clone(),
                         ))
                     })
@@ -103,6 +161,12 @@ pub(crate) fn start(
                     let _ = serving.await;
                 }
             });
+            workers_stop.send_replace(true);
+            for worker in worker_threads {
+                if worker.join().is_err() {
+                    tracing::error!("a proxy thread panicked");
+                }
+            }
             runtime.shutdown_timeout(BLOCKING_GRACE);
         })
         .map_err(ProxyThreadError::Start)?;

@@ -46,7 +46,7 @@ async fn start() -> (SocketAddr, AcceptControl) {
         listener,
         Arc::new(Ok200),
         limits,
-        control.gate(),
+        (control.gate(), Workers::default()),
         Arc::new(AtomicUsize::new(0)),
     ));
     (addr, control)

@@ -12,8 +12,8 @@
 //! * **Eviction**: an entry no registered pod uses and nobody asked for during `grace` is
 //!   dropped.
 //! * **Where calls run**: on the runtime the cache was made on (the agent's main runtime), also
-//!   when a request on the proxy's thread starts one: that thread only waits for the result,
-//!   it never does a TLS handshake or parses an STS answer.
+//!   when a request on one of the proxy's threads starts one: that thread only waits for the
+//!   result, it never does a TLS handshake or parses an STS answer.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
