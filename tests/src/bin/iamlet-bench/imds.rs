@@ -490,7 +490,14 @@ pub(crate) fn bench_imds() -> Result<()> {
         for (s, sc) in scenarios.iter().enumerate() {
             let [iamlet, nginx, base] = &series[l][s];
             let base = baseline.as_ref().map(|_| base);
-            verdicts.push(report(&sc.title, sc.short, load, iamlet, nginx, base));
+            verdicts.push(report(
+                &sc.title,
+                sc.short,
+                (load, placement),
+                iamlet,
+                nginx,
+                base,
+            ));
         }
     }
     summary(&verdicts);

@@ -7,7 +7,7 @@
 //! ratio was first measured; at 1 connection req/s is one round trip after another, mostly
 //! the kernel's, and is printed but not held to it).
 
-use crate::wrk::{Load, Series, WrkRun};
+use crate::wrk::{Load, Placement, Series, WrkRun};
 
 /// Goal: iamlet's req/s at least this multiple of nginx's.
 pub(crate) const GOAL_THROUGHPUT: f64 = 1.3;
@@ -63,7 +63,7 @@ const COLUMNS: [Column; 10] = [
 pub(crate) fn report(
     title: &str,
     short: &str,
-    load: Load,
+    (load, placement): (Load, Placement),
     iamlet: &Series,
     nginx: &Series,
     baseline: Option<&Series>,
@@ -107,7 +107,12 @@ pub(crate) fn report(
         p99: iamlet.p99() / nginx.p99(),
         p999: iamlet.p999() / nginx.p999(),
         cpu: iamlet.median(|r| r.cpu_us_per_req) / nginx.median(|r| r.cpu_us_per_req),
-        wrk_bound: wrk_bound(iamlet),
+        // Shared CPUs: wrk and the servers take from one pool, and no side's own figure says
+        // which limited the run.
+        wrk_bound: match placement {
+            Placement::Split => wrk_bound(iamlet),
+            Placement::Shared => None,
+        },
     };
     println!(
         "  iamlet/nginx: throughput {:.2}x, p99 {:.2}x, p99.9 {:.2}x",
