@@ -34,6 +34,11 @@ const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
 
 /// A server with the given head timeout; its address and its control.
 async fn start() -> (SocketAddr, AcceptControl) {
+    start_with(Workers::default()).await
+}
+
+/// The same, its connections spread over `workers` too.
+async fn start_with(workers: Workers) -> (SocketAddr, AcceptControl) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let control = AcceptControl::default();
@@ -46,7 +51,7 @@ async fn start() -> (SocketAddr, AcceptControl) {
         listener,
         Arc::new(Ok200),
         limits,
-        (control.gate(), Workers::default()),
+        (control.gate(), workers),
         Arc::new(AtomicUsize::new(0)),
     ));
     (addr, control)
@@ -117,4 +122,35 @@ async fn a_connection_that_keeps_asking_stays_open() {
         assert!(read_answer(&mut client).await.starts_with("HTTP/1.1 200"));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test]
+async fn connections_handed_to_another_runtime_are_served_there() {
+    // A second runtime on a thread of its own, as the proxy's other threads are.
+    let other = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let handle = other.handle().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        other.block_on(async {
+            let _ = stopped.await;
+        });
+    });
+    let (addr, _control) = start_with(Workers::new(vec![handle])).await;
+    // Every other connection goes to the other runtime; each is served, twice.
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    for _ in 0..2 {
+        for client in &mut clients {
+            client.write_all(REQUEST).await.expect("send");
+            assert!(read_answer(client).await.starts_with("HTTP/1.1 200"));
+        }
+    }
+    drop(clients);
+    let _ = stop.send(());
+    thread.join().expect("the other runtime's thread");
 }
