@@ -115,13 +115,13 @@ are left out, so the agent's own default applies.
 
 {{/*
 The container's resources: as given, with the memory limit derived from the agent's bounds
-when none is given (memoryBaseMi + maxConnections x 13 KiB + 16 MiB of request bytes).
+when none is given (memoryBaseMi + maxConnections x 15 KiB + 16 MiB of request bytes).
 */}}
 {{- define "iamlet.resources" -}}
 {{- $r := deepCopy (.Values.resources | default dict) -}}
 {{- $limits := $r.limits | default dict -}}
 {{- if not $limits.memory -}}
-{{- $connMi := div (add (mul (int .Values.agent.maxConnections) 13) 1023) 1024 -}}
+{{- $connMi := div (add (mul (int .Values.agent.maxConnections) 15) 1023) 1024 -}}
 {{- $_ := set $limits "memory" (printf "%dMi" (add (int .Values.memoryBaseMi) $connMi 16)) -}}
 {{- end -}}
 {{- $_ := set $r "limits" $limits -}}

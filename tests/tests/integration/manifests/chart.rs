@@ -198,8 +198,8 @@ fn memory_limit_and_connections(text: &str) -> (String, usize) {
 
 #[test]
 fn the_memory_limit_follows_the_connection_bound() {
-    // 128 MiB of base, 13 KiB per connection held, 16 MiB of request bytes.
-    let derived = |conns: usize| format!("{}Mi", 128 + (conns * 13).div_ceil(1024) + 16);
+    // 128 MiB of base, 15 KiB per connection held, 16 MiB of request bytes.
+    let derived = |conns: usize| format!("{}Mi", 128 + (conns * 15).div_ceil(1024) + 16);
     let (limit, conns) = memory_limit_and_connections(&committed().0);
     assert_eq!((limit.as_str(), conns), (derived(4096).as_str(), 4096));
     let Some(helm) = helm_or_skip("the_memory_limit_follows_the_connection_bound") else {
