@@ -5,10 +5,10 @@
 //! counted from the connection's accept or from the previous answer; a client that does not
 //! (slowloris, or a keep-alive connection left idle) is closed. While a request is being
 //! answered the deadline does not run; once the answer is made it does, so a client that
-//! does not read its answers is closed the same way. hyper has this deadline too, but it allocates a timer
-//! for every request, registers it with the runtime and removes it again; here each request
-//! costs two stores and a clock read, and the connection's one timer wakes once per timeout
-//! at most.
+//! does not read its answers is closed the same way. hyper has this deadline too, but it
+//! allocates a timer for every request, registers it with the runtime and removes it again;
+//! here each request costs two stores and a clock read, and the connection's one timer wakes
+//! once per timeout at most.
 //!
 //! **The first request.** The drain lets a connection that has not begun its first request
 //! begin it before telling it to finish (see `drain`).

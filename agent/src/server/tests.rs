@@ -113,6 +113,32 @@ async fn a_head_sent_too_slowly_is_closed_unanswered() {
 }
 
 #[tokio::test]
+async fn a_client_that_does_not_read_its_answers_is_closed() {
+    // Far more pipelined requests than the socket buffers hold answers for; the client
+    // reads nothing for a second (over three head timeouts).
+    const SENT: usize = 100_000;
+    let (addr, _control) = start().await;
+    let client = TcpStream::connect(addr).await.expect("connect");
+    let (mut reader, mut writer) = client.into_split();
+    let sender = tokio::spawn(async move {
+        let requests = REQUEST.repeat(SENT);
+        let _ = writer.write_all(&requests).await;
+        writer
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut answers = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), reader.read_to_end(&mut answers));
+    // Closed: read_to_end ends (at the end of file or a reset) before every answer came.
+    let _ = read.await.expect("the connection was closed");
+    let answered = answers.windows(8).filter(|w| w == b"HTTP/1.1").count();
+    assert!(
+        answered < SENT,
+        "all {SENT} answered: the server waited for the client"
+    );
+    sender.abort();
+}
+
+#[tokio::test]
 async fn a_connection_that_keeps_asking_stays_open() {
     let (addr, _control) = start().await;
     let mut client = TcpStream::connect(addr).await.expect("connect");

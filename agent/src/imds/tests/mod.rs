@@ -443,6 +443,14 @@ async fn extended_credentials_add_the_account() {
     let doc = json(resp).await;
     assert_eq!(doc["AccountId"], "123456789012");
     assert_eq!(doc["AccessKeyId"], "ASIAPODA");
+    // Each form is rendered once per credentials, apart: the plain one after the extended
+    // one has no account, and asked again it is the same bytes.
+    let plain = "/latest/meta-data/iam/security-credentials/role-a";
+    let first = body(get(&imds, &a, plain).await).await;
+    let doc: serde_json::Value = serde_json::from_str(&first).expect("JSON");
+    assert!(doc.get("AccountId").is_none(), "{first}");
+    assert_eq!(doc["AccessKeyId"], "ASIAPODA");
+    assert_eq!(body(get(&imds, &a, plain).await).await, first);
 }
 
 #[tokio::test(start_paused = true)]

@@ -35,6 +35,26 @@ fn encodes_counters() {
     assert!(out.contains(&build), "{build} missing:\n{out}");
 }
 
+#[test]
+fn kept_series_and_looked_up_ones_count_the_same() {
+    let m = Metrics::default();
+    // `token` 200 goes through the kept series, `token` 401 through the label lookup.
+    m.request("token", 200, Duration::from_micros(70));
+    m.request("token", 200, Duration::from_micros(70));
+    m.request("token", 401, Duration::from_micros(70));
+    let reg = registry(&m, None, None, None);
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &reg).expect("encode");
+    for sample in [
+        "iamlet_proxy_requests_total{route=\"token\",status=\"200\"} 2",
+        "iamlet_proxy_requests_total{route=\"token\",status=\"401\"} 1",
+        "iamlet_proxy_request_duration_seconds_count{route=\"token\",status=\"2xx\"} 2",
+        "iamlet_proxy_request_duration_seconds_count{route=\"token\",status=\"4xx\"} 1",
+    ] {
+        assert!(out.contains(sample), "{sample} missing:\n{out}");
+    }
+}
+
 #[derive(Debug)]
 struct NeverAssumes;
 
