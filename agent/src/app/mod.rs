@@ -380,7 +380,12 @@ pub async fn run(config: Config) -> Result<(), Error> {
             gate: accept.gate(),
         });
     }
-    let proxy_thread = proxy_thread::start(proxy_listeners, proxy.clone(), limits, held.clone())?;
+    let proxy_thread = proxy_thread::start(
+        proxy_listeners,
+        proxy.clone(),
+        (limits, config.runtime.proxy_threads),
+        held.clone(),
+    )?;
     tasks.push(tokio::task::spawn_blocking(move || {
         if proxy_thread.join().is_err() {
             tracing::error!("the proxy's first thread panicked");

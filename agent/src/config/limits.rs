@@ -28,6 +28,8 @@ pub(crate) mod bounds {
     pub(crate) const STS_BACKOFF_MAX: Duration = Duration::from_secs(3600);
     /// `--unused-grace`.
     pub(crate) const UNUSED_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
+    /// `--proxy-threads`.
+    pub(crate) const PROXY_THREADS: usize = 64;
     /// `--pod-wait`.
     pub(crate) const POD_WAIT: Duration = Duration::from_secs(30);
 }
@@ -74,6 +76,12 @@ impl Args {
             self.max_waiting_per_pod,
             0,
             self.max_connections.min(bounds::MAX_CONNECTIONS),
+        )?;
+        within(
+            "proxy-threads",
+            self.proxy_threads,
+            0,
+            bounds::PROXY_THREADS,
         )?;
         within(
             "credentials-timeout",

@@ -243,6 +243,13 @@ pub struct Args {
     #[arg(long, env = "IAMLET_MAX_WAITING_PER_POD", default_value_t = 1024)]
     pub max_waiting_per_pod: usize,
 
+    /// Threads the proxy serves on; `0`: one per CPU the agent may use (its CPU affinity and
+    /// its cgroup's CPU quota), at most 4. Each connection stays on the thread it is given.
+    /// Fewer threads than CPUs leave CPUs to the pods: on a node whose pods keep every CPU
+    /// busy, a thread per CPU waits for each of them.
+    #[arg(long, env = "IAMLET_PROXY_THREADS", default_value_t = 0)]
+    pub proxy_threads: usize,
+
     /// Time a client has to send a request's headers; also closes idle keep-alive connections.
     #[arg(long, env = "IAMLET_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: Duration,

@@ -49,6 +49,8 @@ pub(crate) struct Runtime {
     pub(crate) max_waiting_per_pod: usize,
     /// Header read timeout.
     pub(crate) header_timeout: Duration,
+    /// Threads the proxy serves on; `None`: one per CPU, at most a few.
+    pub(crate) proxy_threads: Option<std::num::NonZeroUsize>,
 }
 
 /// The checked flags: everything [`Plan::load`] needs, nothing read yet.

@@ -100,6 +100,7 @@ fn every_numeric_flag_is_bounded() {
         ("--sts-attempt-timeout", "61s"),
         ("--unused-grace", "0s"),
         ("--pod-wait", "31s"),
+        ("--proxy-threads", "65"),
         ("--refresh-fraction", "NaN"),
     ] {
         let Ok(a) = args(&["--listen-v4", "127.0.0.1:8181", flag, value]) else {

@@ -82,6 +82,7 @@ impl Args {
                 max_connections_per_pod: self.max_connections_per_pod,
                 max_waiting_per_pod: self.max_waiting_per_pod,
                 header_timeout: self.header_timeout,
+                proxy_threads: std::num::NonZeroUsize::new(self.proxy_threads),
             },
             cgroup: self.cgroup.clone(),
             bindings: self.bindings.clone(),

@@ -83,6 +83,9 @@ are left out, so the agent's own default applies.
 - --max-connections={{ int $a.maxConnections }}
 - --max-connections-per-pod={{ int $a.maxConnectionsPerPod }}
 - --max-waiting-per-pod={{ int $a.maxWaitingPerPod }}
+{{- with $a.proxyThreads }}
+- --proxy-threads={{ int . }}
+{{- end }}
 - --forward-guard={{ $a.forwardGuard }}
 {{- with $a.baseRoleArn }}
 - --base-role-arn={{ . }}

@@ -124,6 +124,8 @@ fn chart_with_every_option_renders_agent_flags_only() {
             "--set",
             "agent.extraArgs[0]=--no-prefetch",
             "--set",
+            "agent.proxyThreads=2",
+            "--set",
             "serviceAccount.annotations.eks\\.amazonaws\\.com/role-arn=arn:aws:iam::123456789012:role/iamlet",
         ],
     );
@@ -138,6 +140,7 @@ fn chart_with_every_option_renders_agent_flags_only() {
         ("base-role-arn", "arn:aws:iam::123456789012:role/"),
         ("region", "eu-west-1"),
         ("session-duration", "2h"),
+        ("proxy-threads", "2"),
         ("upstream", "off"),
         ("allow-path", "meta-data/placement/.*"),
         ("require-imdsv2", ""),
@@ -211,4 +214,24 @@ fn the_memory_limit_follows_the_connection_bound() {
     let (limit, _) =
         memory_limit_and_connections(&render(&helm, &["--set", "resources.limits.memory=1Gi"]));
     assert_eq!(limit, "1Gi", "an explicit limit is kept");
+}
+
+#[test]
+fn proxy_threads_are_the_agents_choice_unless_set() {
+    let threads = |text: &str| {
+        let objects = parse(text);
+        flag(
+            args(agent_container(only(&objects.daemonsets, "DaemonSet"))),
+            "proxy-threads",
+        )
+        .map(str::to_owned)
+    };
+    assert_eq!(threads(&committed().0), None, "one per CPU by default");
+    let Some(helm) = helm_or_skip("proxy_threads_are_the_agents_choice_unless_set") else {
+        return;
+    };
+    assert_eq!(
+        threads(&render(&helm, &["--set", "agent.proxyThreads=1"])),
+        Some("1".to_owned())
+    );
 }

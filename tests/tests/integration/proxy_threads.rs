@@ -1,0 +1,121 @@
+//! The proxy's serving threads against the real agent: `--proxy-threads` sets how many there
+//! are, a pod's connections are spread over all of them, and each asks the scheduler for the
+//! agent's short time slice (read back from `/proc/<pid>/task/<tid>/sched` where the kernel
+//! has a slice per thread, Linux 6.12 and later; older kernels take the request and ignore it).
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use iamlet_tests::{skip_unless_privileged, Agent, PodRole, StaticRoles, TestNode};
+
+const A: PodRole = PodRole {
+    uid: "2c4e6a8b-0d1f-4a3b-9c5d-7e9f1a3b5c7d",
+    role: "arn:aws:iam::123456789012:role/app-threads",
+    access_key: "ASIATHREADSEXAMPLE01",
+};
+
+/// The slice the proxy's threads ask for, in ns (`server::proxy_thread::SLICE`).
+const SLICE_NS: u64 = 100_000;
+
+/// The agent's serving threads (`iamlet-proxy`, `iamlet-proxy-N`; not the runtimes' blocking
+/// threads): thread id → its `/proc` directory.
+fn proxy_threads(pid: u32) -> BTreeMap<u32, std::path::PathBuf> {
+    let tasks = std::path::PathBuf::from(format!("/proc/{pid}/task"));
+    std::fs::read_dir(&tasks)
+        .expect("listing the agent's threads")
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
+            let comm = comm.trim();
+            let serving = comm == "iamlet-proxy"
+                || comm
+                    .strip_prefix("iamlet-proxy-")
+                    .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()));
+            let tid = entry.file_name().to_str()?.parse().ok()?;
+            serving.then(|| (tid, entry.path()))
+        })
+        .collect()
+}
+
+/// How many times the thread at `task` has been put on a CPU (`schedstat`'s third field).
+fn times_scheduled(task: &std::path::Path) -> u64 {
+    let text = std::fs::read_to_string(task.join("schedstat")).expect("reading schedstat");
+    text.split_whitespace()
+        .nth(2)
+        .and_then(|n| n.parse().ok())
+        .expect("schedstat's third field")
+}
+
+/// The thread's own slice in ns, where the kernel keeps one (`se.slice` in its `sched` file).
+fn slice_ns(task: &std::path::Path) -> Option<u64> {
+    let text = std::fs::read_to_string(task.join("sched")).ok()?;
+    text.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        (key.trim() == "se.slice").then(|| value.trim().parse().ok())?
+    })
+}
+
+/// Opens 6 connections at once, keeps them open, and asks for the role list on each, twice.
+const SIX_CONNECTIONS: &str = r#"
+import socket
+req = b"GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\r\nHost: x\r\n\r\n"
+conns = [socket.create_connection(("169.254.169.254", 80), timeout=5) for _ in range(6)]
+for _ in range(2):
+    for c in conns:
+        c.sendall(req)
+        answer = c.recv(4096)
+        print("ok" if answer.startswith(b"HTTP/1.1 200 ") else repr(answer))
+"#;
+
+#[test]
+fn connections_are_spread_over_the_threads_asked_for_each_with_a_short_slice() {
+    skip_unless_privileged!();
+    let node = TestNode::new().expect("creating the test node");
+    let pod = node
+        .add_pod(&iamlet_tests::besteffort_container_cgroup(A.uid, 1))
+        .expect("adding the pod");
+    let roles = StaticRoles::write(&[A]).expect("writing the static roles");
+    let args = roles.args_with(&["--upstream", "off", "--proxy-threads", "3"]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agent = Agent::start(&node, &refs).expect("starting the agent");
+    let pid = agent.pid().expect("the agent's pid");
+
+    let threads = proxy_threads(pid);
+    assert_eq!(threads.len(), 3, "serving threads: {threads:?}");
+    for task in threads.values() {
+        match slice_ns(task) {
+            Some(slice) => assert_eq!(slice, SLICE_NS, "{}", task.display()),
+            None => eprintln!(
+                "{}: this kernel keeps no slice per thread (before 6.12)",
+                task.display()
+            ),
+        }
+    }
+    let log = agent.log_text();
+    assert!(!log.contains("short time slice"), "{log}");
+
+    let before: Vec<u64> = threads.values().map(|t| times_scheduled(t)).collect();
+    let out = pod
+        .command("python3")
+        .args(["-c", SIX_CONNECTIONS])
+        .stdout(Stdio::piped())
+        .output()
+        .expect("running the client in the pod");
+    let answers = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{answers}");
+    assert_eq!(
+        answers.split_whitespace().collect::<Vec<_>>(),
+        ["ok"; 12],
+        "{answers}"
+    );
+    // Each thread served some of the six (in turn: two each); an idle thread is not woken.
+    std::thread::sleep(Duration::from_millis(100));
+    let after: Vec<u64> = threads.values().map(|t| times_scheduled(t)).collect();
+    for ((tid, before), after) in threads.keys().zip(&before).zip(&after) {
+        assert!(
+            after > before,
+            "thread {tid} did not run: {before} -> {after}"
+        );
+    }
+}
