@@ -21,21 +21,10 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
-use iamlet_sys::sched::SliceOutcome;
 use tokio::net::TcpListener;
 
 use super::proxy::Proxy;
 use super::{serve, AcceptGate, ServerLimits, Workers};
-
-/// The time slice each proxy thread asks the kernel's fair scheduler for. Linux 6.12 and
-/// later honour it (older kernels ignore it): a thread that asks for a shorter slice than the
-/// default (0.7 ms times 1 + log2 of the CPUs) gets an earlier deadline when it wakes, so a
-/// request waits less for a CPU that pods (or a load generator) keep busy, and the thread
-/// never runs longer than a request or two needs. 100 µs is the shortest the kernel takes.
-/// With shared CPUs it cut the 8-connection p99 to 0.37× (keep-alive GETs) and 0.28× (the SDK
-/// flow) of the same build's without it (`bench imds`, one run; README, "Where the tail
-/// comes from").
-pub(crate) const SLICE: Duration = Duration::from_micros(100);
 
 /// How long a thread's runtime waits for blocking lookups still running when it stops.
 const BLOCKING_GRACE: Duration = Duration::from_secs(1);
@@ -55,21 +44,6 @@ fn thread_count(configured: Option<NonZeroUsize>) -> usize {
         },
         NonZeroUsize::get,
     )
-}
-
-/// Asks for the calling proxy thread's [`SLICE`].
-fn ask_for_short_slice() {
-    match iamlet_sys::sched::request_slice(SLICE) {
-        Ok(SliceOutcome::Set) => {}
-        Ok(SliceOutcome::OtherPolicy) => {
-            tracing::debug!(
-                "a proxy thread runs under a real-time policy: its slice is left alone"
-            );
-        }
-        Err(error) => {
-            tracing::warn!(%error, "a proxy thread could not ask for a short time slice");
-        }
-    }
 }
 
 /// A current-thread runtime for one of the proxy's threads.
@@ -102,7 +76,6 @@ fn start_workers(
         let thread = std::thread::Builder::new()
             .name(format!("iamlet-proxy-{i}"))
             .spawn(move || {
-                ask_for_short_slice();
                 runtime.block_on(async move {
                     let _ = stop.wait_for(|stop| *stop).await;
                 });
@@ -167,7 +140,6 @@ pub(crate) fn start(
     let thread = std::thread::Builder::new()
         .name("iamlet-proxy".into())
         .spawn(move || {
-            ask_for_short_slice();
             runtime.block_on(async move {
                 let mut ready = Vec::new();
                 for (socket, gate) in sockets {

@@ -1,6 +1,6 @@
 //! The raw system calls of iamlet, each behind a safe function: the `bpf(2)` commands aya 0.14
-//! does not expose for cgroup links ([`bpf`]), giving free heap back to the kernel ([`heap`])
-//! and asking the scheduler for a short time slice ([`sched`]).
+//! does not expose for cgroup links ([`bpf`]) and giving free heap back to the kernel
+//! ([`heap`]).
 //!
 //! This is the only crate of the agent with `unsafe` code, so that the agent library itself
 //! can `#![forbid(unsafe_code)]`. Every `unsafe` block carries its `SAFETY:` argument.
@@ -11,4 +11,3 @@
 
 pub mod bpf;
 pub mod heap;
-pub mod sched;

@@ -58,7 +58,6 @@ pub(crate) const KERNEL_TESTS: &[&str] = &[
     "kube::pod_start_race_annotation_change_and_deletion",
     "doctor::doctor_finds_nothing_wrong_with_a_running_agent",
     "doctor::doctor_names_a_stopped_agent_and_what_it_left_behind",
-    "proxy_threads::",
 ];
 
 /// What one kernel's run gave.
