@@ -88,6 +88,19 @@ enum Cmd {
         /// each server on CPU 1).
         #[arg(long, default_value = "shared")]
         cpus: String,
+        /// `imds` only: wrk's threads at 8 connections (default 2, and never more than the
+        /// CPUs wrk may use). With 1 and shared CPUs, one CPU is left to the servers.
+        #[arg(long)]
+        wrk_threads: Option<u32>,
+        /// `imds` only: alternating rounds (default 3). With shared CPUs a round's p99 at 8
+        /// connections moves several-fold from one round to the next; more rounds steady the
+        /// median.
+        #[arg(long)]
+        rounds: Option<u32>,
+        /// `imds` only: threads that spin while wrk runs, as pods keeping the node's CPUs
+        /// busy (default 0).
+        #[arg(long)]
+        busy_cpus: Option<u32>,
     },
 }
 
@@ -141,9 +154,21 @@ fn main() -> Result<()> {
             which,
             baseline,
             cpus,
+            wrk_threads,
+            rounds,
+            busy_cpus,
         } => {
             if let Some(b) = &baseline {
                 std::env::set_var("IAMLET_BASELINE_BIN", b);
+            }
+            if let Some(n) = wrk_threads {
+                std::env::set_var("IAMLET_BENCH_WRK_THREADS", n.to_string());
+            }
+            if let Some(n) = rounds {
+                std::env::set_var("IAMLET_BENCH_ROUNDS", n.to_string());
+            }
+            if let Some(n) = busy_cpus {
+                std::env::set_var("IAMLET_BENCH_BUSY_CPUS", n.to_string());
             }
             std::env::set_var("IAMLET_BENCH_CPUS", cpus);
             setup::run(&root)?;

@@ -32,10 +32,34 @@ pub(crate) const LOADS: [Load; 2] = [
         threads: 1,
     },
 ];
+/// Alternating rounds, unless `IAMLET_BENCH_ROUNDS` (`--rounds`) says otherwise.
 pub(crate) const IMDS_ROUNDS: usize = 3;
 pub(crate) const TOKEN_PATH: &str = "/latest/api/token";
 pub(crate) const ROLES_PATH: &str = "/latest/meta-data/iam/security-credentials/";
 pub(crate) const TTL_HEADER: &str = "X-aws-ec2-metadata-token-ttl-seconds: 21600";
+
+/// `IAMLET_BENCH_ROUNDS` (`cargo xtask bench imds --rounds`), or [`IMDS_ROUNDS`].
+fn rounds_from_env() -> Result<usize> {
+    match std::env::var("IAMLET_BENCH_ROUNDS") {
+        Err(_) => Ok(IMDS_ROUNDS),
+        Ok(text) => match text.parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(n),
+            _ => bail!("--rounds {text:?}: want a number of rounds, 1 or more"),
+        },
+    }
+}
+
+/// `IAMLET_BENCH_WRK_THREADS` (`cargo xtask bench imds --wrk-threads`): wrk's threads, in place
+/// of each load's own (never more than its connections).
+fn wrk_threads_from_env() -> Result<Option<u32>> {
+    match std::env::var("IAMLET_BENCH_WRK_THREADS") {
+        Err(_) => Ok(None),
+        Ok(text) => match text.parse::<u32>() {
+            Ok(n) if n >= 1 => Ok(Some(n)),
+            _ => bail!("--wrk-threads {text:?}: want a number of threads, 1 or more"),
+        },
+    }
+}
 
 pub(crate) fn creds_path() -> String {
     format!("{ROLES_PATH}{BENCH_ROLE}")
@@ -426,7 +450,13 @@ pub(crate) fn bench_imds() -> Result<()> {
         },
     ];
     // [load][scenario]: iamlet, nginx, baseline.
-    let loads = LOADS.map(|load| placement.fit(load));
+    let wrk_threads = wrk_threads_from_env()?;
+    let loads = LOADS.map(|load| {
+        placement.fit(Load {
+            threads: wrk_threads.unwrap_or(load.threads).min(load.connections),
+            ..load
+        })
+    });
     let mut series: Vec<Vec<[Series; 3]>> = loads
         .iter()
         .map(|_| {
@@ -442,8 +472,9 @@ pub(crate) fn bench_imds() -> Result<()> {
                 .collect()
         })
         .collect();
-    for round in 1..=IMDS_ROUNDS {
-        eprintln!("round {round}/{IMDS_ROUNDS}");
+    let rounds = rounds_from_env()?;
+    for round in 1..=rounds {
+        eprintln!("round {round}/{rounds}");
         for (l, &load) in loads.iter().enumerate() {
             for (s, sc) in scenarios.iter().enumerate() {
                 for i in 0..2 {
@@ -472,10 +503,14 @@ pub(crate) fn bench_imds() -> Result<()> {
         }
     }
     println!(
-        "wrk in a fake pod over veth, {IMDS_ROUNDS} alternating rounds x {WRK_SECONDS} s per server and load; median of rounds; {} CPUs",
+        "wrk in a fake pod over veth, {rounds} alternating rounds x {WRK_SECONDS} s per server and load; median of rounds; {} CPUs",
         std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
     );
     println!("{}", placement.describe());
+    let busy = crate::busy::BusyCpus::count_from_env()?;
+    if busy > 0 {
+        println!("a busy node: {busy} thread(s) spinning while wrk runs");
+    }
     println!("runq: time the server's threads were runnable but waited for a CPU; on-CPU: times they were scheduled");
     println!("server %: the server's CPU time per second; wrk CPUs %: how busy the CPUs wrk ran on were (split: CPU 0; shared: all). Near 100 %, that side limits the run; a busy wrk also adds its threads' turns on the CPU to the latencies it reports");
     if let Some(b) = &baseline {

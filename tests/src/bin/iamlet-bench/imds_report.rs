@@ -84,6 +84,8 @@ pub(crate) fn report(
             print!(" {:>11.decimals$}", s.median(figure));
         }
         println!(" {:>7}", s.errors());
+        let p99s: Vec<String> = s.runs.iter().map(|r| format!("{:.0}", r.p99_us)).collect();
+        println!("    p99 by round, µs: {}", p99s.join(", "));
         for (i, r) in s.runs.iter().enumerate() {
             if r.non_2xx > 0 || r.socket_errors > 0 {
                 println!(

@@ -22,6 +22,7 @@
 
 mod abuse;
 mod abuse_client;
+mod busy;
 mod connect;
 mod imds;
 mod imds_report;

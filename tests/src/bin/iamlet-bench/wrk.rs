@@ -7,6 +7,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use iamlet_tests::{run_with_timeout, FakePod};
 
+use crate::busy::BusyCpus;
+
 /// How hard wrk pushes: its connections and threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Load {
@@ -305,12 +307,14 @@ pub(crate) fn run_wrk(
         cmd.args(["-H", h]);
     }
     cmd.arg(url);
+    let busy = BusyCpus::start(BusyCpus::count_from_env()?);
     let before = server.usage();
     let client_before = cpu_times(placement.client_cpus())?;
     let out = run_with_timeout(&mut cmd, Duration::from_secs(u64::from(WRK_SECONDS) + 30))?
         .ensure_success()?;
     let client_after = cpu_times(placement.client_cpus())?;
     let after = server.usage();
+    drop(busy);
     let mut run =
         parse_wrk(&out.stdout).with_context(|| format!("parsing wrk's output:\n{}", out.stdout))?;
     let requests = run.requests.max(1) as f64;
