@@ -245,8 +245,8 @@ pub struct Args {
 
     /// Threads the proxy serves on; `0`: one per CPU the agent may use (its CPU affinity and
     /// its cgroup's CPU quota), at most 4. Each connection stays on the thread it is given.
-    /// Fewer threads than CPUs leave CPUs to the pods: on a node whose pods keep every CPU
-    /// busy, a thread per CPU waits for each of them.
+    /// `1` suits nodes whose pods keep all CPUs but one busy: under load, more serving
+    /// threads there wait for each other's CPU.
     #[arg(long, env = "IAMLET_PROXY_THREADS", default_value_t = 0)]
     pub proxy_threads: usize,
 

@@ -29,8 +29,9 @@ use super::{serve, AcceptGate, ServerLimits, Workers};
 /// How long a thread's runtime waits for blocking lookups still running when it stops.
 const BLOCKING_GRACE: Duration = Duration::from_secs(1);
 
-/// The most threads the proxy serves on: a node's metadata traffic is a few requests a second
-/// per pod, and one thread serves tens of thousands.
+/// The most threads the proxy serves on unless `--proxy-threads` says otherwise: a node's
+/// metadata traffic is a few requests a second per pod, and one thread serves tens of
+/// thousands.
 pub(crate) const MAX_THREADS: usize = 4;
 
 /// How many threads the proxy serves on: `configured`, or one per CPU it may use, at most
