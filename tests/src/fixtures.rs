@@ -1,7 +1,7 @@
 //! Agent configuration fixtures: standalone role bindings with static credentials, written to
 //! a temporary directory removed on drop.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{Context, Result};
@@ -61,6 +61,11 @@ impl StaticRoles {
             "--static-credentials".into(),
             self.dir.join("creds.yaml").display().to_string(),
         ]
+    }
+
+    /// Their directory, removed with them (a test may keep files of its own there).
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// [`StaticRoles::args`] followed by `extra`.

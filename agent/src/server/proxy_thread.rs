@@ -201,10 +201,4 @@ mod tests {
             MAX_THREADS + 3
         );
     }
-
-    #[test]
-    fn by_default_one_thread_per_cpu_up_to_the_most() {
-        let cpus = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
-        assert_eq!(thread_count(None), cpus.clamp(1, MAX_THREADS));
-    }
 }

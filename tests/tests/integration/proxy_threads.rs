@@ -1,10 +1,12 @@
 //! The proxy's serving threads against the real agent: `--proxy-threads` sets how many there
-//! are, and a pod's connections are spread over all of them.
+//! are, by default one per CPU the agent may use, and a pod's connections are spread over
+//! all of them.
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
 
+use iamlet_tests::agent::agent_bin;
 use iamlet_tests::{skip_unless_privileged, Agent, PodRole, StaticRoles, TestNode};
 
 const A: PodRole = PodRole {
@@ -92,4 +94,48 @@ fn connections_are_spread_over_the_threads_asked_for() {
             "thread {tid} did not run: {before} -> {after}"
         );
     }
+}
+
+#[test]
+fn by_default_one_thread_per_cpu_the_agent_may_use() {
+    skip_unless_privileged!();
+    let node = TestNode::new().expect("creating the test node");
+    let pod = node
+        .add_pod(&iamlet_tests::besteffort_container_cgroup(A.uid, 1))
+        .expect("adding the pod");
+    let roles = StaticRoles::write(&[A]).expect("writing the static roles");
+    // The agent on CPU 0 only (taskset execs it: the pid stays the agent's).
+    let pinned = roles.dir().join("iamlet-on-cpu-0");
+    std::fs::write(
+        &pinned,
+        format!(
+            "#!/bin/sh\nexec taskset -c 0 '{}' \"$@\"\n",
+            agent_bin().display()
+        ),
+    )
+    .expect("writing the launcher");
+    std::process::Command::new("chmod")
+        .args(["+x", &pinned.display().to_string()])
+        .status()
+        .expect("chmod");
+    let args = roles.args_with(&["--upstream", "off"]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agent = Agent::start_with_bin(&node, &pinned, &refs).expect("starting the agent");
+    let pid = agent.pid().expect("the agent's pid");
+
+    let threads = proxy_threads(pid);
+    assert_eq!(threads.len(), 1, "serving threads on one CPU: {threads:?}");
+    let out = pod
+        .command("python3")
+        .args(["-c", SIX_CONNECTIONS])
+        .stdout(Stdio::piped())
+        .output()
+        .expect("running the client in the pod");
+    let answers = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{answers}");
+    assert_eq!(
+        answers.split_whitespace().collect::<Vec<_>>(),
+        ["ok"; 12],
+        "{answers}"
+    );
 }

@@ -5,8 +5,6 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use anyhow::{bail, Result};
-
 /// Spinning threads; they stop when this is dropped.
 pub(crate) struct BusyCpus {
     stop: Arc<AtomicBool>,
@@ -14,17 +12,6 @@ pub(crate) struct BusyCpus {
 }
 
 impl BusyCpus {
-    /// `IAMLET_BENCH_BUSY_CPUS` (`cargo xtask bench imds --busy-cpus`): how many, 0 if unset.
-    pub(crate) fn count_from_env() -> Result<usize> {
-        match std::env::var("IAMLET_BENCH_BUSY_CPUS") {
-            Err(_) => Ok(0),
-            Ok(text) => match text.parse::<usize>() {
-                Ok(n) if n <= 64 => Ok(n),
-                _ => bail!("--busy-cpus {text:?}: want a number of spinning threads, 0 to 64"),
-            },
-        }
-    }
-
     /// Starts `count` spinning threads.
     pub(crate) fn start(count: usize) -> BusyCpus {
         let stop = Arc::new(AtomicBool::new(false));

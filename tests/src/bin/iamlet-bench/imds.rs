@@ -11,6 +11,7 @@ use iamlet_tests::{
 
 use crate::imds_report::{report, summary};
 use crate::nginx::start_nginx;
+use crate::options::ImdsOptions;
 use crate::wrk::{run_wrk, Load, Placement, Series, Server, LATENCY_HOOK, WRK_SECONDS};
 
 /// The benchmark pod's UID; its cgroup is laid out as the kubelet's systemd driver does.
@@ -32,34 +33,9 @@ pub(crate) const LOADS: [Load; 2] = [
         threads: 1,
     },
 ];
-/// Alternating rounds, unless `IAMLET_BENCH_ROUNDS` (`--rounds`) says otherwise.
-pub(crate) const IMDS_ROUNDS: usize = 3;
 pub(crate) const TOKEN_PATH: &str = "/latest/api/token";
 pub(crate) const ROLES_PATH: &str = "/latest/meta-data/iam/security-credentials/";
 pub(crate) const TTL_HEADER: &str = "X-aws-ec2-metadata-token-ttl-seconds: 21600";
-
-/// `IAMLET_BENCH_ROUNDS` (`cargo xtask bench imds --rounds`), or [`IMDS_ROUNDS`].
-fn rounds_from_env() -> Result<usize> {
-    match std::env::var("IAMLET_BENCH_ROUNDS") {
-        Err(_) => Ok(IMDS_ROUNDS),
-        Ok(text) => match text.parse::<usize>() {
-            Ok(n) if n >= 1 => Ok(n),
-            _ => bail!("--rounds {text:?}: want a number of rounds, 1 or more"),
-        },
-    }
-}
-
-/// `IAMLET_BENCH_WRK_THREADS` (`cargo xtask bench imds --wrk-threads`): wrk's threads, in place
-/// of each load's own (never more than its connections).
-fn wrk_threads_from_env() -> Result<Option<u32>> {
-    match std::env::var("IAMLET_BENCH_WRK_THREADS") {
-        Err(_) => Ok(None),
-        Ok(text) => match text.parse::<u32>() {
-            Ok(n) if n >= 1 => Ok(Some(n)),
-            _ => bail!("--wrk-threads {text:?}: want a number of threads, 1 or more"),
-        },
-    }
-}
 
 pub(crate) fn creds_path() -> String {
     format!("{ROLES_PATH}{BENCH_ROLE}")
@@ -318,7 +294,8 @@ pub(crate) fn bench_imds() -> Result<()> {
             .success();
         ensure!(found, "{tool} not found (cargo xtask setup installs it)");
     }
-    let placement = Placement::from_env()?;
+    let options = ImdsOptions::from_env()?;
+    let placement = options.placement;
     let dir = TempDir::new("imds")?;
     std::fs::create_dir_all(dir.path("www"))?;
     let uid = BENCH_POD_UID.replace('-', "_");
@@ -450,10 +427,9 @@ pub(crate) fn bench_imds() -> Result<()> {
         },
     ];
     // [load][scenario]: iamlet, nginx, baseline.
-    let wrk_threads = wrk_threads_from_env()?;
     let loads = LOADS.map(|load| {
         placement.fit(Load {
-            threads: wrk_threads.unwrap_or(load.threads).min(load.connections),
+            threads: options.wrk_threads.unwrap_or(load.threads).min(load.connections),
             ..load
         })
     });
@@ -472,7 +448,7 @@ pub(crate) fn bench_imds() -> Result<()> {
                 .collect()
         })
         .collect();
-    let rounds = rounds_from_env()?;
+    let rounds = options.rounds;
     for round in 1..=rounds {
         eprintln!("round {round}/{rounds}");
         for (l, &load) in loads.iter().enumerate() {
@@ -481,7 +457,7 @@ pub(crate) fn bench_imds() -> Result<()> {
                     let run = run_wrk(
                         &pod,
                         servers[i],
-                        (load, placement),
+                        (load, placement, options.busy_cpus),
                         &sc.urls[i],
                         sc.script,
                         sc.header,
@@ -492,7 +468,7 @@ pub(crate) fn bench_imds() -> Result<()> {
                     let run = run_wrk(
                         &b.pod,
                         b.server,
-                        (load, placement),
+                        (load, placement, options.busy_cpus),
                         &sc.baseline_url,
                         bs,
                         sc.baseline_header,
@@ -507,7 +483,7 @@ pub(crate) fn bench_imds() -> Result<()> {
         std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
     );
     println!("{}", placement.describe());
-    let busy = crate::busy::BusyCpus::count_from_env()?;
+    let busy = options.busy_cpus;
     if busy > 0 {
         println!("a busy node: {busy} thread(s) spinning while wrk runs");
     }

@@ -28,12 +28,26 @@ mod imds;
 mod imds_report;
 mod memory;
 mod nginx;
+mod options;
 mod wrk;
 
 use anyhow::{bail, Result};
 
+/// What `iamlet-bench` says to anything it does not know.
+const USAGE: &str = "usage: iamlet-bench <connect|imds|memory|abuse> (no further arguments: \
+    run it as `cargo xtask bench <name> [options]`, which passes the options on)";
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // The benches take their options from the environment xtask sets; an argument after one
+    // of them is a mistake (`--help`, `--rounds 7`), not something to ignore and run anyway.
+    if matches!(
+        args.first().map(String::as_str),
+        Some("connect" | "imds" | "memory" | "abuse")
+    ) && args.len() > 1
+    {
+        bail!("{}: unexpected argument {:?}\n{USAGE}", args[0], args[1]);
+    }
     match args.first().map(String::as_str) {
         Some("connect") => connect::bench_connect(),
         Some("connect-client") => connect::client(&args[1..]),
@@ -43,6 +57,6 @@ fn main() -> Result<()> {
         Some("memory-client") => memory::client(&args[1..]),
         Some("abuse") => abuse::bench_abuse(),
         Some("abuse-client") => abuse_client::client(&args[1..]),
-        _ => bail!("usage: iamlet-bench <connect|imds|memory|abuse>"),
+        _ => bail!("{USAGE}"),
     }
 }

@@ -28,14 +28,8 @@ pub(crate) enum Placement {
 }
 
 impl Placement {
-    /// From `IAMLET_BENCH_CPUS` (`shared`, the default, or `split`).
-    pub(crate) fn from_env() -> Result<Placement> {
-        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-        Placement::parse(std::env::var("IAMLET_BENCH_CPUS").ok().as_deref(), cpus)
-    }
-
     /// `value` of `IAMLET_BENCH_CPUS` on a machine with `cpus` CPUs.
-    fn parse(value: Option<&str>, cpus: usize) -> Result<Placement> {
+    pub(crate) fn parse(value: Option<&str>, cpus: usize) -> Result<Placement> {
         match value {
             None | Some("" | "shared") => Ok(Placement::Shared),
             Some("split") => {
@@ -288,11 +282,12 @@ pub(crate) fn parse_wrk(out: &str) -> Result<WrkRun> {
 }
 
 /// One wrk run from inside `pod` with `script` (which must carry [`LATENCY_HOOK`]) and an
-/// optional extra header, where `placement` puts it, charging `server`.
+/// optional extra header, where `placement` puts it, with `busy_cpus` threads spinning
+/// meanwhile, charging `server`.
 pub(crate) fn run_wrk(
     pod: &FakePod,
     server: Server,
-    (load, placement): (Load, Placement),
+    (load, placement, busy_cpus): (Load, Placement, usize),
     url: &str,
     script: &Path,
     header: Option<&str>,
@@ -307,7 +302,7 @@ pub(crate) fn run_wrk(
         cmd.args(["-H", h]);
     }
     cmd.arg(url);
-    let busy = BusyCpus::start(BusyCpus::count_from_env()?);
+    let busy = BusyCpus::start(busy_cpus);
     let before = server.usage();
     let client_before = cpu_times(placement.client_cpus())?;
     let out = run_with_timeout(&mut cmd, Duration::from_secs(u64::from(WRK_SECONDS) + 30))?
