@@ -22,7 +22,7 @@ use crate::role::{NoRoles, RoleResolver};
 use crate::server::admin::Admin;
 use crate::server::heap_trim::TrimRequests;
 use crate::server::proxy::Proxy;
-use crate::server::proxy_thread::{self, ProxyListener};
+use crate::server::proxy_thread::{self, ProxyListener, ThreadSettings};
 use crate::server::{self, AcceptControl, ServerLimits};
 use crate::telemetry::metrics::{self, Metrics};
 
@@ -383,7 +383,13 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let proxy_thread = proxy_thread::start(
         proxy_listeners,
         proxy.clone(),
-        (limits, config.runtime.proxy_threads),
+        (
+            limits,
+            ThreadSettings {
+                threads: config.runtime.proxy_threads,
+                busy_poll: config.runtime.proxy_busy_poll,
+            },
+        ),
         held.clone(),
     )?;
     tasks.push(tokio::task::spawn_blocking(move || {

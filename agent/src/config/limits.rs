@@ -30,6 +30,8 @@ pub(crate) mod bounds {
     pub(crate) const UNUSED_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
     /// `--proxy-threads`.
     pub(crate) const PROXY_THREADS: usize = 64;
+    /// `--proxy-busy-poll`: a longer window burns more CPU per request than it saves.
+    pub(crate) const PROXY_BUSY_POLL: Duration = Duration::from_millis(1);
     /// `--pod-wait`.
     pub(crate) const POD_WAIT: Duration = Duration::from_secs(30);
 }
@@ -82,6 +84,12 @@ impl Args {
             self.proxy_threads,
             0,
             bounds::PROXY_THREADS,
+        )?;
+        within(
+            "proxy-busy-poll",
+            self.proxy_busy_poll,
+            Duration::ZERO,
+            bounds::PROXY_BUSY_POLL,
         )?;
         within(
             "credentials-timeout",
@@ -163,11 +171,16 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("{s:?} is not a duration like 500ms, 5s or 2m"))?;
     let secs = match unit {
+        "us" | "µs" => value / 1e6,
         "ms" => value / 1000.0,
         "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?} (use us, ms, s, m or h)"
+            ))
+        }
     };
     if !secs.is_finite() || !(0.0..=86_400.0 * 365.0).contains(&secs) {
         return Err(format!("{s:?} is out of range"));

@@ -250,6 +250,13 @@ pub struct Args {
     #[arg(long, env = "IAMLET_PROXY_THREADS", default_value_t = 0)]
     pub proxy_threads: usize,
 
+    /// How long a proxy thread keeps polling its connections after a response before it
+    /// sleeps (at most 1ms; `0` turns it off). A client's next request within it is read
+    /// without a trip through the scheduler. Only on a CPU no other thread wants: once one
+    /// does, the thread sleeps between requests for a while, as with `0`.
+    #[arg(long, env = "IAMLET_PROXY_BUSY_POLL", default_value = "50us", value_parser = parse_duration)]
+    pub proxy_busy_poll: Duration,
+
     /// Time a client has to send a request's headers; also closes idle keep-alive connections.
     #[arg(long, env = "IAMLET_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: Duration,

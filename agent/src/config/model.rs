@@ -51,6 +51,8 @@ pub(crate) struct Runtime {
     pub(crate) header_timeout: Duration,
     /// Threads the proxy serves on; `None`: one per CPU, at most a few.
     pub(crate) proxy_threads: Option<std::num::NonZeroUsize>,
+    /// How long a proxy thread polls after a response before it sleeps; `None`: not at all.
+    pub(crate) proxy_busy_poll: Option<Duration>,
 }
 
 /// The checked flags: everything [`Plan::load`] needs, nothing read yet.

@@ -16,6 +16,8 @@ fn durations() {
     assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
     assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
     assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+    assert_eq!(parse_duration("50us"), Ok(Duration::from_micros(50)));
+    assert_eq!(parse_duration("50µs"), Ok(Duration::from_micros(50)));
     assert!(parse_duration("5 parsecs").is_err());
     assert!(parse_duration("-1s").is_err());
 }
@@ -101,6 +103,7 @@ fn every_numeric_flag_is_bounded() {
         ("--unused-grace", "0s"),
         ("--pod-wait", "31s"),
         ("--proxy-threads", "65"),
+        ("--proxy-busy-poll", "2ms"),
         ("--refresh-fraction", "NaN"),
     ] {
         let Ok(a) = args(&["--listen-v4", "127.0.0.1:8181", flag, value]) else {
@@ -172,4 +175,27 @@ fn validation_reads_nothing_and_loading_names_the_flag() {
 fn a_bad_sts_endpoint_is_its_own_error() {
     let a = args(&["--listen-v4", "127.0.0.1:8181", "--sts-endpoint", "ftp://x"]).expect("parses");
     assert!(matches!(a.validate(), Err(Error::StsEndpoint { .. })));
+}
+
+#[test]
+fn busy_polling_is_on_by_default_and_zero_turns_it_off() {
+    let plan = |extra: &[&str]| {
+        let mut v = vec!["--listen-v4", "127.0.0.1:8181"];
+        v.extend_from_slice(extra);
+        args(&v).expect("parses").validate().expect("valid")
+    };
+    assert_eq!(
+        plan(&[]).runtime.proxy_busy_poll,
+        Some(Duration::from_micros(50))
+    );
+    assert_eq!(
+        plan(&["--proxy-busy-poll", "200us"])
+            .runtime
+            .proxy_busy_poll,
+        Some(Duration::from_micros(200))
+    );
+    assert_eq!(
+        plan(&["--proxy-busy-poll", "0"]).runtime.proxy_busy_poll,
+        None
+    );
 }

@@ -83,6 +83,7 @@ impl Args {
                 max_waiting_per_pod: self.max_waiting_per_pod,
                 header_timeout: self.header_timeout,
                 proxy_threads: std::num::NonZeroUsize::new(self.proxy_threads),
+                proxy_busy_poll: (!self.proxy_busy_poll.is_zero()).then_some(self.proxy_busy_poll),
             },
             cgroup: self.cgroup.clone(),
             bindings: self.bindings.clone(),

@@ -153,6 +153,7 @@ impl AsyncWrite for MeteredStream {
         let this = self.get_mut();
         // A response is going out: the request it answers has been read and parsed.
         this.release();
+        super::busy_poll::responded();
         Pin::new(&mut this.stream).poll_write(cx, data)
     }
 
@@ -163,6 +164,7 @@ impl AsyncWrite for MeteredStream {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         this.release();
+        super::busy_poll::responded();
         Pin::new(&mut this.stream).poll_write_vectored(cx, bufs)
     }
 

@@ -12,6 +12,7 @@
 mod activity;
 pub(crate) mod admin;
 pub(crate) mod admission;
+mod busy_poll;
 mod drain;
 pub(crate) mod heap_trim;
 pub(crate) mod io;

@@ -24,7 +24,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use super::proxy::Proxy;
-use super::{serve, AcceptGate, ServerLimits, Workers};
+use super::{busy_poll, serve, AcceptGate, ServerLimits, Workers};
 
 /// How long a thread's runtime waits for blocking lookups still running when it stops.
 const BLOCKING_GRACE: Duration = Duration::from_secs(1);
@@ -47,6 +47,24 @@ fn thread_count(configured: Option<NonZeroUsize>) -> usize {
     )
 }
 
+/// How the proxy's threads serve (`--proxy-threads`, `--proxy-busy-poll`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ThreadSettings {
+    /// How many threads; `None`: one per CPU the agent may use, at most [`MAX_THREADS`].
+    pub(crate) threads: Option<NonZeroUsize>,
+    /// How long a thread keeps polling after a response before it sleeps (see `busy_poll`);
+    /// `None`: it sleeps at once.
+    pub(crate) busy_poll: Option<Duration>,
+}
+
+/// Starts this runtime's busy polling, if asked for.
+fn start_busy_poll(window: Option<Duration>) {
+    if let Some(window) = window {
+        // Ends with the runtime, which drops its tasks when it shuts down.
+        tokio::spawn(busy_poll::spin(window));
+    }
+}
+
 /// A current-thread runtime for one of the proxy's threads.
 fn runtime() -> Result<tokio::runtime::Runtime, ProxyThreadError> {
     tokio::runtime::Builder::new_current_thread()
@@ -59,7 +77,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, ProxyThreadError> {
 /// Starts the threads that only serve the connections given them: their runtimes' handles,
 /// and the threads (each ends once `stop` is sent or dropped).
 fn start_workers(
-    count: usize,
+    (count, busy_poll): (usize, Option<Duration>),
     stop: &tokio::sync::watch::Sender<bool>,
 ) -> Result<
     (
@@ -78,6 +96,7 @@ fn start_workers(
             .name(format!("iamlet-proxy-{i}"))
             .spawn(move || {
                 runtime.block_on(async move {
+                    start_busy_poll(busy_poll);
                     let _ = stop.wait_for(|stop| *stop).await;
                 });
                 runtime.shutdown_timeout(BLOCKING_GRACE);
@@ -111,13 +130,12 @@ pub(crate) struct ProxyListener {
     pub gate: AcceptGate,
 }
 
-/// Serves `listeners` with `proxy` on `threads` threads of their own (`None`: one per CPU, see
-/// [`MAX_THREADS`]) until their gates stop and the connections drain; the returned handle
-/// ends with the threads.
+/// Serves `listeners` with `proxy` on threads of their own, as `settings` say, until their
+/// gates stop and the connections drain; the returned handle ends with the threads.
 pub(crate) fn start(
     listeners: Vec<ProxyListener>,
     proxy: Arc<Proxy>,
-    (limits, threads): (ServerLimits, Option<NonZeroUsize>),
+    (limits, settings): (ServerLimits, ThreadSettings),
     held: Arc<AtomicUsize>,
 ) -> Result<std::thread::JoinHandle<()>, ProxyThreadError> {
     // A socket is registered with the reactor of the runtime that polls it: take each one
@@ -134,7 +152,10 @@ pub(crate) fn start(
     // Told to stop once the accept loops have drained their connections (a worker that
     // cannot start drops it, and the ones started end).
     let workers_stop = tokio::sync::watch::Sender::new(false);
-    let (others, worker_threads) = start_workers(thread_count(threads), &workers_stop)?;
+    let (others, worker_threads) = start_workers(
+        (thread_count(settings.threads), settings.busy_poll),
+        &workers_stop,
+    )?;
     let workers = Workers::new(others);
     // The thread says whether its listeners are registered before anything is served.
     let (started_tx, started_rx) = std::sync::mpsc::sync_channel(1);
@@ -153,6 +174,7 @@ pub(crate) fn start(
                     }
                 }
                 let _ = started_tx.send(Ok(()));
+                start_busy_poll(settings.busy_poll);
                 let loops: Vec<_> = ready
                     .into_iter()
                     .map(|(listener, gate)| {

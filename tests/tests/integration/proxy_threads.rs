@@ -1,6 +1,7 @@
 //! The proxy's serving threads against the real agent: `--proxy-threads` sets how many there
 //! are, by default one per CPU the agent may use, and a pod's connections are spread over
-//! all of them.
+//! all of them; with `--proxy-busy-poll` a thread on a CPU of its own does not sleep between
+//! a client's requests.
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
@@ -42,6 +43,29 @@ fn times_scheduled(task: &std::path::Path) -> u64 {
         .nth(2)
         .and_then(|n| n.parse().ok())
         .expect("schedstat's third field")
+}
+
+/// The agent started through `taskset -c {cpu}` (which execs it: the pid stays the agent's),
+/// with `roles` and `extra`.
+fn pinned_agent(node: &TestNode, roles: &StaticRoles, cpu: u32, extra: &[&str]) -> Agent {
+    let launcher = roles.dir().join(format!("iamlet-on-cpu-{cpu}"));
+    std::fs::write(
+        &launcher,
+        format!(
+            "#!/bin/sh\nexec taskset -c {cpu} '{}' \"$@\"\n",
+            agent_bin().display()
+        ),
+    )
+    .expect("writing the launcher");
+    let made_executable = std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&launcher)
+        .status()
+        .expect("chmod");
+    assert!(made_executable.success());
+    let args = roles.args_with(extra);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    Agent::start_with_bin(node, &launcher, &refs).expect("starting the agent")
 }
 
 /// Opens 6 connections at once, keeps them open, and asks for the role list on each, twice.
@@ -104,23 +128,7 @@ fn by_default_one_thread_per_cpu_the_agent_may_use() {
         .add_pod(&iamlet_tests::besteffort_container_cgroup(A.uid, 1))
         .expect("adding the pod");
     let roles = StaticRoles::write(&[A]).expect("writing the static roles");
-    // The agent on CPU 0 only (taskset execs it: the pid stays the agent's).
-    let pinned = roles.dir().join("iamlet-on-cpu-0");
-    std::fs::write(
-        &pinned,
-        format!(
-            "#!/bin/sh\nexec taskset -c 0 '{}' \"$@\"\n",
-            agent_bin().display()
-        ),
-    )
-    .expect("writing the launcher");
-    std::process::Command::new("chmod")
-        .args(["+x", &pinned.display().to_string()])
-        .status()
-        .expect("chmod");
-    let args = roles.args_with(&["--upstream", "off"]);
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let agent = Agent::start_with_bin(&node, &pinned, &refs).expect("starting the agent");
+    let agent = pinned_agent(&node, &roles, 0, &["--upstream", "off"]);
     let pid = agent.pid().expect("the agent's pid");
 
     let threads = proxy_threads(pid);
@@ -137,5 +145,124 @@ fn by_default_one_thread_per_cpu_the_agent_may_use() {
         answers.split_whitespace().collect::<Vec<_>>(),
         ["ok"; 12],
         "{answers}"
+    );
+}
+
+/// Sends `sys.argv[1]` requests one after the other on one keep-alive connection, each as
+/// soon as the last answer is in, and prints how many got 200.
+const BACK_TO_BACK: &str = r#"
+import socket, sys
+req = b"GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\r\nHost: x\r\n\r\n"
+c = socket.create_connection(("169.254.169.254", 80), timeout=5)
+ok = 0
+for _ in range(int(sys.argv[1])):
+    c.sendall(req)
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        more = c.recv(4096)
+        if not more:
+            sys.exit(f"closed after {ok} answers: {buf!r}")
+        buf += more
+    head, body = buf.split(b"\r\n\r\n", 1)
+    length = [int(l.split(b":")[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")][0]
+    while len(body) < length:
+        more = c.recv(4096)
+        if not more:
+            sys.exit(f"closed in an answer's body after {ok} answers")
+        body += more
+    ok += head.startswith(b"HTTP/1.1 200 ")
+print(ok)
+"#;
+
+/// Requests [`BACK_TO_BACK`] sends.
+const REQUESTS: u32 = 2000;
+
+/// How many times the agent's one serving thread went to sleep (`voluntary_ctxt_switches`)
+/// while a pod on CPU 0 sent it [`REQUESTS`] requests back to back, the agent on CPU 1
+/// with `--proxy-busy-poll window`.
+fn sleeps_serving_back_to_back(window: &str) -> Option<u64> {
+    if std::thread::available_parallelism().map_or(1, std::num::NonZero::get) < 2 {
+        eprintln!("skipped: needs 2 CPUs, one for the client and one for the agent");
+        return None;
+    }
+    let node = TestNode::new().expect("creating the test node");
+    let pod = node
+        .add_pod(&iamlet_tests::besteffort_container_cgroup(A.uid, 1))
+        .expect("adding the pod");
+    let roles = StaticRoles::write(&[A]).expect("writing the static roles");
+    // No rate limit: the client asks as fast as it can.
+    let extra = [
+        "--upstream",
+        "off",
+        "--rate-limit",
+        "0",
+        "--proxy-threads",
+        "1",
+        "--proxy-busy-poll",
+        window,
+    ];
+    let agent = pinned_agent(&node, &roles, 1, &extra);
+    let pid = agent.pid().expect("the agent's pid");
+    let threads = proxy_threads(pid);
+    let [task] = threads.values().collect::<Vec<_>>()[..] else {
+        panic!("one serving thread: {threads:?}");
+    };
+    let sleeps = |task: &std::path::Path| -> u64 {
+        let status = std::fs::read_to_string(task.join("status")).expect("reading status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("voluntary_ctxt_switches")
+    };
+    let before = sleeps(task);
+    let out = pod
+        .command("taskset")
+        .args([
+            "-c",
+            "0",
+            "python3",
+            "-c",
+            BACK_TO_BACK,
+            &REQUESTS.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .output()
+        .expect("running the client in the pod");
+    let answers = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{answers}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(answers.trim(), REQUESTS.to_string(), "every answer 200");
+    let slept = sleeps(task) - before;
+    eprintln!("--proxy-busy-poll {window}: {slept} sleeps over {REQUESTS} requests");
+    Some(slept)
+}
+
+#[test]
+fn with_busy_polling_a_thread_does_not_sleep_between_back_to_back_requests() {
+    skip_unless_privileged!();
+    let Some(sleeps) = sleeps_serving_back_to_back("1ms") else {
+        return;
+    };
+    // A sleep now and then (another thread wanted CPU 1 and the agent held off), not one
+    // per request.
+    assert!(
+        sleeps < u64::from(REQUESTS / 4),
+        "{sleeps} sleeps over {REQUESTS} requests"
+    );
+}
+
+#[test]
+fn without_busy_polling_a_thread_sleeps_between_requests() {
+    skip_unless_privileged!();
+    let Some(sleeps) = sleeps_serving_back_to_back("0") else {
+        return;
+    };
+    assert!(
+        sleeps >= u64::from(REQUESTS / 2),
+        "{sleeps} sleeps over {REQUESTS} requests"
     );
 }

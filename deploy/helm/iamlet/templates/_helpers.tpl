@@ -86,6 +86,10 @@ are left out, so the agent's own default applies.
 {{- with $a.proxyThreads }}
 - --proxy-threads={{ int . }}
 {{- end }}
+{{- /* `0` turns busy polling off: test the text, as `with` would skip a number 0. */}}
+{{- if ne (toString $a.proxyBusyPoll) "" }}
+- --proxy-busy-poll={{ $a.proxyBusyPoll }}
+{{- end }}
 - --forward-guard={{ $a.forwardGuard }}
 {{- with $a.baseRoleArn }}
 - --base-role-arn={{ . }}

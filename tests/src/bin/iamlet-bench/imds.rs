@@ -429,7 +429,10 @@ pub(crate) fn bench_imds() -> Result<()> {
     // [load][scenario]: iamlet, nginx, baseline.
     let loads = LOADS.map(|load| {
         placement.fit(Load {
-            threads: options.wrk_threads.unwrap_or(load.threads).min(load.connections),
+            threads: options
+                .wrk_threads
+                .unwrap_or(load.threads)
+                .min(load.connections),
             ..load
         })
     });

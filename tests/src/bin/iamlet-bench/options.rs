@@ -125,7 +125,11 @@ mod tests {
     #[test]
     fn a_bad_value_names_its_flag_and_bounds() {
         for (var, value, want) in [
-            ("IAMLET_BENCH_ROUNDS", "0", "--rounds \"0\": want a number of rounds, 1 to 100"),
+            (
+                "IAMLET_BENCH_ROUNDS",
+                "0",
+                "--rounds \"0\": want a number of rounds, 1 to 100",
+            ),
             ("IAMLET_BENCH_ROUNDS", "three", "--rounds \"three\""),
             ("IAMLET_BENCH_WRK_THREADS", "0", "--wrk-threads \"0\""),
             ("IAMLET_BENCH_WRK_THREADS", "-1", "--wrk-threads \"-1\""),

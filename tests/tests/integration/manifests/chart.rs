@@ -126,6 +126,8 @@ fn chart_with_every_option_renders_agent_flags_only() {
             "--set",
             "agent.proxyThreads=2",
             "--set",
+            "agent.proxyBusyPoll=200us",
+            "--set",
             "serviceAccount.annotations.eks\\.amazonaws\\.com/role-arn=arn:aws:iam::123456789012:role/iamlet",
         ],
     );
@@ -141,6 +143,7 @@ fn chart_with_every_option_renders_agent_flags_only() {
         ("region", "eu-west-1"),
         ("session-duration", "2h"),
         ("proxy-threads", "2"),
+        ("proxy-busy-poll", "200us"),
         ("upstream", "off"),
         ("allow-path", "meta-data/placement/.*"),
         ("require-imdsv2", ""),
@@ -234,4 +237,33 @@ fn proxy_threads_are_the_agents_choice_unless_set() {
         threads(&render(&helm, &["--set", "agent.proxyThreads=1"])),
         Some("1".to_owned())
     );
+}
+
+#[test]
+fn busy_polling_is_the_agents_choice_unless_set_and_0_turns_it_off() {
+    let window = |text: &str| {
+        let objects = parse(text);
+        flag(
+            args(agent_container(only(&objects.daemonsets, "DaemonSet"))),
+            "proxy-busy-poll",
+        )
+        .map(str::to_owned)
+    };
+    assert_eq!(window(&committed().0), None, "the agent's default");
+    let Some(helm) =
+        helm_or_skip("busy_polling_is_the_agents_choice_unless_set_and_0_turns_it_off")
+    else {
+        return;
+    };
+    // `--set` makes 0 a number: it must still reach the agent.
+    for (set, want) in [("0", "0"), ("200us", "200us")] {
+        assert_eq!(
+            window(&render(
+                &helm,
+                &["--set", &format!("agent.proxyBusyPoll={set}")]
+            )),
+            Some(want.to_owned()),
+            "agent.proxyBusyPoll={set}"
+        );
+    }
 }
