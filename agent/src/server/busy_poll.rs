@@ -104,7 +104,8 @@ async fn spin_with(window: Duration, hold_off: Duration, mut give_way: impl FnMu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::rc::Rc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
 
     fn spinner_waits() -> bool {
         STATE.with(|state| state.waiting.borrow().is_some())
@@ -115,6 +116,20 @@ mod tests {
         for _ in 0..n {
             tokio::task::yield_now().await;
         }
+    }
+
+    /// Spawns a spinner on this (current-thread) runtime whose every offer of the CPU is
+    /// taken by someone else for `taken`; returns the count of its offers.
+    fn counted_spinner(window: Duration, hold_off: Duration, taken: Duration) -> Arc<AtomicU32> {
+        let offers = Arc::new(AtomicU32::new(0));
+        let counted = offers.clone();
+        tokio::spawn(spin_with(window, hold_off, move || {
+            counted.fetch_add(1, Ordering::Relaxed);
+            if !taken.is_zero() {
+                std::thread::sleep(taken);
+            }
+        }));
+        offers
     }
 
     #[test]
@@ -128,63 +143,43 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn the_spinner_sleeps_until_a_response_then_spins_for_the_window() {
-        let offers = Rc::new(Cell::new(0_u32));
-        let counted = offers.clone();
-        let local = tokio::task::LocalSet::new();
-        local
-            .run_until(async move {
-                tokio::task::spawn_local(spin_with(
-                    Duration::from_millis(20),
-                    HOLD_OFF,
-                    move || counted.set(counted.get() + 1),
-                ));
-                yields(2).await;
-                assert!(spinner_waits(), "asleep until a response");
-                assert_eq!(offers.get(), 0);
-                responded();
-                assert!(!spinner_waits(), "woken by the response");
-                yields(10).await;
-                assert!(offers.get() >= 2, "spinning: {}", offers.get());
-                // While it spins, other tasks still run and timers still fire.
-                tokio::time::sleep(Duration::from_millis(2)).await;
-                // After the window it waits again, and stops offering the CPU.
-                tokio::time::sleep(Duration::from_millis(30)).await;
-                yields(2).await;
-                assert!(spinner_waits(), "asleep after the window");
-                let settled = offers.get();
-                yields(10).await;
-                assert_eq!(offers.get(), settled);
-            })
-            .await;
+        let offers = counted_spinner(Duration::from_millis(20), HOLD_OFF, Duration::ZERO);
+        let offers = || offers.load(Ordering::Relaxed);
+        yields(2).await;
+        assert!(spinner_waits(), "asleep until a response");
+        assert_eq!(offers(), 0);
+        responded();
+        assert!(!spinner_waits(), "woken by the response");
+        yields(10).await;
+        assert!(offers() >= 2, "spinning: {}", offers());
+        // While it spins, other tasks still run and timers still fire.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        // After the window it waits again, and stops offering the CPU.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        yields(2).await;
+        assert!(spinner_waits(), "asleep after the window");
+        let settled = offers();
+        yields(10).await;
+        assert_eq!(offers(), settled);
     }
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_contended_cpu_stops_the_spinning_for_the_hold_off() {
-        let offers = Rc::new(Cell::new(0_u32));
-        let counted = offers.clone();
-        let local = tokio::task::LocalSet::new();
-        local
-            .run_until(async move {
-                // Every offer of the CPU is taken by someone else for a millisecond.
-                tokio::task::spawn_local(spin_with(
-                    Duration::from_secs(60),
-                    Duration::from_millis(200),
-                    move || {
-                        counted.set(counted.get() + 1);
-                        std::thread::sleep(Duration::from_millis(1));
-                    },
-                ));
-                responded();
-                yields(10).await;
-                assert_eq!(offers.get(), 1, "one offer, then it holds off");
-                responded();
-                yields(10).await;
-                assert_eq!(offers.get(), 1, "still holding off, responses or not");
-                // After the hold-off it spins again.
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                yields(10).await;
-                assert_eq!(offers.get(), 2, "one more offer after the hold-off");
-            })
-            .await;
+        let offers = counted_spinner(
+            Duration::from_secs(60),
+            Duration::from_millis(200),
+            Duration::from_millis(1),
+        );
+        let offers = || offers.load(Ordering::Relaxed);
+        responded();
+        yields(10).await;
+        assert_eq!(offers(), 1, "one offer, then it holds off");
+        responded();
+        yields(10).await;
+        assert_eq!(offers(), 1, "still holding off, responses or not");
+        // After the hold-off it spins again.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        yields(10).await;
+        assert_eq!(offers(), 2, "one more offer after the hold-off");
     }
 }
