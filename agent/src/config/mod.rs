@@ -251,10 +251,12 @@ pub struct Args {
     pub proxy_threads: usize,
 
     /// How long a proxy thread keeps polling its connections after a response before it
-    /// sleeps (at most 1ms; `0` turns it off). A client's next request within it is read
-    /// without a trip through the scheduler. Only on a CPU no other thread wants: once one
-    /// does, the thread sleeps between requests for a while, as with `0`.
-    #[arg(long, env = "IAMLET_PROXY_BUSY_POLL", default_value = "50us", value_parser = parse_duration)]
+    /// sleeps, e.g. `50us` (at most 1ms; `0`, the default, turns it off). A client's next
+    /// request within it is read without a trip through the scheduler. Only on a CPU no
+    /// other thread wants: once one does, the thread sleeps between requests for a while, as
+    /// with `0`. Not for nodes whose vCPUs are shared with other guests or metered
+    /// (burstable instances): there the spinning is paid for.
+    #[arg(long, env = "IAMLET_PROXY_BUSY_POLL", default_value = "0", value_parser = parse_duration)]
     pub proxy_busy_poll: Duration,
 
     /// Time a client has to send a request's headers; also closes idle keep-alive connections.

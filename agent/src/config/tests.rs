@@ -178,16 +178,13 @@ fn a_bad_sts_endpoint_is_its_own_error() {
 }
 
 #[test]
-fn busy_polling_is_on_by_default_and_zero_turns_it_off() {
+fn busy_polling_is_off_unless_asked_for() {
     let plan = |extra: &[&str]| {
         let mut v = vec!["--listen-v4", "127.0.0.1:8181"];
         v.extend_from_slice(extra);
         args(&v).expect("parses").validate().expect("valid")
     };
-    assert_eq!(
-        plan(&[]).runtime.proxy_busy_poll,
-        Some(Duration::from_micros(50))
-    );
+    assert_eq!(plan(&[]).runtime.proxy_busy_poll, None);
     assert_eq!(
         plan(&["--proxy-busy-poll", "200us"])
             .runtime
