@@ -14,6 +14,10 @@
 //! contended: the thread stops spinning and, for [`HOLD_OFF`], sleeps between requests as it
 //! would without busy polling. So pods and the load's own client keep their CPU time.
 //!
+//! Off unless asked for: on a vCPU that shares its host CPU with other guests (an
+//! oversubscribed host, an emulated VM) or that is metered (burstable instances), the spin
+//! is paid for even when this guest has nothing else to run.
+//!
 //! How: [`spin`] runs as a task on each proxy thread's current-thread runtime. While the
 //! thread's last response is recent it yields, and a yielding task makes the runtime poll its
 //! reactor without blocking before it runs the task again. Otherwise it waits, without a
