@@ -91,20 +91,26 @@ impl MotoSts {
         };
         // One unsigned-looking but STS-scoped call loads moto's STS backend (moto routes by
         // the service in the SigV4 scope; without one it would answer as S3).
-        let out = node.run(&[
+        // Its first call imports botocore's models: seconds here, more than 30 in a slow
+        // emulated guest, so the wait follows the time scale.
+        let wait = crate::time_scale::scaled(Duration::from_secs(30));
+        let out = node.run_timeout(
+            &[
             "curl",
             "-sS",
             "--noproxy",
             "*",
             "-m",
-            "30",
+            &wait.as_secs().to_string(),
             "--fail-with-body",
             "-H",
             "Authorization: AWS4-HMAC-SHA256 Credential=AKIAWARMUP/20260101/us-east-1/sts/aws4_request, SignedHeaders=host, Signature=0",
             "--data",
             "Action=GetCallerIdentity&Version=2011-06-15",
             &format!("{}/", moto.endpoint()),
-        ])?;
+            ],
+            wait + Duration::from_secs(10),
+        )?;
         if !out.success() || !out.stdout.contains("GetCallerIdentityResult") {
             bail!(
                 "moto on {addr} does not answer STS:\n{out}\n--- moto log ---\n{}",
