@@ -18,7 +18,7 @@
 //! oversubscribed host, an emulated VM) or that is metered (burstable instances), the spin
 //! is paid for even when this guest has nothing else to run.
 //!
-//! How: [`spin`] runs as a task on each proxy thread's current-thread runtime. While the
+//! How: [`start`] spawns a task on each proxy thread's current-thread runtime. While the
 //! thread's last response is recent it yields, and a yielding task makes the runtime poll its
 //! reactor without blocking before it runs the task again. Otherwise it waits, without a
 //! timer, for [`responded`] to wake it.
@@ -37,6 +37,8 @@ const HOLD_OFF: Duration = Duration::from_millis(10);
 
 /// This thread's last response and its spinner, if waiting for one.
 struct ThreadState {
+    /// Whether a spinner runs on this thread (else there is nothing to note).
+    spinner: Cell<bool>,
     last_response: Cell<Option<Instant>>,
     waiting: RefCell<Option<Waker>>,
 }
@@ -44,6 +46,7 @@ struct ThreadState {
 thread_local! {
     static STATE: ThreadState = const {
         ThreadState {
+            spinner: Cell::new(false),
             last_response: Cell::new(None),
             waiting: RefCell::new(None),
         }
@@ -51,9 +54,13 @@ thread_local! {
 }
 
 /// Notes that a response is going out on this thread: a clock read, and a wake-up for the
-/// spinner if it waits. On threads without a spinner nothing else happens.
+/// spinner if it waits. On threads without a spinner (busy polling off, the admin server)
+/// it reads one flag and returns.
 pub(crate) fn responded() {
     STATE.with(|state| {
+        if !state.spinner.get() {
+            return;
+        }
         state.last_response.set(Some(Instant::now()));
         if let Some(waker) = state.waiting.borrow_mut().take() {
             waker.wake();
@@ -83,13 +90,16 @@ async fn response_within(window: Duration) {
     .await;
 }
 
-/// Keeps this thread polling for `window` after each response (see the module doc). Spawn
-/// it on a current-thread runtime; it runs until the runtime stops.
-pub(crate) async fn spin(window: Duration) {
-    spin_with(window, HOLD_OFF, std::thread::yield_now).await;
+/// Keeps this thread polling for `window` after each response (see the module doc), from
+/// now on: call it on a current-thread runtime's thread, inside the runtime. The spinner
+/// ends with the runtime.
+pub(crate) fn start(window: Duration) {
+    STATE.with(|state| state.spinner.set(true));
+    tokio::spawn(spin_with(window, HOLD_OFF, std::thread::yield_now));
 }
 
-/// [`spin`], offering the CPU with `give_way` and holding off for `hold_off`.
+/// The spinner [`start`] spawns, offering the CPU with `give_way` and holding off for
+/// `hold_off`.
 async fn spin_with(window: Duration, hold_off: Duration, mut give_way: impl FnMut()) {
     loop {
         response_within(window).await;
@@ -127,6 +137,7 @@ mod tests {
     fn counted_spinner(window: Duration, hold_off: Duration, taken: Duration) -> Arc<AtomicU32> {
         let offers = Arc::new(AtomicU32::new(0));
         let counted = offers.clone();
+        STATE.with(|state| state.spinner.set(true));
         tokio::spawn(spin_with(window, hold_off, move || {
             counted.fetch_add(1, Ordering::Relaxed);
             if !taken.is_zero() {
@@ -137,8 +148,13 @@ mod tests {
     }
 
     #[test]
-    fn a_response_is_recent_for_the_window_only() {
-        assert!(!recent(Duration::from_secs(60)), "nothing answered yet");
+    fn a_response_is_noted_only_with_a_spinner_and_recent_for_the_window_only() {
+        responded();
+        assert!(
+            !recent(Duration::from_secs(60)),
+            "no spinner: nothing noted"
+        );
+        STATE.with(|state| state.spinner.set(true));
         responded();
         assert!(recent(Duration::from_secs(60)));
         std::thread::sleep(Duration::from_millis(5));

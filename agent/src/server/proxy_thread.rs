@@ -48,7 +48,7 @@ fn thread_count(configured: Option<NonZeroUsize>) -> usize {
 }
 
 /// How the proxy's threads serve (`--proxy-threads`, `--proxy-busy-poll`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct ThreadSettings {
     /// How many threads; `None`: one per CPU the agent may use, at most [`MAX_THREADS`].
     pub(crate) threads: Option<NonZeroUsize>,
@@ -60,8 +60,7 @@ pub(crate) struct ThreadSettings {
 /// Starts this runtime's busy polling, if asked for.
 fn start_busy_poll(window: Option<Duration>) {
     if let Some(window) = window {
-        // Ends with the runtime, which drops its tasks when it shuts down.
-        tokio::spawn(busy_poll::spin(window));
+        busy_poll::start(window);
     }
 }
 

@@ -219,16 +219,19 @@ fn the_memory_limit_follows_the_connection_bound() {
     assert_eq!(limit, "1Gi", "an explicit limit is kept");
 }
 
+/// The value of the agent's `--name` in the DaemonSet of `text`, if given.
+fn agent_flag(text: &str, name: &str) -> Option<String> {
+    let objects = parse(text);
+    flag(
+        args(agent_container(only(&objects.daemonsets, "DaemonSet"))),
+        name,
+    )
+    .map(str::to_owned)
+}
+
 #[test]
 fn proxy_threads_are_the_agents_choice_unless_set() {
-    let threads = |text: &str| {
-        let objects = parse(text);
-        flag(
-            args(agent_container(only(&objects.daemonsets, "DaemonSet"))),
-            "proxy-threads",
-        )
-        .map(str::to_owned)
-    };
+    let threads = |text: &str| agent_flag(text, "proxy-threads");
     assert_eq!(threads(&committed().0), None, "one per CPU by default");
     let Some(helm) = helm_or_skip("proxy_threads_are_the_agents_choice_unless_set") else {
         return;
@@ -241,14 +244,7 @@ fn proxy_threads_are_the_agents_choice_unless_set() {
 
 #[test]
 fn busy_polling_is_the_agents_choice_unless_set_and_0_turns_it_off() {
-    let window = |text: &str| {
-        let objects = parse(text);
-        flag(
-            args(agent_container(only(&objects.daemonsets, "DaemonSet"))),
-            "proxy-busy-poll",
-        )
-        .map(str::to_owned)
-    };
+    let window = |text: &str| agent_flag(text, "proxy-busy-poll");
     assert_eq!(window(&committed().0), None, "the agent's default");
     let Some(helm) =
         helm_or_skip("busy_polling_is_the_agents_choice_unless_set_and_0_turns_it_off")
