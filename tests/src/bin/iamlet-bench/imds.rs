@@ -482,7 +482,7 @@ pub(crate) fn bench_imds() -> Result<()> {
         }
     }
     println!(
-        "wrk in a fake pod over veth, {rounds} alternating rounds x {WRK_SECONDS} s per server and load; median of rounds; {} CPUs",
+        "wrk in a fake pod over veth, {rounds} alternating rounds x {WRK_SECONDS} s per server and load; latencies over every round's requests, the rest medians of rounds; {} CPUs",
         std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
     );
     println!("{}", placement.describe());

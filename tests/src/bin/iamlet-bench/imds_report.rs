@@ -7,7 +7,7 @@
 //! ratio was first measured; at 1 connection req/s is one round trip after another, mostly
 //! the kernel's, and is printed but not held to it).
 
-use crate::wrk::{Load, Placement, Series, WrkRun};
+use crate::wrk::{Load, Placement, Series};
 
 /// Goal: iamlet's req/s at least this multiple of nginx's.
 pub(crate) const GOAL_THROUGHPUT: f64 = 1.3;
@@ -23,6 +23,8 @@ pub(crate) struct Verdict {
     pub(crate) throughput: f64,
     pub(crate) p99: f64,
     pub(crate) p999: f64,
+    /// Rounds whose own p99 was within the goal of nginx's in the same round, of all rounds.
+    pub(crate) p99_rounds: (usize, usize),
     /// iamlet's CPU time per request over nginx's.
     pub(crate) cpu: f64,
     /// iamlet's busy percent (its CPU time per second) while wrk's CPUs were saturated, if
@@ -41,22 +43,39 @@ impl Verdict {
     }
 }
 
-type Column = (&'static str, fn(&WrkRun) -> f64, usize);
+type Column = (&'static str, fn(&Series) -> f64, usize);
 
-/// The columns of a scenario's table: header, figure (median over the rounds), decimals.
+/// The columns of a scenario's table: header, figure, decimals. Latencies are over every
+/// request of every round together ([`Series::percentile`]); the rest are medians of the
+/// rounds.
 const COLUMNS: [Column; 10] = [
-    ("req/s", |r| r.rps, 0),
-    ("p50 µs", |r| r.p50_us, 0),
-    ("p99 µs", |r| r.p99_us, 0),
-    ("p99.9 µs", |r| r.p999_us, 0),
-    ("max µs", |r| r.max_us, 0),
-    ("CPU µs/req", |r| r.cpu_us_per_req, 1),
-    ("runq µs/req", |r| r.runq_us_per_req, 2),
-    ("on-CPU/req", |r| r.switches_per_req, 2),
+    ("req/s", |s| s.rps(), 0),
+    ("p50 µs", |s| s.percentile(50.0), 0),
+    ("p99 µs", |s| s.p99(), 0),
+    ("p99.9 µs", |s| s.p999(), 0),
+    ("max µs", |s| s.max_us(), 0),
+    ("CPU µs/req", |s| s.median(|r| r.cpu_us_per_req), 1),
+    ("runq µs/req", |s| s.median(|r| r.runq_us_per_req), 2),
+    ("on-CPU/req", |s| s.median(|r| r.switches_per_req), 2),
     // The server's CPU per second: near 100 %, the server is what limits the run.
-    ("server %", |r| r.rps * r.cpu_us_per_req / 1e4, 0),
-    ("wrk CPUs %", |r| r.client_busy_pct, 0),
+    (
+        "server %",
+        |s| s.median(|r| r.rps * r.cpu_us_per_req / 1e4),
+        0,
+    ),
+    ("wrk CPUs %", |s| s.median(|r| r.client_busy_pct), 0),
 ];
+
+/// Rounds in which iamlet's p99 was within [`GOAL_P99`]× nginx's in the round next to it,
+/// and rounds compared.
+fn rounds_within_goal(iamlet: &Series, nginx: &Series) -> (usize, usize) {
+    let pairs = iamlet.runs.iter().zip(&nginx.runs);
+    let within = pairs
+        .clone()
+        .filter(|(i, n)| i.p99_us <= GOAL_P99 * n.p99_us)
+        .count();
+    (within, pairs.count())
+}
 
 /// Prints one scenario at one load: iamlet, nginx and (when given) a baseline build of
 /// iamlet, measured in the same alternating rounds; returns iamlet's ratios to nginx.
@@ -81,7 +100,7 @@ pub(crate) fn report(
     for s in [Some(iamlet), baseline, Some(nginx)].into_iter().flatten() {
         print!("  {:<16}", s.name);
         for (_, figure, decimals) in COLUMNS {
-            print!(" {:>11.decimals$}", s.median(figure));
+            print!(" {:>11.decimals$}", figure(s));
         }
         println!(" {:>7}", s.errors());
         let p99s: Vec<String> = s.runs.iter().map(|r| format!("{:.0}", r.p99_us)).collect();
@@ -108,6 +127,7 @@ pub(crate) fn report(
         throughput: iamlet.rps() / nginx.rps(),
         p99: iamlet.p99() / nginx.p99(),
         p999: iamlet.p999() / nginx.p999(),
+        p99_rounds: rounds_within_goal(iamlet, nginx),
         cpu: iamlet.median(|r| r.cpu_us_per_req) / nginx.median(|r| r.cpu_us_per_req),
         // Shared CPUs: wrk and the servers take from one pool, and no side's own figure says
         // which limited the run.
@@ -147,15 +167,17 @@ fn wrk_bound(server: &Series) -> Option<f64> {
 pub(crate) fn summary(verdicts: &[Verdict]) {
     println!();
     println!(
-        "goals (same run): p99 <= {GOAL_P99}x nginx's; throughput >= {GOAL_THROUGHPUT}x nginx's at {THROUGHPUT_GOAL_CONNECTIONS} connections"
+        "goals (same run): p99 of every round's requests <= {GOAL_P99}x nginx's; throughput >= {GOAL_THROUGHPUT}x nginx's at {THROUGHPUT_GOAL_CONNECTIONS} connections"
     );
     for v in verdicts {
         println!(
-            "  {:<28} throughput {:>5.2}x{} p99 {:>5.2}x  p99.9 {:>5.2}x  {}",
+            "  {:<28} throughput {:>5.2}x{} p99 {:>5.2}x (rounds within: {} of {})  p99.9 {:>5.2}x  {}",
             v.scenario,
             v.throughput,
             if v.throughput_held() { "  " } else { "*" },
             v.p99,
+            v.p99_rounds.0,
+            v.p99_rounds.1,
             v.p999,
             if v.met() { "met" } else { "NOT met" }
         );
@@ -174,6 +196,7 @@ pub(crate) fn summary(verdicts: &[Verdict]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wrk::WrkRun;
 
     fn verdict(connections: u32, throughput: f64, p99: f64) -> Verdict {
         Verdict {
@@ -185,6 +208,7 @@ mod tests {
             throughput,
             p99,
             p999: 1.0,
+            p99_rounds: (0, 0),
             cpu: 1.0,
             wrk_bound: None,
         }
@@ -203,6 +227,28 @@ mod tests {
             "throughput not held at 1 connection"
         );
         assert!(!verdict(1, 2.0, 2.5).met());
+    }
+
+    #[test]
+    fn each_round_is_compared_with_the_round_next_to_it() {
+        let with_p99s = |p99s: &[f64]| {
+            let mut s = Series::new("server");
+            s.runs = p99s
+                .iter()
+                .map(|&p99_us| WrkRun {
+                    p99_us,
+                    ..WrkRun::default()
+                })
+                .collect();
+            s
+        };
+        let iamlet = with_p99s(&[400.0, 2_000.0, 300.0]);
+        let nginx = with_p99s(&[200.0, 900.0, 2_500.0]);
+        assert_eq!(
+            rounds_within_goal(&iamlet, &nginx),
+            (2, 3),
+            "2.22x in round 2"
+        );
     }
 
     fn series(rps: f64, cpu_us_per_req: f64, client_busy_pct: f64) -> Series {

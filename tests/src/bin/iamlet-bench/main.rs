@@ -26,6 +26,7 @@ mod busy;
 mod connect;
 mod imds;
 mod imds_report;
+mod latency;
 mod memory;
 mod nginx;
 mod options;

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use iamlet_tests::{run_with_timeout, FakePod};
 
 use crate::busy::BusyCpus;
+use crate::latency::{Histogram, HISTOGRAM_LINE};
 
 /// How hard wrk pushes: its connections and threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,12 +112,21 @@ pub(crate) const WRK_SECONDS: u32 = 5;
 /// carries ([`LATENCY_HOOK`]): exact percentiles in µs instead of its rounded table.
 const LATENCY_LINE: &str = "iamlet-bench-latency-us";
 
-/// The Lua `done` hook appended to every wrk script of the bench.
+/// The Lua `done` hook appended to every wrk script of the bench: the run's exact
+/// percentiles ([`LATENCY_LINE`]), and every latency wrk saw with its count
+/// ([`HISTOGRAM_LINE`]), so the rounds can be taken together. In the hook `#latency` is the
+/// number of distinct latencies, and `latency(i)` the i-th of them (µs) and its count.
 pub(crate) const LATENCY_HOOK: &str = r#"
 done = function(summary, latency, requests)
     io.write(string.format("iamlet-bench-latency-us %d %d %d %d\n",
         latency:percentile(50.0), latency:percentile(99.0),
         latency:percentile(99.9), latency.max))
+    local buckets = {}
+    for i = 1, #latency do
+        local us, count = latency(i)
+        buckets[#buckets + 1] = string.format("%d:%d", us, count)
+    end
+    io.write("iamlet-bench-latency-histogram ", table.concat(buckets, " "), "\n")
 end
 "#;
 
@@ -128,6 +138,8 @@ pub(crate) struct WrkRun {
     pub(crate) p99_us: f64,
     pub(crate) p999_us: f64,
     pub(crate) max_us: f64,
+    /// Every latency of the run.
+    pub(crate) latency: Histogram,
     pub(crate) requests: u64,
     pub(crate) non_2xx: u64,
     pub(crate) socket_errors: u64,
@@ -253,7 +265,7 @@ impl Server {
 
 pub(crate) fn parse_wrk(out: &str) -> Result<WrkRun> {
     let mut run = WrkRun::default();
-    let (mut rps, mut latency, mut requests) = (None, None, None);
+    let (mut rps, mut latency, mut requests, mut histogram) = (None, None, None, None);
     for line in out.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
@@ -261,6 +273,9 @@ pub(crate) fn parse_wrk(out: &str) -> Result<WrkRun> {
             [LATENCY_LINE, p50, p99, p999, max] => {
                 let us = |v: &str| v.parse::<f64>().with_context(|| format!("latency {v:?}"));
                 latency = Some((us(p50)?, us(p99)?, us(p999)?, us(max)?));
+            }
+            [HISTOGRAM_LINE, pairs @ ..] => {
+                histogram = Some(Histogram::parse(pairs.iter().copied())?);
             }
             [n, "requests", "in", ..] => requests = Some(n.parse::<u64>()?),
             ["Non-2xx", "or", "3xx", "responses:", n] => run.non_2xx = n.parse()?,
@@ -278,6 +293,7 @@ pub(crate) fn parse_wrk(out: &str) -> Result<WrkRun> {
     (run.p50_us, run.p99_us, run.p999_us, run.max_us) =
         latency.with_context(|| format!("no `{LATENCY_LINE}` line (the script's done hook)"))?;
     run.requests = requests.context("no `N requests in` line")?;
+    run.latency = histogram.with_context(|| format!("no `{HISTOGRAM_LINE}` line"))?;
     Ok(run)
 }
 
@@ -351,12 +367,31 @@ impl Series {
         self.median(|r| r.rps)
     }
 
+    /// The latency in µs `p` percent of the requests of every round together stayed within:
+    /// what a client saw over the whole run, where the median of the rounds' own percentiles
+    /// keeps one round and drops the others.
+    pub(crate) fn percentile(&self, p: f64) -> f64 {
+        self.latency()
+            .percentile(p)
+            .map_or(f64::NAN, |us| us as f64)
+    }
+
+    /// Every request of every round.
+    fn latency(&self) -> Histogram {
+        Histogram::merge(self.runs.iter().map(|r| &r.latency))
+    }
+
     pub(crate) fn p99(&self) -> f64 {
-        self.median(|r| r.p99_us)
+        self.percentile(99.0)
     }
 
     pub(crate) fn p999(&self) -> f64 {
-        self.median(|r| r.p999_us)
+        self.percentile(99.9)
+    }
+
+    /// The slowest request of any round, in µs.
+    pub(crate) fn max_us(&self) -> f64 {
+        self.latency().max().map_or(f64::NAN, |us| us as f64)
     }
 
     pub(crate) fn errors(&self) -> u64 {
@@ -374,7 +409,8 @@ mod tests {
             200000 requests in 5.00s, 300.00MB read\n\
             Non-2xx or 3xx responses: 3\n\
             Requests/sec:  40000.10\n\
-            iamlet-bench-latency-us 180 1190 2900 11000\n";
+            iamlet-bench-latency-us 180 1190 2900 11000\n\
+            iamlet-bench-latency-histogram 180:199000 1190:999 11000:1\n";
         let run = parse_wrk(out).unwrap();
         assert_eq!(run.requests, 200_000);
         assert_eq!(run.non_2xx, 3);
@@ -383,7 +419,15 @@ mod tests {
             (run.p50_us, run.p99_us, run.p999_us, run.max_us),
             (180.0, 1190.0, 2900.0, 11000.0)
         );
+        assert_eq!(run.latency.count(), 200_000);
+        assert_eq!(run.latency.max(), Some(11_000));
         assert!(parse_wrk("Requests/sec: 1\n1 requests in 1s\n").is_err());
+        let no_histogram = out.lines().filter(|l| !l.contains("histogram"));
+        let err = parse_wrk(&no_histogram.collect::<Vec<_>>().join("\n")).unwrap_err();
+        assert!(
+            err.to_string().contains("iamlet-bench-latency-histogram"),
+            "{err}"
+        );
     }
 
     #[test]
