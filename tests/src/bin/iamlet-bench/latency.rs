@@ -1,9 +1,9 @@
 //! wrk's latency histogram of a run, and the percentiles of several runs taken together.
 //!
-//! The median of the rounds' p99s throws most rounds away: with shared CPUs a round's p99 is
-//! one or two of the scheduler's slices or none, so the median of three lands on either. The
-//! p99 of every request of every round is the one a pod sees over the whole run, and it
-//! moves far less from run to run.
+//! The median of the rounds' p99s keeps one round's tail and drops the others': with shared
+//! CPUs a round's p99 is one or two of the scheduler's slices or none, and the median lands
+//! on either. The p99 of every request of every round weighs each request once: it is the
+//! one a client saw over the whole run.
 
 use anyhow::{Context, Result};
 
