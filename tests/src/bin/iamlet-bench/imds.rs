@@ -259,9 +259,10 @@ impl Baseline {
 }
 
 /// The order the servers (0 iamlet, 1 nginx, 2 the baseline build) run in `round` (from 1):
-/// each goes first in turn, so none is always the one that follows a given other. (With a
-/// fixed order the same build measured as itself and as the baseline came out with 2.45x
-/// and 3.09x the baseline's p99 at 8 connections with shared CPUs, one run, 2026-12-01.)
+/// each goes first in turn, so none always follows the same other. (The order was suspected
+/// when the same build, measured as itself and as the baseline, came out at 2.45x and 3.09x
+/// of its own p99 at 8 connections with shared CPUs. Rotated, the next run gave 0.40x and
+/// 4.02x: that spread is the scheduler's draw, not the order; rotating is fair either way.)
 fn turn_order(round: usize, with_baseline: bool) -> Vec<usize> {
     let servers = if with_baseline { 3 } else { 2 };
     let first = round.saturating_sub(1) % servers;
