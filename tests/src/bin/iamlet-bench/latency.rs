@@ -7,7 +7,7 @@
 
 use anyhow::{Context, Result};
 
-/// The line of wrk's output that carries a run's histogram, as `µs:count` pairs (written by
+/// The line of wrk's output that carries a run's latencies, as `µs:count` pairs (written by
 /// [`crate::wrk::LATENCY_HOOK`]).
 pub(crate) const HISTOGRAM_LINE: &str = "iamlet-bench-latency-histogram";
 

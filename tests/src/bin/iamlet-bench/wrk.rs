@@ -108,19 +108,12 @@ pub(crate) fn on_cpus(
 /// Seconds of each wrk run.
 pub(crate) const WRK_SECONDS: u32 = 5;
 
-/// What wrk reports at the end of a run, through the `done` hook every script of the bench
-/// carries ([`LATENCY_HOOK`]): exact percentiles in µs instead of its rounded table.
-const LATENCY_LINE: &str = "iamlet-bench-latency-us";
-
-/// The Lua `done` hook appended to every wrk script of the bench: the run's exact
-/// percentiles ([`LATENCY_LINE`]), and every latency wrk saw with its count
-/// ([`HISTOGRAM_LINE`]), so the rounds can be taken together. In the hook `#latency` is the
-/// number of distinct latencies, and `latency(i)` the i-th of them (µs) and its count.
+/// The Lua `done` hook appended to every wrk script of the bench: every latency wrk saw, in
+/// µs, with its count ([`HISTOGRAM_LINE`]), so the bench takes exact percentiles (wrk's
+/// table rounds them) of a round and of the rounds together. In the hook `#latency` is the
+/// number of distinct latencies, and `latency(i)` the i-th of them and its count.
 pub(crate) const LATENCY_HOOK: &str = r#"
 done = function(summary, latency, requests)
-    io.write(string.format("iamlet-bench-latency-us %d %d %d %d\n",
-        latency:percentile(50.0), latency:percentile(99.0),
-        latency:percentile(99.9), latency.max))
     local buckets = {}
     for i = 1, #latency do
         local us, count = latency(i)
@@ -134,10 +127,8 @@ end
 #[derive(Clone, Debug, Default)]
 pub(crate) struct WrkRun {
     pub(crate) rps: f64,
-    pub(crate) p50_us: f64,
+    /// The round's own p99, in µs.
     pub(crate) p99_us: f64,
-    pub(crate) p999_us: f64,
-    pub(crate) max_us: f64,
     /// Every latency of the run.
     pub(crate) latency: Histogram,
     pub(crate) requests: u64,
@@ -265,15 +256,11 @@ impl Server {
 
 pub(crate) fn parse_wrk(out: &str) -> Result<WrkRun> {
     let mut run = WrkRun::default();
-    let (mut rps, mut latency, mut requests, mut histogram) = (None, None, None, None);
+    let (mut rps, mut requests, mut histogram) = (None, None, None);
     for line in out.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
             ["Requests/sec:", v] => rps = Some(v.parse::<f64>()?),
-            [LATENCY_LINE, p50, p99, p999, max] => {
-                let us = |v: &str| v.parse::<f64>().with_context(|| format!("latency {v:?}"));
-                latency = Some((us(p50)?, us(p99)?, us(p999)?, us(max)?));
-            }
             [HISTOGRAM_LINE, pairs @ ..] => {
                 histogram = Some(Histogram::parse(pairs.iter().copied())?);
             }
@@ -290,10 +277,13 @@ pub(crate) fn parse_wrk(out: &str) -> Result<WrkRun> {
         }
     }
     run.rps = rps.context("no Requests/sec line")?;
-    (run.p50_us, run.p99_us, run.p999_us, run.max_us) =
-        latency.with_context(|| format!("no `{LATENCY_LINE}` line (the script's done hook)"))?;
     run.requests = requests.context("no `N requests in` line")?;
-    run.latency = histogram.with_context(|| format!("no `{HISTOGRAM_LINE}` line"))?;
+    run.latency = histogram
+        .with_context(|| format!("no `{HISTOGRAM_LINE}` line (the script's done hook)"))?;
+    run.p99_us = run
+        .latency
+        .percentile(99.0)
+        .map_or(f64::NAN, |us| us as f64);
     Ok(run)
 }
 
@@ -409,16 +399,12 @@ mod tests {
             200000 requests in 5.00s, 300.00MB read\n\
             Non-2xx or 3xx responses: 3\n\
             Requests/sec:  40000.10\n\
-            iamlet-bench-latency-us 180 1190 2900 11000\n\
-            iamlet-bench-latency-histogram 180:199000 1190:999 11000:1\n";
+            iamlet-bench-latency-histogram 180:197000 1190:2999 11000:1\n";
         let run = parse_wrk(out).unwrap();
         assert_eq!(run.requests, 200_000);
         assert_eq!(run.non_2xx, 3);
         assert!((run.rps - 40000.1).abs() < 1e-6);
-        assert_eq!(
-            (run.p50_us, run.p99_us, run.p999_us, run.max_us),
-            (180.0, 1190.0, 2900.0, 11000.0)
-        );
+        assert!((run.p99_us - 1190.0).abs() < 1e-9, "{}", run.p99_us);
         assert_eq!(run.latency.count(), 200_000);
         assert_eq!(run.latency.max(), Some(11_000));
         assert!(parse_wrk("Requests/sec: 1\n1 requests in 1s\n").is_err());
