@@ -507,6 +507,7 @@ pub(crate) fn bench_imds() -> Result<()> {
     }
     println!("runq: time the server's threads were runnable but waited for a CPU; on-CPU: times they were scheduled");
     println!("server %: the server's CPU time per second; wrk CPUs %: how busy the CPUs wrk ran on were (split: CPU 0; shared: all). Near 100 %, that side limits the run; a busy wrk also adds its threads' turns on the CPU to the latencies it reports");
+    println!("wrk µs/req: CPU time of wrk's pod per request (with shared CPUs, taken from the same CPUs as the server's)");
     if let Some(b) = &baseline {
         println!("iamlet-baseline: {}", b.bin.display());
     }

@@ -48,7 +48,7 @@ type Column = (&'static str, fn(&Series) -> f64, usize);
 /// The columns of a scenario's table: header, figure, decimals. Latencies are over every
 /// request of every round together ([`Series::percentile`]); the rest are medians of the
 /// rounds.
-const COLUMNS: [Column; 10] = [
+const COLUMNS: [Column; 11] = [
     ("req/s", |s| s.rps(), 0),
     ("p50 µs", |s| s.percentile(50.0), 0),
     ("p99 µs", |s| s.p99(), 0),
@@ -64,6 +64,7 @@ const COLUMNS: [Column; 10] = [
         0,
     ),
     ("wrk CPUs %", |s| s.median(|r| r.client_busy_pct), 0),
+    ("wrk µs/req", |s| s.median(|r| r.client_cpu_us_per_req), 1),
 ];
 
 /// Rounds in which iamlet's p99 was within [`GOAL_P99`]× nginx's in the round next to it,

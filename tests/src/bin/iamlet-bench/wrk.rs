@@ -141,6 +141,9 @@ pub(crate) struct WrkRun {
     pub(crate) runq_us_per_req: f64,
     /// Times the server's threads were put on a CPU, per request.
     pub(crate) switches_per_req: f64,
+    /// CPU time wrk's pod used during the run (its cgroup's `cpu.stat`), per request, in µs:
+    /// with shared CPUs it comes from the same CPUs as the server's.
+    pub(crate) client_cpu_us_per_req: f64,
     /// How busy the CPUs wrk ran on were, in percent (split: CPU 0, wrk's alone; shared:
     /// the machine). Near 100 %, wrk is what limits the run, and its threads, taking turns
     /// on a CPU, add their waits to the latencies it reports.
@@ -174,6 +177,22 @@ fn cpu_times(cpus: Option<&str>) -> Result<(u64, u64)> {
         busy += ticks.iter().sum::<u64>() - ticks[3] - ticks[4];
     }
     Ok((busy, total))
+}
+
+/// `usage_usec` of a cgroup's `cpu.stat` text: the CPU time its processes used, in µs.
+fn usage_usec(cpu_stat: &str) -> Option<u64> {
+    cpu_stat.lines().find_map(|line| {
+        let (key, value) = line.split_once(' ')?;
+        (key == "usage_usec").then(|| value.trim().parse().ok())?
+    })
+}
+
+/// The CPU time the processes of the cgroup at `path` used so far, in µs.
+fn cgroup_usage_us(path: &Path) -> Result<u64> {
+    let file = path.join("cpu.stat");
+    let text =
+        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    usage_usec(&text).with_context(|| format!("no usage_usec in {}", file.display()))
 }
 
 /// Clock ticks per second of `/proc/<pid>/stat` times.
@@ -311,9 +330,11 @@ pub(crate) fn run_wrk(
     let busy = BusyCpus::start(busy_cpus);
     let before = server.usage();
     let client_before = cpu_times(placement.client_cpus())?;
+    let pod_before = cgroup_usage_us(pod.cgroup_path())?;
     let out = run_with_timeout(&mut cmd, Duration::from_secs(u64::from(WRK_SECONDS) + 30))?
         .ensure_success()?;
     let client_after = cpu_times(placement.client_cpus())?;
+    let pod_after = cgroup_usage_us(pod.cgroup_path())?;
     let after = server.usage();
     drop(busy);
     let mut run =
@@ -323,6 +344,7 @@ pub(crate) fn run_wrk(
         after.cpu_ticks.saturating_sub(before.cpu_ticks) as f64 * 1e6 / clock_ticks()? / requests;
     run.runq_us_per_req = after.runq_ns.saturating_sub(before.runq_ns) as f64 / 1e3 / requests;
     run.switches_per_req = after.switches.saturating_sub(before.switches) as f64 / requests;
+    run.client_cpu_us_per_req = pod_after.saturating_sub(pod_before) as f64 / requests;
     let busy = client_after.0.saturating_sub(client_before.0) as f64;
     let total = client_after.1.saturating_sub(client_before.1).max(1) as f64;
     run.client_busy_pct = busy * 100.0 / total;
@@ -414,6 +436,15 @@ mod tests {
             err.to_string().contains("iamlet-bench-latency-histogram"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_cgroups_cpu_time_from_its_cpu_stat() {
+        let stat = "usage_usec 1234567\nuser_usec 1000000\nsystem_usec 234567\n\
+            nr_periods 0\n";
+        assert_eq!(usage_usec(stat), Some(1_234_567));
+        assert_eq!(usage_usec("user_usec 5\n"), None);
+        assert_eq!(usage_usec("usage_usec many\n"), None);
     }
 
     #[test]
