@@ -81,7 +81,8 @@ enum Cmd {
         /// Which benchmark.
         #[arg(value_enum)]
         which: Bench,
-        /// `imds` only: an older build of the agent to measure side by side (same rounds).
+        /// `imds` and `requests`: an older build of the agent to measure side by side (same
+        /// rounds).
         #[arg(long)]
         baseline: Option<PathBuf>,
         /// `imds` only: `shared` (wrk and the servers on every CPU) or `split` (wrk on CPU 0,
@@ -110,6 +111,9 @@ enum Bench {
     Connect,
     /// IMDS requests/s and latency (wrk in a pod), iamlet against nginx serving the same bytes.
     Imds,
+    /// The agent's user-space instructions and allocations per request of each route
+    /// (callgrind), against `--baseline` if given.
+    Requests,
     /// Agent memory with 250 pods / 100 roles in its index, against the same agent with none.
     Memory,
     /// One pod attacks the proxy while another asks for credentials, against no attack.
@@ -177,10 +181,11 @@ fn main() -> Result<()> {
             match which {
                 Bench::Connect => run_tests_bin(&root, "iamlet-bench", &["connect"]),
                 // Throughput and memory are measured on the optimised agent.
-                Bench::Imds | Bench::Memory | Bench::Abuse => {
+                Bench::Imds | Bench::Requests | Bench::Memory | Bench::Abuse => {
                     run(cargo(&root).args(["build", "--locked", "--release", "-p", "iamlet"]))?;
                     let arg = match which {
                         Bench::Imds => "imds",
+                        Bench::Requests => "requests",
                         Bench::Memory => "memory",
                         _ => "abuse",
                     };

@@ -31,6 +31,8 @@ const APT_PACKAGES: &[&str] = &[
     // `cargo xtask bench imds`: load generator, and the baseline server.
     "wrk",
     "nginx-light",
+    // `cargo xtask bench requests`: instructions and allocations per request (callgrind).
+    "valgrind",
     // `cargo xtask vm-test`: the emulator virtme-ng drives, and what its guest init needs.
     "qemu-system-x86",
     "busybox-static",

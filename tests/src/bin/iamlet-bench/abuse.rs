@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use iamlet_tests::{require_privileges, Agent, ChildGuard, FakePod, TestNode};
 use serde_json::Value;
 
-use crate::imds::{BENCH_POD_UID, BENCH_ROLE, BENCH_ROLE_ARN, ROLES_PATH};
+use crate::bench_pod::{BENCH_POD_UID, BENCH_ROLE, BENCH_ROLE_ARN, ROLES_PATH};
 
 const VICTIM_UID: &str = BENCH_POD_UID;
 const ATTACKER_UID: &str = "9a8b7c6d-5e4f-4a3b-9c2d-1e0f9a8b7c6d";

@@ -2,22 +2,19 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use iamlet_tests::{
-    require_privileges, run_with_timeout, Agent, FakePod, TestNode, IMDS_V4, NODE_PROXY_V4,
-};
+use iamlet_tests::{require_privileges, Agent, FakePod, TestNode, IMDS_V4, NODE_PROXY_V4};
 
+use crate::bench_pod::{
+    creds_path, fetch_flow, start_agent, write_agent_files, TempDir, BENCH_POD_UID, BENCH_ROLE,
+    ROLES_PATH, TOKEN_PATH,
+};
 use crate::imds_report::{report, summary};
 use crate::nginx::start_nginx;
 use crate::options::ImdsOptions;
 use crate::wrk::{run_wrk, Load, Placement, Series, Server, LATENCY_HOOK, WRK_SECONDS};
 
-/// The benchmark pod's UID; its cgroup is laid out as the kubelet's systemd driver does.
-pub(crate) const BENCH_POD_UID: &str = "3f2e1d0c-b9a8-4765-8432-10fedcba9876";
-pub(crate) const BENCH_ROLE: &str = "bench-app";
-pub(crate) const BENCH_ROLE_ARN: &str = "arn:aws:iam::123456789012:role/bench-app";
 /// nginx listens next to iamlet's listener (same address, other port): the same hop.
 pub(crate) const NGINX_PORT: u16 = 8080;
 /// The loads every scenario runs at: 8 connections over 2 wrk threads (fewer where wrk has
@@ -33,117 +30,6 @@ pub(crate) const LOADS: [Load; 2] = [
         threads: 1,
     },
 ];
-pub(crate) const TOKEN_PATH: &str = "/latest/api/token";
-pub(crate) const ROLES_PATH: &str = "/latest/meta-data/iam/security-credentials/";
-pub(crate) const TTL_HEADER: &str = "X-aws-ec2-metadata-token-ttl-seconds: 21600";
-
-pub(crate) fn creds_path() -> String {
-    format!("{ROLES_PATH}{BENCH_ROLE}")
-}
-
-/// A session token as long as a real STS one (~700 characters), so the credentials JSON has
-/// a realistic size.
-fn bench_session_token() -> String {
-    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    (0..700u32)
-        .map(|i| alphabet[(i.wrapping_mul(2_654_435_761) >> 7) as usize % alphabet.len()] as char)
-        .collect()
-}
-
-/// A private directory under the temp dir, removed on drop.
-pub(crate) struct TempDir(pub(crate) PathBuf);
-
-impl TempDir {
-    fn new(label: &str) -> Result<TempDir> {
-        let dir = std::env::temp_dir().join(format!("iamlet-bench-{label}-{}", std::process::id()));
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)?;
-        }
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(TempDir(dir))
-    }
-
-    pub(crate) fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// One request from inside the pod with curl; returns the status and the exact body bytes.
-fn pod_fetch(
-    pod: &FakePod,
-    method: &str,
-    url: &str,
-    headers: &[&str],
-    out: &Path,
-) -> Result<(u16, Vec<u8>)> {
-    let mut cmd = pod.command("curl");
-    cmd.args(["-sS", "-m", "5", "-w", "%{http_code}", "-X", method, "-o"])
-        .arg(out);
-    for h in headers {
-        cmd.args(["-H", h]);
-    }
-    cmd.arg(url);
-    let run = run_with_timeout(&mut cmd, Duration::from_secs(10))?.ensure_success()?;
-    let status = run
-        .stdout
-        .trim()
-        .parse()
-        .with_context(|| format!("curl {method} {url}: status {:?}", run.stdout))?;
-    let body = std::fs::read(out).with_context(|| format!("reading {}", out.display()))?;
-    Ok((status, body))
-}
-
-/// The three bodies of the SDK flow from one server.
-struct Bodies {
-    token: Vec<u8>,
-    roles: Vec<u8>,
-    creds: Vec<u8>,
-}
-
-/// PUT token, GET role list, GET credentials (with the token) from `base`, inside the pod;
-/// each must answer 200.
-fn fetch_flow(pod: &FakePod, base: &str, dir: &TempDir, tag: &str) -> Result<Bodies> {
-    let (status, token) = pod_fetch(
-        pod,
-        "PUT",
-        &format!("{base}{TOKEN_PATH}"),
-        &[TTL_HEADER],
-        &dir.path(&format!("{tag}-token")),
-    )?;
-    ensure!(status == 200, "{tag}: PUT {TOKEN_PATH} answered {status}");
-    let token_text = String::from_utf8(token.clone()).context("token is not text")?;
-    let with = format!("X-aws-ec2-metadata-token: {token_text}");
-    let mut bodies = Bodies {
-        token,
-        roles: Vec::new(),
-        creds: Vec::new(),
-    };
-    for (path, slot, name) in [
-        (ROLES_PATH.to_owned(), &mut bodies.roles, "roles"),
-        (creds_path(), &mut bodies.creds, "creds"),
-    ] {
-        let (status, body) = pod_fetch(
-            pod,
-            "GET",
-            &format!("{base}{path}"),
-            &[&with],
-            &dir.path(&format!("{tag}-{name}")),
-        )?;
-        ensure!(
-            status == 200,
-            "{tag}: GET {path} answered {status}: {}",
-            String::from_utf8_lossy(&body)
-        );
-        *slot = body;
-    }
-    Ok(bodies)
-}
 
 /// The credentials JSON without `LastUpdated` (iamlet stamps it per request).
 fn creds_without_last_updated(body: &[u8]) -> Result<serde_json::Value> {
@@ -183,23 +69,6 @@ end
     )
 }
 
-/// The agent's flags in this benchmark: static credentials for the pod's role, no rate limit,
-/// no upstream, warnings and the audit log (at info, as by default).
-fn agent_args(dir: &TempDir) -> Vec<String> {
-    vec![
-        "--bindings".into(),
-        dir.path("bindings.yaml").display().to_string(),
-        "--static-credentials".into(),
-        dir.path("creds.yaml").display().to_string(),
-        "--log".into(),
-        "warn,iamlet::audit=info".into(),
-        "--rate-limit".into(),
-        "0".into(),
-        "--upstream".into(),
-        "off".into(),
-    ]
-}
-
 /// An older build of the agent on a node of its own, for `IAMLET_BASELINE_BIN`.
 struct Baseline {
     bin: PathBuf,
@@ -212,34 +81,9 @@ struct Baseline {
     _node: TestNode,
 }
 
-/// What starts the agent `bin`: itself, or a script that pins it to the server's CPU.
-fn agent_launcher(dir: &TempDir, bin: &Path, placement: Placement, tag: &str) -> Result<PathBuf> {
-    let Some(cpus) = placement.server_cpus() else {
-        return Ok(bin.to_owned());
-    };
-    let script = dir.path(&format!("iamlet-on-cpu-{tag}"));
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\nexec taskset -c {cpus} '{}' \"$@\"\n",
-            bin.display()
-        ),
-    )?;
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    Ok(script)
-}
-
 impl Baseline {
-    fn start(bin: &Path, dir: &TempDir, uid: &str, placement: Placement) -> Result<Baseline> {
-        let node = TestNode::new()?;
-        let pod = node.add_pod(&format!(
-            "kubepods-besteffort.slice/kubepods-besteffort-pod{uid}.slice/cri-containerd-{:064x}.scope",
-            1
-        ))?;
-        let args = agent_args(dir);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let launcher = agent_launcher(dir, bin, placement, "baseline")?;
-        let agent = Agent::start_with_bin(&node, &launcher, &args)?;
+    fn start(bin: &Path, dir: &TempDir, placement: Placement) -> Result<Baseline> {
+        let (node, pod, agent) = start_agent(dir, bin, placement, "baseline")?;
         let served = fetch_flow(&pod, &format!("http://{IMDS_V4}"), dir, "baseline")?;
         let token = String::from_utf8(served.token)?;
         let script = dir.path("flow-baseline.lua");
@@ -309,30 +153,9 @@ pub(crate) fn bench_imds() -> Result<()> {
     let placement = options.placement;
     let dir = TempDir::new("imds")?;
     std::fs::create_dir_all(dir.path("www"))?;
-    let uid = BENCH_POD_UID.replace('-', "_");
-    std::fs::write(
-        dir.path("bindings.yaml"),
-        format!(
-            "bindings:\n  - cgroup: \"kubepods-besteffort.slice/kubepods-besteffort-pod{uid}.slice\"\n    role: {BENCH_ROLE_ARN}\n"
-        ),
-    )?;
-    std::fs::write(
-        dir.path("creds.yaml"),
-        format!(
-            "credentials:\n  {BENCH_ROLE_ARN}:\n    access_key_id: ASIABENCHEXAMPLE0001\n    secret_access_key: wJalrXUtnFEMI/K7MDENG/bPxRfiCYBENCHKEY01\n    session_token: {}\n    expiration: 2099-01-01T00:00:00Z\n",
-            bench_session_token()
-        ),
-    )?;
-
-    let node = TestNode::new()?;
-    let pod = node.add_pod(&format!(
-        "kubepods-besteffort.slice/kubepods-besteffort-pod{uid}.slice/cri-containerd-{:064x}.scope",
-        1
-    ))?;
-    let args = agent_args(&dir);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let launcher = agent_launcher(&dir, &iamlet_tests::agent::agent_bin(), placement, "iamlet")?;
-    let agent = Agent::start_with_bin(&node, &launcher, &args)?;
+    write_agent_files(&dir, &BENCH_POD_UID.replace('-', "_"))?;
+    let (node, pod, agent) =
+        start_agent(&dir, &iamlet_tests::agent::agent_bin(), placement, "iamlet")?;
     eprintln!(
         "iamlet: {} (pid {})",
         iamlet_tests::agent::agent_bin().display(),
@@ -407,7 +230,6 @@ pub(crate) fn bench_imds() -> Result<()> {
         Some(bin) => Some(Baseline::start(
             std::path::Path::new(&bin),
             &dir,
-            &uid,
             placement,
         )?),
         None => None,

@@ -10,6 +10,9 @@
 //! `cargo xtask bench imds`: HTTP throughput and latency of iamlet's metadata API against
 //! nginx serving the same bytes on the same hop (see [`bench_imds`]).
 //!
+//! `cargo xtask bench requests`: the agent's user-space instructions and allocations per
+//! request of each route, counted by callgrind (see [`requests`]).
+//!
 //! `cargo xtask bench memory`: the agent's memory with 250 pods / 100 roles in its index,
 //! against the same agent on an empty cluster (see [`memory`]).
 //!
@@ -22,6 +25,7 @@
 
 mod abuse;
 mod abuse_client;
+mod bench_pod;
 mod busy;
 mod connect;
 mod imds;
@@ -30,12 +34,14 @@ mod latency;
 mod memory;
 mod nginx;
 mod options;
+mod requests;
 mod wrk;
 
 use anyhow::{bail, Result};
 
 /// What `iamlet-bench` says to anything it does not know.
-const USAGE: &str = "usage: iamlet-bench <connect|imds|memory|abuse> (no further arguments: \
+const USAGE: &str =
+    "usage: iamlet-bench <connect|imds|requests|memory|abuse> (no further arguments: \
     run it as `cargo xtask bench <name> [options]`, which passes the options on)";
 
 fn main() -> Result<()> {
@@ -44,7 +50,7 @@ fn main() -> Result<()> {
     // of them is a mistake (`--help`, `--rounds 7`), not something to ignore and run anyway.
     if matches!(
         args.first().map(String::as_str),
-        Some("connect" | "imds" | "memory" | "abuse")
+        Some("connect" | "imds" | "requests" | "memory" | "abuse")
     ) && args.len() > 1
     {
         bail!("{}: unexpected argument {:?}\n{USAGE}", args[0], args[1]);
@@ -54,6 +60,7 @@ fn main() -> Result<()> {
         Some("connect-client") => connect::client(&args[1..]),
         Some("sink") => connect::sink(&args[1..]),
         Some("imds") => imds::bench_imds(),
+        Some("requests") => requests::bench_requests(),
         Some("memory") => memory::bench_memory(),
         Some("memory-client") => memory::client(&args[1..]),
         Some("abuse") => abuse::bench_abuse(),

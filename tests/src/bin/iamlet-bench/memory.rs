@@ -44,7 +44,7 @@ use iamlet_tests::{require_privileges, run_with_timeout, Agent, FakePod, TestNod
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{json, Value};
 
-use crate::imds::{ROLES_PATH, TOKEN_PATH};
+use crate::bench_pod::{ROLES_PATH, TOKEN_PATH};
 
 mod cluster;
 mod pod_client;

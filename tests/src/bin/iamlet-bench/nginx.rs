@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use iamlet_tests::{ChildGuard, TestNode, NODE_PROXY_V4};
 
-use crate::imds::{creds_path, TempDir, NGINX_PORT, ROLES_PATH, TOKEN_PATH};
+use crate::bench_pod::{creds_path, TempDir, ROLES_PATH, TOKEN_PATH};
+use crate::imds::NGINX_PORT;
 use crate::wrk::{on_cpus, Placement};
 
 /// nginx (master + workers) in the node namespace; asked to quit on drop, killed if it does
