@@ -28,7 +28,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use hyper::header::{HeaderMap, HeaderValue};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::Method;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -46,8 +46,13 @@ use ratelimit::RateLimiter;
 use session::Session;
 use token::TokenKey;
 
-const TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
-const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
+// Header names made once: looked up by a `&str`, a name is parsed and checked on every
+// request.
+const TTL_HEADER: HeaderName = HeaderName::from_static("x-aws-ec2-metadata-token-ttl-seconds");
+const TOKEN_HEADER: HeaderName = HeaderName::from_static("x-aws-ec2-metadata-token");
+const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const ALLOW: HeaderName = HeaderName::from_static("allow");
+const RETRY_AFTER: HeaderName = HeaderName::from_static("retry-after");
 const TEXT: &str = "text/plain";
 
 /// Who a token and a rate-limit bucket belong to: the pod, or the bare cgroup outside pods.
@@ -253,7 +258,7 @@ impl Imds {
         if !self.limiter.allow(session.subject(), received) {
             let mut resp = text(429, "Too Many Requests\n");
             resp.headers_mut()
-                .insert("retry-after", HeaderValue::from_static("1"));
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
             // A client over its rate does not keep its connection: it reconnects, and its
             // connections count against its pod's limit.
             resp.headers_mut()
@@ -263,7 +268,7 @@ impl Imds {
         if method != Method::GET && method != Method::HEAD {
             let mut resp = text(405, "Method Not Allowed\n");
             resp.headers_mut()
-                .insert("allow", HeaderValue::from_static("GET, HEAD"));
+                .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
             return Answer::plain("method_not_allowed", resp);
         }
         if let Some((refusal, reason)) = self.check_token(session, headers) {
@@ -302,20 +307,27 @@ impl Imds {
         if method != Method::PUT {
             let mut resp = text(405, "Method Not Allowed\n");
             resp.headers_mut()
-                .insert("allow", HeaderValue::from_static("PUT"));
+                .insert(ALLOW, HeaderValue::from_static("PUT"));
             return resp;
         }
-        if headers.contains_key("x-forwarded-for") {
+        if headers.contains_key(FORWARDED_FOR) {
             return text(403, "Forbidden\n");
         }
-        let ttl = match token::parse_ttl(headers.get(TTL_HEADER).map(HeaderValue::as_bytes)) {
+        let asked = headers.get(TTL_HEADER);
+        let ttl = match token::parse_ttl(asked.map(HeaderValue::as_bytes)) {
             Ok(ttl) => ttl,
             Err(reason) => return text(400, format!("Bad Request: {reason}\n")),
         };
+        // The TTL is echoed. Where the client wrote it as the number's own text (every SDK
+        // does), its value is sent back as it is, sharing the request's bytes; formatting
+        // the number would allocate.
+        let echoed = match asked {
+            Some(value) if token::is_canonical_ttl(value.as_bytes()) => value.clone(),
+            _ => HeaderValue::from(ttl),
+        };
         let token = self.tokens.mint(session.binding(), unix_now(), ttl);
         let mut resp = text(200, token);
-        resp.headers_mut()
-            .insert(TTL_HEADER, HeaderValue::from(ttl));
+        resp.headers_mut().insert(TTL_HEADER, echoed);
         resp
     }
 
@@ -326,7 +338,7 @@ impl Imds {
         headers: &HeaderMap,
     ) -> Option<(Resp, Cow<'static, str>)> {
         let memo = session.tokens();
-        match headers.get(TOKEN_HEADER) {
+        match headers.get(&TOKEN_HEADER) {
             Some(value) => {
                 let now = unix_now();
                 if memo.accepts(value.as_bytes(), now) {

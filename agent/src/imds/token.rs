@@ -142,6 +142,12 @@ pub(crate) fn parse_ttl(value: Option<&[u8]>) -> Result<u64, String> {
     Ok(ttl)
 }
 
+/// Whether a TTL header value that [`parse_ttl`] accepted is written as its number's own text
+/// (digits, no leading zero, no spaces), so that echoing it is echoing the number.
+pub(crate) fn is_canonical_ttl(value: &[u8]) -> bool {
+    !value.is_empty() && value[0] != b'0' && value.iter().all(u8::is_ascii_digit)
+}
+
 /// The last token one connection was accepted with, and its expiry (see the module doc).
 /// A connection belongs to one caller, so a token remembered here was verified for it.
 #[derive(Debug, Default)]
@@ -227,6 +233,16 @@ mod tests {
         memo.remember(b"longer", 300);
         assert!(memo.accepts(b"longer", 250));
         assert!(!memo.accepts(b"t2", 100));
+    }
+
+    #[test]
+    fn canonical_ttl_text() {
+        for ok in ["21600", "1", "60"] {
+            assert!(is_canonical_ttl(ok.as_bytes()), "{ok}");
+        }
+        for not in ["021600", " 60", "60 ", "6e1", "", "+60"] {
+            assert!(!is_canonical_ttl(not.as_bytes()), "{not:?}");
+        }
     }
 
     #[test]

@@ -23,8 +23,8 @@ use globset::{Glob, GlobBuilder, GlobMatcher};
 use serde::Deserialize;
 
 use super::{
-    expand_role, sanitize_session_name, sanitize_tag_value, ArnError, BoxFuture, RoleBinding,
-    RoleError, RoleResolver,
+    expand_role, sanitize_session_name, sanitize_tag_value, ArnError, RoleAnswer, RoleBinding,
+    RoleResolver,
 };
 use crate::caller::attribution::Caller;
 
@@ -99,8 +99,10 @@ pub(crate) struct StaticBindings {
     bindings: Vec<CompiledBinding>,
     /// Node name for session tags; `None`: no session tags.
     tag_node: Option<String>,
-    /// cgroup path → binding, so the globs run once per cgroup, not per request.
-    resolved: moka::sync::Cache<String, Option<Arc<RoleBinding>>>,
+    /// cgroup id → binding, so the globs run once per cgroup, not per request. Keyed by the
+    /// id (hashing 8 bytes, not a path of a hundred or more), which names one cgroup for its
+    /// whole life: one made again at the same path has a new id.
+    resolved: moka::sync::Cache<u64, Option<Arc<RoleBinding>>>,
 }
 
 impl StaticBindings {
@@ -254,19 +256,16 @@ impl StaticBindings {
 }
 
 impl RoleResolver for StaticBindings {
-    fn role_for<'a>(
-        &'a self,
-        caller: &'a Caller,
-    ) -> BoxFuture<'a, Result<Option<Arc<RoleBinding>>, RoleError>> {
+    fn role_for<'a>(&'a self, caller: &'a Caller) -> RoleAnswer<'a> {
         let found = caller.cgroup_path.as_deref().and_then(|path| {
-            if let Some(hit) = self.resolved.get(path) {
+            if let Some(hit) = self.resolved.get(&caller.cgroup_id) {
                 return hit;
             }
             let found = self.lookup(path).map(Arc::new);
-            self.resolved.insert(path.to_owned(), found.clone());
+            self.resolved.insert(caller.cgroup_id, found.clone());
             found
         });
-        Box::pin(std::future::ready(Ok(found)))
+        RoleAnswer::now(Ok(found))
     }
 }
 

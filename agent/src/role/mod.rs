@@ -8,6 +8,7 @@ pub(crate) mod kubernetes;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use crate::caller::attribution::Caller;
 
@@ -31,7 +32,12 @@ impl RoleBinding {
     /// The role's name: the last path segment of the ARN's resource (`role/path/name` →
     /// `name`), which is what the metadata service lists.
     pub(crate) fn role_name(&self) -> &str {
-        self.role_arn.rsplit('/').next().unwrap_or(&self.role_arn)
+        // On every role-list and credentials request: a byte scan from the end, where
+        // `rsplit` builds a searcher for the character.
+        match self.role_arn.bytes().rposition(|b| b == b'/') {
+            Some(slash) => &self.role_arn[slash + 1..],
+            None => &self.role_arn,
+        }
     }
 
     /// The 12-digit account id from the ARN.
@@ -47,13 +53,44 @@ pub(crate) enum RoleError {
     Lookup { cgroup: String, reason: String },
 }
 
+/// What a role lookup gives: the caller's binding, `Ok(None)` if it has no role.
+pub(crate) type RoleResult = Result<Option<Arc<RoleBinding>>, RoleError>;
+
+/// A role lookup's answer, awaited: known at once (every request of a known pod: nothing
+/// allocated, nothing registered), or to come (a pod the Kubernetes watch has not delivered
+/// yet).
+pub(crate) enum RoleAnswer<'a> {
+    /// Known now (`None` once awaited).
+    Now(Option<RoleResult>),
+    /// To come.
+    Later(BoxFuture<'a, RoleResult>),
+}
+
+impl RoleAnswer<'_> {
+    /// An answer known now.
+    pub(crate) fn now(result: RoleResult) -> Self {
+        RoleAnswer::Now(Some(result))
+    }
+}
+
+impl Future for RoleAnswer<'_> {
+    type Output = RoleResult;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RoleResult> {
+        match self.get_mut() {
+            RoleAnswer::Now(result) => match result.take() {
+                Some(result) => Poll::Ready(result),
+                None => unreachable!("a role answer awaited twice"),
+            },
+            RoleAnswer::Later(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
 /// Resolves the role of a caller.
 pub(crate) trait RoleResolver: Send + Sync + std::fmt::Debug + 'static {
     /// The caller's binding, `Ok(None)` if it has no role.
-    fn role_for<'a>(
-        &'a self,
-        caller: &'a Caller,
-    ) -> BoxFuture<'a, Result<Option<Arc<RoleBinding>>, RoleError>>;
+    fn role_for<'a>(&'a self, caller: &'a Caller) -> RoleAnswer<'a>;
 
     /// The namespace and name of the pod with this UID, where the resolver knows pods (for
     /// the audit log).
@@ -170,11 +207,8 @@ pub(crate) fn sanitize_session_name(raw: &str) -> String {
 pub(crate) struct NoRoles;
 
 impl RoleResolver for NoRoles {
-    fn role_for<'a>(
-        &'a self,
-        _caller: &'a Caller,
-    ) -> BoxFuture<'a, Result<Option<Arc<RoleBinding>>, RoleError>> {
-        Box::pin(std::future::ready(Ok(None)))
+    fn role_for<'a>(&'a self, _caller: &'a Caller) -> RoleAnswer<'a> {
+        RoleAnswer::now(Ok(None))
     }
 }
 

@@ -6,18 +6,15 @@ use tracing_subscriber::fmt::MakeWriter;
 use super::*;
 use crate::caller::attribution::ConnKind;
 use crate::credentials::RenderedDocs;
-use crate::role::{BoxFuture, RoleError};
+use crate::role::RoleAnswer;
 
 /// Knows one pod by name.
 #[derive(Debug)]
 struct NamedPods;
 
 impl RoleResolver for NamedPods {
-    fn role_for<'a>(
-        &'a self,
-        _caller: &'a Caller,
-    ) -> BoxFuture<'a, Result<Option<Arc<RoleBinding>>, RoleError>> {
-        Box::pin(std::future::ready(Ok(None)))
+    fn role_for<'a>(&'a self, _caller: &'a Caller) -> RoleAnswer<'a> {
+        RoleAnswer::now(Ok(None))
     }
 
     fn pod_name(&self, uid: &str) -> Option<(String, String)> {

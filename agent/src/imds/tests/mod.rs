@@ -16,17 +16,17 @@ use crate::credentials::RenderedDocs;
 use crate::role::BoxFuture;
 
 const ROLE_A: &str = "arn:aws:iam::123456789012:role/team/role-a";
+// The header names as a client writes them (the module's own are `HeaderName`s).
+const TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
+const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
 
 #[derive(Debug)]
 struct MapRoles(HashMap<u64, RoleBinding>);
 
 impl RoleResolver for MapRoles {
-    fn role_for<'a>(
-        &'a self,
-        caller: &'a Caller,
-    ) -> BoxFuture<'a, Result<Option<Arc<RoleBinding>>, crate::role::RoleError>> {
+    fn role_for<'a>(&'a self, caller: &'a Caller) -> crate::role::RoleAnswer<'a> {
         let found = self.0.get(&caller.cgroup_id).cloned().map(Arc::new);
-        Box::pin(async move { Ok(found) })
+        crate::role::RoleAnswer::now(Ok(found))
     }
 }
 
@@ -185,6 +185,13 @@ async fn token_put_mints_and_echoes_ttl() {
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()[TTL_HEADER], "60");
     assert!(!body(resp).await.is_empty());
+    // A TTL written otherwise is echoed as its number.
+    for (asked, echoed) in [("021600", "21600"), ("  300 ", "300")] {
+        let headers: &[(&str, &str)] = &[(TTL_HEADER, asked)];
+        let resp = call(&imds, &a, Method::PUT, "/latest/api/token", headers).await;
+        assert_eq!(resp.status(), 200, "{asked:?}");
+        assert_eq!(resp.headers()[TTL_HEADER], echoed, "{asked:?}");
+    }
     // Any version prefix.
     let resp = call(
         &imds,

@@ -36,6 +36,10 @@ use callgrind::Counts;
 /// Requests of each route in the measured phase (plus the one of the phase subtracted).
 pub(crate) const REQUESTS: u64 = 1000;
 
+/// A directory to copy callgrind's dumps into, for `callgrind_annotate` (each route's
+/// measured phase is the even-numbered dump of its build).
+const KEEP_DUMPS: &str = "IAMLET_BENCH_KEEP_DUMPS";
+
 /// How much slower than native the agent runs under callgrind, for the harness's deadlines.
 const TIME_SCALE: &str = "10";
 
@@ -156,6 +160,10 @@ impl Dumps {
         self.control("--dump")?;
         self.taken += 1;
         let path = PathBuf::from(format!("{}.{}", self.out.display(), self.taken));
+        if let Some(keep) = std::env::var_os(KEEP_DUMPS) {
+            let to = Path::new(&keep).join(path.file_name().unwrap_or_default());
+            std::fs::copy(&path, &to).with_context(|| format!("{KEEP_DUMPS}: {}", to.display()))?;
+        }
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading callgrind's dump {}", path.display()))?;
         callgrind::parse(&text).with_context(|| format!("in {}", path.display()))
