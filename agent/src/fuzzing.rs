@@ -78,6 +78,12 @@ fn lenient_segments(path: &str) -> Vec<String> {
 pub fn paths(data: &[u8]) {
     let (flags, raw) = data.split_first().map_or((0, &[][..]), |(f, r)| (*f, r));
     let raw = text(raw);
+    // A canonical path taken as it stands is what the full work makes of it.
+    assert_eq!(
+        paths::normalize(&raw),
+        paths::normalize_in_full(&raw),
+        "{raw:?}"
+    );
     let Ok(p) = paths::normalize(&raw) else {
         return;
     };

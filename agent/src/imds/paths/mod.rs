@@ -33,6 +33,31 @@ pub(crate) struct NormalPath {
     pub trailing_slash: bool,
 }
 
+/// The segments of a [`NormalPath`]. A byte scan for each `/`: the segments are a few bytes
+/// long, shorter than what `str::split`'s searcher takes to set up.
+pub(crate) struct Segments<'a> {
+    rest: &'a str,
+}
+
+impl<'a> Iterator for Segments<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        // No segment is empty, so an empty rest is the end.
+        if self.rest.is_empty() {
+            return None;
+        }
+        match self.rest.bytes().position(|b| b == b'/') {
+            Some(slash) => {
+                let (seg, rest) = self.rest.split_at(slash);
+                self.rest = &rest[1..];
+                Some(seg)
+            }
+            None => Some(std::mem::take(&mut self.rest)),
+        }
+    }
+}
+
 /// Why a path is refused before routing (answered 400 with this text).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum PathError {
@@ -64,9 +89,8 @@ pub(crate) const MAX_PATH_BYTES: usize = 2048;
 
 impl NormalPath {
     /// The segments, in order.
-    pub(crate) fn segments(&self) -> impl Iterator<Item = &str> {
-        // No segment is empty, so an empty string is the only source of an empty piece.
-        self.joined.split('/').filter(|s| !s.is_empty())
+    pub(crate) fn segments(&self) -> Segments<'_> {
+        Segments { rest: &self.joined }
     }
 
     /// The path as text, starting with `/`; made of the segment alphabet and `/` only.
@@ -95,12 +119,25 @@ impl NormalPath {
 
 /// Whether `b` may appear in a canonical segment.
 pub(crate) const fn is_segment_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'-' | b'.' | b'_' | b'~' | b':' | b'@' | b'=' | b'+' | b','
-        )
+    SEGMENT_BYTES[b as usize]
 }
+
+/// The segment alphabet as a table: every byte of every request's path is looked up.
+const SEGMENT_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        #[allow(clippy::cast_possible_truncation, reason = "b < 256")]
+        let byte = b as u8;
+        table[b] = byte.is_ascii_alphanumeric()
+            || matches!(
+                byte,
+                b'-' | b'.' | b'_' | b'~' | b':' | b'@' | b'=' | b'+' | b','
+            );
+        b += 1;
+    }
+    table
+};
 
 fn hex(b: u8) -> Option<u8> {
     match b {
@@ -161,12 +198,35 @@ fn decode(raw: &str) -> Result<Vec<u8>, PathError> {
 
 /// Makes a request path (without query) canonical, or says why it is refused.
 pub(crate) fn normalize(raw: &str) -> Result<NormalPath, PathError> {
+    check_shape(raw)?;
+    match canonical_as_is(raw) {
+        Some(path) => Ok(path),
+        None => decoded_and_resolved(raw),
+    }
+}
+
+/// [`normalize`] without taking a canonical path as it stands: what the fuzz target holds
+/// the shortcut to.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn normalize_in_full(raw: &str) -> Result<NormalPath, PathError> {
+    check_shape(raw)?;
+    decoded_and_resolved(raw)
+}
+
+/// Refuses a path too long or not absolute.
+fn check_shape(raw: &str) -> Result<(), PathError> {
     if raw.len() > MAX_PATH_BYTES {
         return Err(PathError::TooLong);
     }
     if !raw.starts_with('/') {
         return Err(PathError::NotAbsolute);
     }
+    Ok(())
+}
+
+/// [`normalize`]'s full work on an absolute path of acceptable length: escapes decoded (or
+/// refused), empty and `.` segments dropped, `..` resolved.
+fn decoded_and_resolved(raw: &str) -> Result<NormalPath, PathError> {
     let decoded = decode(raw)?;
     let mut joined = String::with_capacity(decoded.len());
     let mut last_was_dir = true;
@@ -191,6 +251,40 @@ pub(crate) fn normalize(raw: &str) -> Result<NormalPath, PathError> {
     Ok(NormalPath {
         joined,
         trailing_slash: last_was_dir,
+    })
+}
+
+/// `raw` (starting with `/`) when it is canonical already, as every SDK writes its paths: no
+/// escape, no empty, `.` or `..` segment but a trailing `/`, only bytes of the alphabet. It
+/// is then taken as it stands, with no decoding into a buffer first. `None`: it needs
+/// [`normalize`]'s full work (which also says why a path is refused).
+fn canonical_as_is(raw: &str) -> Option<NormalPath> {
+    let below_root = raw.get(1..)?;
+    let (joined, trailing_slash) = match below_root.strip_suffix('/') {
+        Some(joined) => (joined, true),
+        None => (below_root, below_root.is_empty()),
+    };
+    // One pass over the bytes: each `/` ends a segment, which must be neither empty nor a
+    // dot segment.
+    let clean_segment = |seg: &[u8]| !matches!(seg, b"" | b"." | b"..");
+    let bytes = joined.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'/' {
+            if !clean_segment(&bytes[start..i]) {
+                return None;
+            }
+            start = i + 1;
+        } else if !is_segment_byte(b) {
+            return None;
+        }
+    }
+    if !bytes.is_empty() && !clean_segment(&bytes[start..]) {
+        return None;
+    }
+    Some(NormalPath {
+        joined: joined.to_owned(),
+        trailing_slash,
     })
 }
 

@@ -84,6 +84,55 @@ fn ambiguous_paths_are_refused() {
 }
 
 #[test]
+fn a_path_taken_as_it_stands_is_what_the_full_work_makes_of_it() {
+    let canonical = [
+        "/",
+        "//",
+        "/latest",
+        "/latest/",
+        "/latest/api/token",
+        "/latest/meta-data/iam/security-credentials/",
+        "/latest/meta-data/iam/security-credentials/app-role",
+        "/2021-07-15/meta-data/public-keys/0=my-key",
+        "/latest/meta-data/network/interfaces/macs/0e:49:61:0f:c3:11/",
+    ];
+    for raw in canonical {
+        let fast = canonical_as_is(raw).unwrap_or_else(|| panic!("{raw} is canonical"));
+        assert_eq!(Ok(fast), decoded_and_resolved(raw), "{raw}");
+    }
+    let not_as_is = [
+        "/a//b",
+        "/a/./b",
+        "/a/../b",
+        "/./",
+        "/..",
+        "/a/%2e%2e/b",
+        "/latest/meta-data%2Fiam",
+        "/a\\b",
+        "/a;x",
+        "/a b",
+        "/\u{e9}",
+        "/a///",
+    ];
+    for raw in not_as_is {
+        assert_eq!(canonical_as_is(raw), None, "{raw}");
+    }
+}
+
+#[test]
+fn segments_in_order() {
+    let segs = |p: &str| n(p).segments().map(str::to_owned).collect::<Vec<_>>();
+    assert_eq!(
+        segs("/latest/meta-data/iam/"),
+        ["latest", "meta-data", "iam"]
+    );
+    assert_eq!(segs("/a"), ["a"]);
+    assert_eq!(segs("/a//b/./c/../d"), ["a", "b", "d"]);
+    assert!(segs("/").is_empty());
+    assert!(segs("/..").is_empty());
+}
+
+#[test]
 fn canonical_form_is_stable() {
     for p in [
         "//latest/meta-data/./iam/../iam/",
