@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{ensure, Context, Result};
-use iamlet_tests::{run_with_timeout, Agent, FakePod, TestNode};
+use anyhow::{bail, ensure, Context, Result};
+use iamlet_tests::{require_privileges, run_with_timeout, Agent, FakePod, TestNode};
 
 use crate::wrk::Placement;
 
@@ -163,6 +163,22 @@ pub(crate) fn agent_launcher(
     )?;
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     Ok(script)
+}
+
+/// Refuses to run without what the privileged tests need, or without one of `tools`.
+pub(crate) fn require_bench_tools(tools: &[&str]) -> Result<()> {
+    if let Err(reason) = require_privileges() {
+        bail!("the benchmark needs what the privileged tests need: {reason}");
+    }
+    for tool in tools {
+        let found = std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(std::process::Stdio::null())
+            .status()?
+            .success();
+        ensure!(found, "{tool} not found (cargo xtask setup installs it)");
+    }
+    Ok(())
 }
 
 /// The pod's cgroup under the node's pods cgroup, laid out as the kubelet's systemd driver

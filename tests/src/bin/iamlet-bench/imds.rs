@@ -1,14 +1,13 @@
 //! `imds`: iamlet against nginx serving the same bytes.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use anyhow::{bail, ensure, Context, Result};
-use iamlet_tests::{require_privileges, Agent, FakePod, TestNode, IMDS_V4, NODE_PROXY_V4};
+use anyhow::{ensure, Context, Result};
+use iamlet_tests::{Agent, FakePod, TestNode, IMDS_V4, NODE_PROXY_V4};
 
 use crate::bench_pod::{
-    creds_path, fetch_flow, start_agent, write_agent_files, TempDir, BENCH_POD_UID, BENCH_ROLE,
-    ROLES_PATH, TOKEN_PATH,
+    creds_path, fetch_flow, require_bench_tools, start_agent, write_agent_files, TempDir,
+    BENCH_POD_UID, BENCH_ROLE, ROLES_PATH, TOKEN_PATH,
 };
 use crate::imds_report::{report, summary};
 use crate::nginx::start_nginx;
@@ -138,17 +137,7 @@ struct Scenario<'a> {
 /// hook), each run charges the server the CPU time, run-queue wait and timeslices its
 /// threads took (`/proc/<pid>/task/*/schedstat`), per request.
 pub(crate) fn bench_imds() -> Result<()> {
-    if let Err(reason) = require_privileges() {
-        bail!("the benchmark needs what the privileged tests need: {reason}");
-    }
-    for tool in ["wrk", "nginx", "curl"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(std::process::Stdio::null())
-            .status()?
-            .success();
-        ensure!(found, "{tool} not found (cargo xtask setup installs it)");
-    }
+    require_bench_tools(&["wrk", "nginx", "curl"])?;
     let options = ImdsOptions::from_env()?;
     let placement = options.placement;
     let dir = TempDir::new("imds")?;

@@ -23,12 +23,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
-use iamlet_tests::{require_privileges, run_with_timeout, FakePod, IMDS_V4};
+use anyhow::{ensure, Context, Result};
+use iamlet_tests::{run_with_timeout, FakePod, IMDS_V4};
 
 use crate::bench_pod::{
-    creds_path, fetch_flow, start_agent, write_agent_files, TempDir, BENCH_POD_UID, ROLES_PATH,
-    TOKEN_PATH, TTL_HEADER,
+    creds_path, fetch_flow, require_bench_tools, start_agent, write_agent_files, TempDir,
+    BENCH_POD_UID, ROLES_PATH, TOKEN_PATH, TTL_HEADER,
 };
 use crate::wrk::Placement;
 use callgrind::Counts;
@@ -214,17 +214,7 @@ fn send(pod: &FakePod, base: &str, route: &Route, token: &str, n: u64) -> Result
 
 /// `bench requests`: see the module doc.
 pub(crate) fn bench_requests() -> Result<()> {
-    if let Err(reason) = require_privileges() {
-        bail!("the benchmark needs what the privileged tests need: {reason}");
-    }
-    for tool in ["valgrind", "callgrind_control", "curl"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(std::process::Stdio::null())
-            .status()?
-            .success();
-        ensure!(found, "{tool} not found (cargo xtask setup installs it)");
-    }
+    require_bench_tools(&["valgrind", "callgrind_control", "curl"])?;
     // The harness waits for a ready agent, and curl for its answers, this much longer.
     std::env::set_var(iamlet_tests::time_scale::TIME_SCALE_ENV, TIME_SCALE);
     let dir = TempDir::new("requests")?;
