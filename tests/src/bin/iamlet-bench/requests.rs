@@ -9,9 +9,9 @@
 //!
 //! Why counts: `bench imds`'s CPU time per request moves by about 10 % from one run to the next
 //! (the scheduler, the other CPU's load), so a change of a few hundred nanoseconds cannot be
-//! seen there. Instructions and allocations move by well under 1 % (the agent's background
-//! work, a check of its datapath once a second, lands in some phases and not others), so two
-//! builds compare exactly: `--baseline` runs an older build the same way, after this one.
+//! seen there. Instructions and allocations move by 2 % at most (the agent's background work,
+//! a check of its datapath once a second, lands in some phases and not others), so two builds
+//! compare closely: `--baseline` runs an older build the same way, after this one.
 //!
 //! What counts leave out: the kernel's work (the two system calls of a request, most of its
 //! CPU time: see README, "Where the tail comes from"), and what an instruction costs (a cache
