@@ -23,8 +23,8 @@ use globset::{Glob, GlobBuilder, GlobMatcher};
 use serde::Deserialize;
 
 use super::{
-    expand_role, sanitize_session_name, sanitize_tag_value, ArnError, RoleAnswer, RoleBinding,
-    RoleResolver,
+    answer_now, expand_role, sanitize_session_name, sanitize_tag_value, ArnError, RoleAnswer,
+    RoleBinding, RoleResolver,
 };
 use crate::caller::attribution::Caller;
 
@@ -265,7 +265,7 @@ impl RoleResolver for StaticBindings {
             self.resolved.insert(caller.cgroup_id, found.clone());
             found
         });
-        RoleAnswer::now(Ok(found))
+        answer_now(Ok(found))
     }
 }
 

@@ -5,10 +5,11 @@
 pub(crate) mod bindings;
 pub(crate) mod kubernetes;
 
-use std::future::Future;
+use std::future::{Future, Ready};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+
+use futures_util::future::Either;
 
 use crate::caller::attribution::Caller;
 
@@ -57,34 +58,20 @@ pub(crate) enum RoleError {
 pub(crate) type RoleResult = Result<Option<Arc<RoleBinding>>, RoleError>;
 
 /// A role lookup's answer, awaited: known at once (every request of a known pod: nothing
-/// allocated, nothing registered), or to come (a pod the Kubernetes watch has not delivered
-/// yet).
-pub(crate) enum RoleAnswer<'a> {
-    /// Known now (`None` once awaited).
-    Now(Option<RoleResult>),
-    /// To come.
-    Later(BoxFuture<'a, RoleResult>),
+/// allocated, nothing registered, see [`answer_now`]), or to come (a pod the Kubernetes watch has
+/// not delivered yet, see [`answer_later`]).
+pub(crate) type RoleAnswer<'a> = Either<Ready<RoleResult>, BoxFuture<'a, RoleResult>>;
+
+/// An answer known now.
+pub(crate) fn answer_now<'a>(result: RoleResult) -> RoleAnswer<'a> {
+    Either::Left(std::future::ready(result))
 }
 
-impl RoleAnswer<'_> {
-    /// An answer known now.
-    pub(crate) fn now(result: RoleResult) -> Self {
-        RoleAnswer::Now(Some(result))
-    }
-}
-
-impl Future for RoleAnswer<'_> {
-    type Output = RoleResult;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RoleResult> {
-        match self.get_mut() {
-            RoleAnswer::Now(result) => match result.take() {
-                Some(result) => Poll::Ready(result),
-                None => unreachable!("a role answer awaited twice"),
-            },
-            RoleAnswer::Later(future) => future.as_mut().poll(cx),
-        }
-    }
+/// An answer to come.
+pub(crate) fn answer_later<'a>(
+    answer: impl Future<Output = RoleResult> + Send + 'a,
+) -> RoleAnswer<'a> {
+    Either::Right(Box::pin(answer))
 }
 
 /// Resolves the role of a caller.
@@ -208,7 +195,7 @@ pub(crate) struct NoRoles;
 
 impl RoleResolver for NoRoles {
     fn role_for<'a>(&'a self, _caller: &'a Caller) -> RoleAnswer<'a> {
-        RoleAnswer::now(Ok(None))
+        answer_now(Ok(None))
     }
 }
 

@@ -26,7 +26,7 @@ struct MapRoles(HashMap<u64, RoleBinding>);
 impl RoleResolver for MapRoles {
     fn role_for<'a>(&'a self, caller: &'a Caller) -> crate::role::RoleAnswer<'a> {
         let found = self.0.get(&caller.cgroup_id).cloned().map(Arc::new);
-        crate::role::RoleAnswer::now(Ok(found))
+        crate::role::answer_now(Ok(found))
     }
 }
 
