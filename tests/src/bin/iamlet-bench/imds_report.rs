@@ -30,6 +30,9 @@ pub(crate) struct Verdict {
     /// iamlet's busy percent (its CPU time per second) while wrk's CPUs were saturated, if
     /// they were and iamlet was not: wrk, not iamlet, set iamlet's req/s.
     pub(crate) wrk_bound: Option<f64>,
+    /// With split CPUs: the most req/s wrk's one CPU could ask of iamlet, as a multiple of
+    /// nginx's req/s (see [`client_ceiling`]).
+    pub(crate) client_ceiling: Option<f64>,
 }
 
 impl Verdict {
@@ -136,6 +139,10 @@ pub(crate) fn report(
             Placement::Split => wrk_bound(iamlet),
             Placement::Shared => None,
         },
+        client_ceiling: match placement {
+            Placement::Split => client_ceiling(iamlet).map(|c| c / nginx.rps()),
+            Placement::Shared => None,
+        },
     };
     println!(
         "  iamlet/nginx: throughput {:.2}x, p99 {:.2}x, p99.9 {:.2}x",
@@ -164,6 +171,21 @@ fn wrk_bound(server: &Series) -> Option<f64> {
     (wrk >= SATURATED_PCT && busy < SATURATED_PCT).then_some(busy)
 }
 
+/// The req/s wrk's CPUs would make at 100 % busy, at the cost per request they had against
+/// `server` (the median of its rounds' req/s over their busy fraction). An estimate, and a
+/// generous one for a slower server: wrk spends less per request the faster it is answered
+/// (more answers per wakeup). `None` if wrk's CPUs were not measured.
+fn client_ceiling(server: &Series) -> Option<f64> {
+    let ceiling = server.median(|r| {
+        if r.client_busy_pct > 0.0 {
+            r.rps * 100.0 / r.client_busy_pct
+        } else {
+            f64::NAN
+        }
+    });
+    ceiling.is_finite().then_some(ceiling)
+}
+
 /// The goal summary over every scenario and load.
 pub(crate) fn summary(verdicts: &[Verdict]) {
     println!();
@@ -189,6 +211,14 @@ pub(crate) fn summary(verdicts: &[Verdict]) {
                 1.0 / v.cpu
             );
         }
+        if let (true, Some(ceiling)) = (v.throughput_held(), v.client_ceiling) {
+            if ceiling < GOAL_THROUGHPUT {
+                println!(
+                    "    beyond this client: wrk's one CPU, fully busy at its cost per request against iamlet, would ask {ceiling:.2}x nginx's req/s, under the {GOAL_THROUGHPUT}x goal (CPU per request: iamlet {:.2}x nginx's)",
+                    v.cpu
+                );
+            }
+        }
     }
     let missed = verdicts.iter().filter(|v| !v.met()).count();
     println!("  {} of {} met", verdicts.len() - missed, verdicts.len());
@@ -212,6 +242,7 @@ mod tests {
             p99_rounds: (0, 0),
             cpu: 1.0,
             wrk_bound: None,
+            client_ceiling: None,
         }
     }
 
@@ -276,6 +307,17 @@ mod tests {
             wrk_bound(&series(100_000.0, 9.0, 80.0)),
             None,
             "wrk not saturated"
+        );
+    }
+
+    #[test]
+    fn the_client_ceiling_is_req_per_s_at_a_fully_busy_client() {
+        let ceiling = client_ceiling(&series(150_000.0, 5.0, 75.0)).expect("measured");
+        assert!((ceiling - 200_000.0).abs() < 1e-6, "{ceiling}");
+        assert_eq!(
+            client_ceiling(&series(150_000.0, 5.0, 0.0)),
+            None,
+            "not measured"
         );
     }
 }
