@@ -165,6 +165,21 @@ pub(crate) fn original_destination(info: &ConnInfoV1) -> SocketAddr {
 }
 
 #[cfg(test)]
+impl Caller {
+    /// For tests: a redirected connection to the metadata service from the cgroup
+    /// `cgroup_id` at `cgroup_path`, of the pod `pod_uid` if any.
+    pub(crate) fn redirected(cgroup_id: u64, cgroup_path: &str, pod_uid: Option<&str>) -> Caller {
+        Caller {
+            cgroup_id,
+            cgroup_path: Some(cgroup_path.to_owned()),
+            pod_uid: pod_uid.map(str::to_owned),
+            original_destination: SocketAddr::from(([169, 254, 169, 254], 80)),
+            kind: ConnKind::Redirected,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use agent_common::{ipv4_raw, ipv6_raw, AF_INET6, CONN_KIND_REDIRECTED};

@@ -4,7 +4,6 @@ use std::time::SystemTime;
 use tracing_subscriber::fmt::MakeWriter;
 
 use super::*;
-use crate::caller::attribution::ConnKind;
 use crate::credentials::RenderedDocs;
 use crate::role::RoleAnswer;
 
@@ -66,13 +65,7 @@ fn capture(f: impl FnOnce()) -> Vec<serde_json::Value> {
 }
 
 fn caller(uid: Option<&str>) -> Caller {
-    Caller {
-        cgroup_id: 42,
-        cgroup_path: Some("/kubepods.slice/pod-a".into()),
-        pod_uid: uid.map(str::to_owned),
-        original_destination: "169.254.169.254:80".parse().expect("addr"),
-        kind: ConnKind::Redirected,
-    }
+    Caller::redirected(42, "/kubepods.slice/pod-a", uid)
 }
 
 fn served(key_id: &str) -> Outcome {

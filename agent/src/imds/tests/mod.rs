@@ -11,7 +11,6 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
 use super::*;
-use crate::caller::attribution::ConnKind;
 use crate::credentials::RenderedDocs;
 use crate::role::BoxFuture;
 
@@ -71,13 +70,7 @@ fn binding(arn: &str) -> RoleBinding {
 }
 
 fn caller(cgroup_id: u64, pod_uid: Option<&str>) -> Caller {
-    Caller {
-        cgroup_id,
-        cgroup_path: Some(format!("/pods/{cgroup_id}")),
-        pod_uid: pod_uid.map(str::to_string),
-        original_destination: "169.254.169.254:80".parse().expect("addr"),
-        kind: ConnKind::Redirected,
-    }
+    Caller::redirected(cgroup_id, &format!("/pods/{cgroup_id}"), pod_uid)
 }
 
 const POD_A: u64 = 1;

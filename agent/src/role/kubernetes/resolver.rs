@@ -72,7 +72,6 @@ mod tests {
     use futures_util::future::Either;
 
     use super::*;
-    use crate::caller::attribution::ConnKind;
     use crate::clock;
     use crate::role::kubernetes::pod_index::PodEntry;
     use crate::role::kubernetes::policy::PodInfo;
@@ -102,13 +101,7 @@ mod tests {
     }
 
     fn caller(uid: Option<&str>) -> Caller {
-        Caller {
-            cgroup_id: 7,
-            cgroup_path: Some("/kubepods/pod-x".into()),
-            pod_uid: uid.map(str::to_owned),
-            original_destination: "169.254.169.254:80".parse().expect("addr"),
-            kind: ConnKind::Redirected,
-        }
+        Caller::redirected(7, "/kubepods/pod-x", uid)
     }
 
     fn resolver() -> (Arc<PodIndex>, KubeRoles) {

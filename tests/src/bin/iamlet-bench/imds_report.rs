@@ -7,7 +7,7 @@
 //! ratio was first measured; at 1 connection req/s is one round trip after another, mostly
 //! the kernel's, and is printed but not held to it).
 
-use crate::wrk::{Load, Placement, Series};
+use crate::wrk::{median, Load, Placement, Series};
 
 /// Goal: iamlet's req/s at least this multiple of nginx's.
 pub(crate) const GOAL_THROUGHPUT: f64 = 1.3;
@@ -172,18 +172,18 @@ fn wrk_bound(server: &Series) -> Option<f64> {
 }
 
 /// The req/s wrk's CPUs would make at 100 % busy, at the cost per request they had against
-/// `server` (the median of its rounds' req/s over their busy fraction). An estimate, and a
-/// generous one for a slower server: wrk spends less per request the faster it is answered
-/// (more answers per wakeup). `None` if wrk's CPUs were not measured.
+/// `server`: the median, over the rounds where wrk's CPUs were measured, of req/s over their
+/// busy fraction. An estimate: wrk spends less per request the faster it is answered (more
+/// answers per wakeup), so a faster server could go somewhat past it. `None` if no round
+/// measured wrk's CPUs.
 fn client_ceiling(server: &Series) -> Option<f64> {
-    let ceiling = server.median(|r| {
-        if r.client_busy_pct > 0.0 {
-            r.rps * 100.0 / r.client_busy_pct
-        } else {
-            f64::NAN
-        }
-    });
-    ceiling.is_finite().then_some(ceiling)
+    let ceilings: Vec<f64> = server
+        .runs
+        .iter()
+        .filter(|r| r.client_busy_pct > 0.0)
+        .map(|r| r.rps * 100.0 / r.client_busy_pct)
+        .collect();
+    (!ceilings.is_empty()).then(|| median(ceilings))
 }
 
 /// The goal summary over every scenario and load.
