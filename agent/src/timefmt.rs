@@ -1,4 +1,5 @@
-//! UTC timestamps in the metadata service's format, `%Y-%m-%dT%H:%M:%SZ`.
+//! UTC timestamps in the metadata service's format, `%Y-%m-%dT%H:%M:%SZ`, and HTTP dates
+//! (`Wed, 02 Dec 2026 05:22:54 GMT`, RFC 9110's IMF-fixdate).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -41,6 +42,29 @@ pub(crate) fn format_utc(t: SystemTime) -> String {
     let rem = secs.rem_euclid(86_400);
     format!(
         "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// Formats as an HTTP date, `Wed, 02 Dec 2026 05:22:54 GMT` (times before 1970 clamp to it).
+pub(crate) fn format_http_date(t: SystemTime) -> String {
+    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let days = secs.div_euclid(86_400);
+    let (y, mo, d) = civil_from_days(days);
+    let rem = secs.rem_euclid(86_400);
+    // 1970-01-01 was a Thursday.
+    let weekday = WEEKDAYS[usize::try_from(days.rem_euclid(7)).unwrap_or(0)];
+    let month = MONTHS[usize::try_from(mo - 1).unwrap_or(0)];
+    format!(
+        "{weekday}, {d:02} {month} {y:04} {:02}:{:02}:{:02} GMT",
         rem / 3600,
         (rem % 3600) / 60,
         rem % 60
@@ -162,6 +186,16 @@ mod tests {
         assert_eq!(format_utc(t), "2023-11-14T22:13:20Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(format_utc(leap), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn http_dates() {
+        let at = |secs| format_http_date(UNIX_EPOCH + Duration::from_secs(secs));
+        assert_eq!(at(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        // RFC 9110's example.
+        assert_eq!(at(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(at(951_782_400), "Tue, 29 Feb 2000 00:00:00 GMT");
+        assert_eq!(at(1_700_000_000), "Tue, 14 Nov 2023 22:13:20 GMT");
     }
 
     #[test]

@@ -80,10 +80,11 @@ struct StaticEntry {
 /// Fixed credentials per role ARN.
 #[derive(Debug)]
 pub(crate) struct StaticCredentials {
-    by_role: HashMap<String, StaticEntry>,
+    // Looked up on every request: foldhash (seeded per process), not SipHash.
+    by_role: HashMap<String, StaticEntry, foldhash::fast::RandomState>,
     /// The credentials last handed out per role: the same `Arc` until a rolling expiry comes
     /// within half its lifetime, so callers can cache what they derive from it.
-    issued: std::sync::Mutex<HashMap<String, Arc<Credentials>>>,
+    issued: std::sync::Mutex<HashMap<String, Arc<Credentials>, foldhash::fast::RandomState>>,
 }
 
 /// How far ahead the expiry of static credentials without one is put.
@@ -106,7 +107,7 @@ impl StaticCredentials {
             path: origin.to_owned(),
             source,
         })?;
-        let mut by_role = HashMap::new();
+        let mut by_role = HashMap::default();
         for (role, e) in file.credentials {
             let err = |reason: String| ConfigError::Entry {
                 path: origin.to_owned(),
@@ -141,7 +142,7 @@ impl StaticCredentials {
         }
         Ok(StaticCredentials {
             by_role,
-            issued: std::sync::Mutex::new(HashMap::new()),
+            issued: std::sync::Mutex::new(HashMap::default()),
         })
     }
 

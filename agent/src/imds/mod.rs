@@ -28,7 +28,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{HeaderName, HeaderValue};
 use hyper::Method;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -37,7 +37,7 @@ use crate::caller::attribution::Caller;
 use crate::clock;
 use crate::credentials::{CredentialError, CredentialSource, Credentials};
 use crate::role::{RoleBinding, RoleResolver};
-use crate::server::{self, Resp};
+use crate::server::{self, RequestHeaders, Resp};
 use crate::timefmt::format_utc;
 use audit::{Audit, Outcome};
 use passthrough::Upstream;
@@ -236,7 +236,7 @@ impl Imds {
         &self,
         caller: &Caller,
         session: &Session,
-        (method, raw_path, headers): (&Method, &str, &HeaderMap),
+        (method, raw_path, headers): (&Method, &str, &dyn RequestHeaders),
         received: Instant,
     ) -> Answer {
         let path = match paths::normalize(raw_path) {
@@ -303,26 +303,29 @@ impl Imds {
         }
     }
 
-    fn token(&self, session: &Session, method: &Method, headers: &HeaderMap) -> Resp {
+    fn token(&self, session: &Session, method: &Method, headers: &dyn RequestHeaders) -> Resp {
         if method != Method::PUT {
             let mut resp = text(405, "Method Not Allowed\n");
             resp.headers_mut()
                 .insert(ALLOW, HeaderValue::from_static("PUT"));
             return resp;
         }
-        if headers.contains_key(FORWARDED_FOR) {
+        if headers.first(&FORWARDED_FOR).is_some() {
             return text(403, "Forbidden\n");
         }
-        let asked = headers.get(TTL_HEADER);
-        let ttl = match token::parse_ttl(asked.map(HeaderValue::as_bytes)) {
+        let asked = headers.first(&TTL_HEADER);
+        let ttl = match token::parse_ttl(asked) {
             Ok(ttl) => ttl,
             Err(reason) => return text(400, format!("Bad Request: {reason}\n")),
         };
-        // The TTL is echoed. Where the client wrote it as the number's own text (every SDK
-        // does), its value is sent back as it is, sharing the request's bytes; formatting
-        // the number would allocate.
+        // The TTL is echoed: as the client wrote it where that is the number's own text
+        // (every SDK does), else as the number. The SDKs' default, the longest, is a
+        // constant: it allocates nothing.
         let echoed = match asked {
-            Some(value) if token::is_canonical_ttl(value.as_bytes()) => value.clone(),
+            Some(b"21600") => HeaderValue::from_static("21600"),
+            Some(value) if token::is_canonical_ttl(value) => {
+                HeaderValue::from_bytes(value).unwrap_or_else(|_| HeaderValue::from(ttl))
+            }
             _ => HeaderValue::from(ttl),
         };
         let token = self.tokens.mint(session.binding(), unix_now(), ttl);
@@ -335,19 +338,27 @@ impl Imds {
     fn check_token(
         &self,
         session: &Session,
-        headers: &HeaderMap,
+        headers: &dyn RequestHeaders,
     ) -> Option<(Resp, Cow<'static, str>)> {
         let memo = session.tokens();
-        match headers.get(&TOKEN_HEADER) {
+        match headers.first(&TOKEN_HEADER) {
             Some(value) => {
                 let now = unix_now();
-                if memo.accepts(value.as_bytes(), now) {
+                if memo.accepts(value, now) {
                     return None;
                 }
-                let token = value.to_str().unwrap_or("");
+                // As `HeaderValue::to_str`: visible ASCII (and tabs) only.
+                let visible = value
+                    .iter()
+                    .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b));
+                let token = if visible {
+                    std::str::from_utf8(value).unwrap_or("")
+                } else {
+                    ""
+                };
                 match self.tokens.verify(token, session.binding(), now) {
                     Ok(expiry) => {
-                        memo.remember(value.as_bytes(), expiry);
+                        memo.remember(value, expiry);
                         None
                     }
                     Err(e) => Some((

@@ -102,7 +102,7 @@ pub(crate) struct StaticBindings {
     /// cgroup id → binding, so the globs run once per cgroup, not per request. Keyed by the
     /// id (hashing 8 bytes, not a path of a hundred or more), which names one cgroup for its
     /// whole life: one made again at the same path has a new id.
-    resolved: moka::sync::Cache<u64, Option<Arc<RoleBinding>>>,
+    resolved: moka::sync::Cache<u64, Option<Arc<RoleBinding>>, foldhash::fast::RandomState>,
 }
 
 impl StaticBindings {
@@ -191,7 +191,8 @@ impl StaticBindings {
             resolved: moka::sync::Cache::builder()
                 .max_capacity(50_000)
                 .time_to_idle(std::time::Duration::from_secs(3600))
-                .build(),
+                // Looked up on every request: foldhash (seeded per process), not SipHash.
+                .build_with_hasher(foldhash::fast::RandomState::default()),
         })
     }
 

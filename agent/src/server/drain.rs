@@ -10,7 +10,9 @@
 use std::pin::Pin;
 use std::time::Duration;
 
-use hyper_util::server::graceful::GracefulConnection;
+use std::future::Future;
+
+use hyper::server::conn::http1;
 use tokio::sync::{mpsc, watch};
 
 use super::activity::ConnActivity;
@@ -22,6 +24,30 @@ pub(crate) enum ConnEnd<E> {
     Closed(Result<(), E>),
     /// The client did not send a request's head in time (see `activity`); it was closed.
     HeadTimedOut,
+}
+
+/// A connection that can be told to finish what it has and close: hyper's, or the fast
+/// path's (`heads`).
+pub(crate) trait Graceful: Future<Output = Result<(), Self::Error>> {
+    /// Why it ended, when it ended badly.
+    type Error;
+    /// Finish the request in progress, if any, and close; close at once if none is.
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S, B> Graceful for http1::Connection<I, S>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Error = hyper::Error;
+
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http1::Connection::graceful_shutdown(self);
+    }
 }
 
 /// A server's drain: the signal its connections watch, and the count of those still open.
@@ -76,7 +102,7 @@ impl DrainWatch {
     /// Serves `conn` until it ends, closing it if its client does not send a request's head
     /// within `head_timeout`; once the server drains, lets it begin its first request (if it
     /// has not) and then tells it to finish.
-    pub(crate) async fn serve<C: GracefulConnection>(
+    pub(crate) async fn serve<C: Graceful>(
         mut self,
         conn: C,
         activity: &ConnActivity,

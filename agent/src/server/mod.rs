@@ -4,6 +4,10 @@
 //! [`activity`]), and graceful drain on shutdown (see [`drain`]: a connection accepted before
 //! it gets its first request answered).
 //!
+//! A handler that answers from request heads alone (the metadata proxy) has its connections
+//! served by the fast path first (see [`heads`]): bodiless `GET`s and `PUT`s without hyper's
+//! per-request machinery, hyper for everything else.
+//!
 //! The accept loop only accepts: it never waits for a free slot, so the kernel's accept
 //! queue drains for every pod whatever one of them does. Each connection is then attributed
 //! (the handler's [`ConnHandler::on_connect`], before any byte is read), admitted under its
@@ -14,6 +18,7 @@ pub(crate) mod admin;
 pub(crate) mod admission;
 mod busy_poll;
 mod drain;
+mod heads;
 pub(crate) mod heap_trim;
 pub(crate) mod io;
 pub(crate) mod proxy;
@@ -29,6 +34,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
+use hyper::header::{HeaderMap, HeaderName};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
@@ -39,14 +45,30 @@ use tokio::sync::watch;
 use activity::ConnActivity;
 use admission::{Admission, AdmissionLimits, Refusal, TotalGuard};
 use drain::{ConnEnd, Drain, DrainWatch};
+pub(crate) use heads::RequestHead;
 use io::{MeteredStream, RequestBudget};
 pub(crate) use workers::Workers;
 
 /// The response type of every route.
 pub(crate) type Resp = Response<Full<Bytes>>;
 
+/// The headers of a request, as handlers read them (hyper's map, or the fast path's parse).
+pub(crate) trait RequestHeaders: Sync {
+    /// The first value of the header `name`, if the request has it.
+    fn first(&self, name: &HeaderName) -> Option<&[u8]>;
+}
+
+impl RequestHeaders for HeaderMap {
+    fn first(&self, name: &HeaderName) -> Option<&[u8]> {
+        self.get(name).map(hyper::header::HeaderValue::as_bytes)
+    }
+}
+
 /// What a server does with its connections.
 pub(crate) trait ConnHandler: Send + Sync + 'static {
+    /// Whether this handler answers bodiless requests from their heads (`handle_head`): its
+    /// connections are then served by the fast path (`heads`) until one request is not.
+    const ANSWERS_HEADS: bool = false;
     /// State computed once per accepted connection (e.g. who the client is).
     type Conn: Send + Sync + 'static;
     /// Whose connections a connection counts with for the per-client limit (the pod).
@@ -63,6 +85,16 @@ pub(crate) trait ConnHandler: Send + Sync + 'static {
         conn: &Self::Conn,
         req: Request<Incoming>,
     ) -> impl Future<Output = Resp> + Send;
+    /// Answers one bodiless request of that connection from its head, as `handle` would;
+    /// `None`: hyper is to serve it (and the rest of the connection) through `handle`.
+    fn handle_head<'a>(
+        &'a self,
+        conn: &'a Self::Conn,
+        head: RequestHead<'a>,
+    ) -> Option<impl Future<Output = Resp> + Send + 'a> {
+        let _ = (conn, head);
+        None::<std::future::Ready<Resp>>
+    }
 }
 
 /// Limits of one server.
@@ -171,6 +203,8 @@ struct Accepted<H: ConnHandler> {
     admission: Arc<Admission<H::Key>>,
     budget: Arc<RequestBudget>,
     head_timeout: Duration,
+    /// Largest request head, in bytes.
+    max_head: usize,
 }
 
 impl<H: ConnHandler> Accepted<H> {
@@ -186,6 +220,7 @@ impl<H: ConnHandler> Accepted<H> {
             admission,
             budget,
             head_timeout,
+            max_head,
         } = self;
         let _held = held;
         // Attribution and the wait for a turn run here, off the accept loop.
@@ -205,26 +240,55 @@ impl<H: ConnHandler> Accepted<H> {
             state,
             activity: ConnActivity::new(),
         });
-        let per_request = served.clone();
-        let service = service_fn(move |req| {
-            per_request.activity.request_began();
-            let conn = per_request.clone();
-            async move {
-                let resp = conn.handler.handle(&conn.state, req).await;
-                conn.activity.request_answered();
-                Ok::<_, Infallible>(resp)
-            }
-        });
-        let io = TokioIo::new(MeteredStream::new(stream, budget));
-        let conn = builder.serve_connection(io, service);
-        match watcher.serve(conn, &served.activity, head_timeout).await {
-            ConnEnd::Closed(Ok(())) => {}
-            ConnEnd::Closed(Err(e)) => {
-                tracing::debug!(server = name, %peer, error = %e, "connection ended with an error");
-            }
-            ConnEnd::HeadTimedOut => {
-                tracing::debug!(server = name, %peer, timeout = ?head_timeout, "closed a connection that sent no request head in time");
-            }
+        let io = MeteredStream::new(stream, budget);
+        if H::ANSWERS_HEADS {
+            let conn = heads::HeadsFirst::new(served.clone(), io, builder, max_head);
+            let end = watcher.serve(conn, &served.activity, head_timeout).await;
+            log_end(name, peer, head_timeout, end);
+        } else {
+            let conn = builder.serve_connection(TokioIo::new(io), hyper_service(served.clone()));
+            let end = watcher.serve(conn, &served.activity, head_timeout).await;
+            log_end(name, peer, head_timeout, end);
+        }
+    }
+}
+
+/// hyper's service for one connection: each request is marked begun and answered (for the
+/// head deadline and the drain) around the handler's answer.
+fn hyper_service<H: ConnHandler>(
+    served: Arc<ServedConn<H>>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Resp,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Resp, Infallible>> + Send,
+> + Send
+       + 'static {
+    service_fn(move |req| {
+        served.activity.request_began();
+        let conn = served.clone();
+        async move {
+            let resp = conn.handler.handle(&conn.state, req).await;
+            conn.activity.request_answered();
+            Ok::<_, Infallible>(resp)
+        }
+    })
+}
+
+/// Logs how a connection ended.
+fn log_end<E: std::fmt::Display>(
+    name: &'static str,
+    peer: SocketAddr,
+    timeout: Duration,
+    end: ConnEnd<E>,
+) {
+    match end {
+        ConnEnd::Closed(Ok(())) => {}
+        ConnEnd::Closed(Err(e)) => {
+            tracing::debug!(server = name, %peer, error = %e, "connection ended with an error");
+        }
+        ConnEnd::HeadTimedOut => {
+            tracing::debug!(server = name, %peer, ?timeout, "closed a connection that sent no request head in time");
         }
     }
 }
@@ -296,6 +360,7 @@ pub(crate) async fn serve<H: ConnHandler>(
             admission: admission.clone(),
             budget: budget.clone(),
             head_timeout: limits.header_read_timeout,
+            max_head: limits.max_header_bytes.max(8192),
         };
         match workers.next() {
             None => {

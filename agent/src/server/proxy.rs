@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use hyper::body::Incoming;
-use hyper::Request;
+use hyper::{Method, Request};
 
 use crate::caller::attribution::{Attributor, Caller, Unattributed};
 use crate::clock;
@@ -24,7 +24,7 @@ use crate::imds::audit;
 use crate::imds::session::Session;
 use crate::imds::{Imds, Subject};
 use crate::server::admission::Refusal;
-use crate::server::{self, ConnHandler, Resp};
+use crate::server::{self, ConnHandler, RequestHead, RequestHeaders, Resp};
 use crate::telemetry::metrics::{ConnResult, Metrics};
 
 /// Whose limit a connection counts against.
@@ -110,6 +110,31 @@ impl ConnHandler for Proxy {
     }
 
     async fn handle(&self, conn: &Self::Conn, req: Request<Incoming>) -> Resp {
+        self.answer(conn, req.method(), req.uri().path(), req.headers())
+            .await
+    }
+
+    // Every request the fast path takes is the metadata API's: it reads no body.
+    const ANSWERS_HEADS: bool = true;
+
+    fn handle_head<'a>(
+        &'a self,
+        conn: &'a Self::Conn,
+        head: RequestHead<'a>,
+    ) -> Option<impl std::future::Future<Output = Resp> + Send + 'a> {
+        Some(self.answer(conn, head.method, head.path, head.headers))
+    }
+}
+
+impl Proxy {
+    /// Answers one request of `conn`, whichever way it was read.
+    async fn answer(
+        &self,
+        conn: &ProxyConn,
+        method: &Method,
+        path: &str,
+        headers: &dyn RequestHeaders,
+    ) -> Resp {
         let started = clock::now();
         let (caller, session) = match &conn.0 {
             Ok(attributed) => attributed,
@@ -122,12 +147,7 @@ impl ConnHandler for Proxy {
         };
         let answer = self
             .imds
-            .handle(
-                caller,
-                session,
-                (req.method(), req.uri().path(), req.headers()),
-                started,
-            )
+            .handle(caller, session, (method, path, headers), started)
             .await;
         let now = clock::now();
         let latency = now.saturating_duration_since(started);

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper::header::HeaderMap;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
@@ -530,3 +531,4 @@ async fn methods_paths_and_rate_limits() {
 }
 
 mod passthrough;
+mod wire;
