@@ -12,6 +12,7 @@ use std::ops::Range;
 use hyper::header::HeaderName;
 use hyper::Method;
 
+use crate::imds::paths;
 use crate::server::RequestHeaders;
 
 /// Most headers a request may have (hyper's limit; more get 431 from hyper).
@@ -150,28 +151,15 @@ fn offset_in(whole: &[u8], part: &[u8]) -> Range<usize> {
     start..start + part.len()
 }
 
-/// Whether `target` is an origin-form path of characters every route is made of, which
-/// hyper's URI parser keeps as they are: no query, fragment or percent-encoding.
+/// Whether `target` is an origin-form path of characters every route is made of (the
+/// metadata API's segment alphabet and `/`), which hyper's URI parser keeps as they are: no
+/// query, fragment or percent-encoding.
 fn is_plain_path(target: &[u8]) -> bool {
-    target.first() == Some(&b'/') && target.iter().all(|&b| PLAIN[usize::from(b)])
+    target.first() == Some(&b'/')
+        && target
+            .iter()
+            .all(|&b| b == b'/' || paths::is_segment_byte(b))
 }
-
-/// The bytes of a plain path (a table: one load a byte).
-const PLAIN: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        #[allow(clippy::cast_possible_truncation, reason = "b < 256")]
-        let c = b as u8;
-        table[b] = c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'/' | b'-' | b'.' | b'_' | b'~' | b'+' | b'=' | b',' | b'@' | b':'
-            );
-        b += 1;
-    }
-    table
-};
 
 /// What a header does to the request's course.
 enum Effect {
