@@ -295,7 +295,7 @@ fn log_end<E: std::fmt::Display>(
 
 /// Serves `listener` until the gate is told to stop, then drains open connections for at
 /// most `limits.shutdown_grace`. `held` counts the connections held now. Connections are
-/// served on this runtime and on `workers`, in turn.
+/// served on this runtime and on `workers`, by the CPU their client connected from.
 pub(crate) async fn serve<H: ConnHandler>(
     name: &'static str,
     listener: TcpListener,
@@ -362,7 +362,7 @@ pub(crate) async fn serve<H: ConnHandler>(
             head_timeout: limits.header_read_timeout,
             max_head: limits.max_header_bytes.max(8192),
         };
-        match workers.next() {
+        match workers.for_connection(&stream) {
             None => {
                 tokio::spawn(conn.serve(stream));
             }

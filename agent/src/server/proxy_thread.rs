@@ -1,9 +1,10 @@
 //! The proxy's own threads: its accept loops and connections run on current-thread runtimes,
 //! apart from the agent's other work (the Kubernetes watch, STS calls, the datapath checks,
 //! the admin server), which stays on the main runtime. The first thread accepts; each
-//! connection is served, in turn, on one of the threads (see `workers`) and stays there. There
-//! are as many threads as `--proxy-threads` says, or one per CPU the agent may use (its
-//! affinity and its cgroup's CPU quota), up to [`MAX_THREADS`].
+//! connection is served on one of the threads, chosen by the CPU its client connected from
+//! (see `workers`), and stays there. There are as many threads as `--proxy-threads` says, or
+//! one per CPU the agent may use (its affinity and its cgroup's CPU quota), up to
+//! [`MAX_THREADS`].
 //!
 //! Why: a request is a few microseconds of work between two system calls. On a multi-thread
 //! runtime, workers wake each other for it (`futex`, a second `epoll_wait`) and a connection's

@@ -21,7 +21,7 @@
 //! * [`monitoring`]: the chart's alerting rules and Grafana dashboard: promtool, and every
 //!   metric they query in a real agent's scrape.
 //! * [`ownership`]: the agent repairs its pins and attachment; one agent per pin directory.
-//! * [`proxy_threads`]: the proxy's serving threads: how many, connections spread over them,
+//! * [`proxy_threads`]: the proxy's serving threads: how many, one CPU's connections on one,
 //!   and busy polling between a client's requests.
 //! * [`redirect`]: the eBPF redirect and the cgroup attribution of each connection.
 //! * [`sts`]: the STS credentials cache against moto STS behind the fault proxy.
